@@ -1,0 +1,30 @@
+/*
+ * chain.h — runs a stage's checks, in their configured order, for a phase.
+ *
+ * The first verdict other than continue ends the phase (accept ends it
+ * with success).  Every decision is one JSON log line naming the check,
+ * the verdict and the reason, and is counted on /metrics
+ * (rampart_check_evaluations_total, rampart_check_verdicts_total).
+ */
+#ifndef RAMPART_CHAIN_H
+#define RAMPART_CHAIN_H
+
+#include "check.h"
+
+struct chain;
+struct config;
+
+/* Build the chain from names (a config list); each check's parameters are
+ * bound from [check.NAME].  NULL + why on error (unknown check, bad
+ * parameter, init failure). */
+struct chain *chain_new(const struct config *cfg, const struct strlist *names,
+			const struct check_env *env, char *why, size_t whylen);
+void chain_free(struct chain *c);
+
+typedef void (*chain_done_fn)(void *arg, const struct verdict *v);
+/* Run phase; done() gets the deciding verdict (kind V_CONTINUE when no
+ * check objected).  done may run before chain_run returns. */
+void chain_run(struct chain *c, enum check_phase phase, struct check_ctx *ctx, chain_done_fn done,
+	       void *arg);
+
+#endif

@@ -1,0 +1,113 @@
+/*
+ * check.h — a defence as a check: hooks for the SMTP phases returning a
+ * verdict (DESIGN.md §2).
+ *
+ * A check sees a struct check_ctx — the client, the envelope so far, the
+ * message when it is complete — and nothing of the front-end that calls it
+ * (native SMTP server, milter, policy delegation).  Hooks are
+ * asynchronous: a hook ends by calling check_done() exactly once, before
+ * or after it returns.  Each check declares its own parameters (section
+ * [check.NAME] of rampart.conf) and keeps its per-process state in the
+ * instance its init() returns: no global mutable state.
+ */
+#ifndef RAMPART_CHECK_H
+#define RAMPART_CHECK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "../util/config.h"
+#include "../mail/envelope.h"
+
+struct metrics;
+struct pool;
+
+enum check_phase {
+	PHASE_CONNECT,
+	PHASE_HELO,
+	PHASE_MAIL,
+	PHASE_RCPT,         /* the candidate is env->rcpts[env->nrcpt - 1] */
+	PHASE_DATA,         /* before the message is read */
+	PHASE_MESSAGE,      /* end of message: headers and body available */
+	PHASE_COUNT
+};
+
+enum verdict_kind {
+	V_CONTINUE,         /* no objection; next check */
+	V_ACCEPT,           /* accept now; skip the remaining checks of this phase */
+	V_TEMPFAIL,         /* 4xx */
+	V_REJECT,           /* 5xx */
+	V_DISCARD,          /* accept and drop (logged) */
+	V_QUARANTINE,       /* accept into quarantine */
+};
+
+struct verdict {
+	enum verdict_kind kind;
+	int code;           /* SMTP code for TEMPFAIL/REJECT (default 451/550) */
+	char enh[16];       /* enhanced status code, e.g. "5.7.1" */
+	char reason[256];   /* reply text and log reason */
+};
+
+/* What the stage tells every check at start-up. */
+struct check_env {
+	const char *stage;
+	const char *instance;
+	const char *hostname;
+	const struct strlist *local_domains;     /* domains this site receives mail for */
+	long long max_message_size;
+	unsigned max_recipients;
+	struct metrics *metrics;
+};
+
+/* A header a check wants added to the message. */
+struct check_header {
+	char *name;
+	char *value;
+};
+
+struct check_ctx {
+	const char *sid;            /* session id */
+	const char *qid;            /* queue id, NULL before MAIL */
+	const struct env_client *client;
+	bool tls;
+	const char *helo;
+	const struct envelope *env; /* NULL before MAIL */
+	long long declared_size;    /* MAIL SIZE=, -1 if not given */
+	const char *data;           /* PHASE_MESSAGE: the message */
+	size_t len;
+	size_t header_bytes;        /* length of the header section within data */
+	struct pool *pool;          /* lives as long as the transaction */
+	/* Headers to add, collected across checks (chain-owned). */
+	struct check_header *add;
+	size_t nadd, add_cap;
+};
+
+void check_ctx_add_header(struct check_ctx *ctx, const char *name, const char *value);
+
+struct check_call;      /* one hook invocation */
+void check_done(struct check_call *call, const struct verdict *v);
+/* Shorthands. */
+void check_continue(struct check_call *call);
+void check_reject(struct check_call *call, int code, const char *enh, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+typedef void (*check_hook_fn)(void *inst, struct check_ctx *ctx, struct check_call *call);
+
+struct check_def {
+	const char *name;
+	const char *doc;
+	const struct param_set *params;     /* may be NULL: no parameters */
+	/* Build the instance from its bound parameters; NULL + why on error. */
+	void *(*init)(const void *params, const struct check_env *env, char *why, size_t whylen);
+	void (*free)(void *inst);
+	check_hook_fn hooks[PHASE_COUNT];   /* NULL: the check does nothing then */
+};
+
+/* Every check the project has (checks/registry.c). */
+const struct check_def *check_find(const char *name);
+extern const struct check_def *const check_registry[];
+
+const char *verdict_name(enum verdict_kind k);
+const char *phase_name(enum check_phase p);
+
+#endif

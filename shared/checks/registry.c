@@ -1,0 +1,26 @@
+/*
+ * registry.c — the list of every check, by name.  A stage's "checks"
+ * parameter names checks from this list, in the order they run.
+ */
+#include "check.h"
+
+#include <string.h>
+
+extern const struct check_def check_relay;
+extern const struct check_def check_limits;
+extern const struct check_def check_users;
+
+const struct check_def *const check_registry[] = {
+	&check_relay,
+	&check_limits,
+	&check_users,
+	NULL
+};
+
+const struct check_def *check_find(const char *name)
+{
+	for (size_t i = 0; check_registry[i]; i++)
+		if (strcmp(check_registry[i]->name, name) == 0)
+			return check_registry[i];
+	return NULL;
+}

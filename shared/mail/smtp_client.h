@@ -1,0 +1,102 @@
+/*
+ * smtp_client.h — asynchronous SMTP/LMTP client on libevent, used by the
+ * queue's delivery agent and by proxy mode.
+ *
+ * A next hop is a list of "host:port", "[ipv6]:port" or "unix:/path"
+ * addresses.  smtp_client_connect() tries them in order, starting at a
+ * rotating index so several clients spread over equal hops, and fails over
+ * to the next one when a connection is refused, times out, or the greeting
+ * is not 2xx.  After the greeting it sends EHLO (LHLO for LMTP), does
+ * opportunistic STARTTLS when offered and a TLS context is given, and
+ * reports ready.
+ *
+ * Commands may be issued back to back: with PIPELINING they are written at
+ * once and their replies matched in order; without it the client sends one
+ * at a time.  Every command has a deadline; a timeout or a lost connection
+ * answers every outstanding command with a 4xx reply (code 421, 4.4.2), so
+ * a caller never waits forever and never mistakes a fault for a 5xx.
+ */
+#ifndef RAMPART_SMTP_CLIENT_H
+#define RAMPART_SMTP_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "../util/config.h"
+#include "envelope.h"
+
+struct event_base;
+struct tls_ctx;
+struct smtp_client;
+
+struct smtp_reply {
+	int code;               /* 3-digit code; 421 for a local fault */
+	char enh[16];           /* enhanced status "x.y.z" or "" */
+	char text[512];         /* text of the last line (after code and enh), bounded */
+};
+
+struct smtp_client_opts {
+	const struct strlist *hops;
+	bool lmtp;
+	const char *helo_name;
+	struct tls_ctx *tls;            /* NULL: no STARTTLS */
+	bool xforward;                  /* send XFORWARD when the server offers it */
+	long long connect_timeout_ms;   /* default 10 s */
+	long long command_timeout_ms;   /* default 300 s */
+	long long data_timeout_ms;      /* final reply after the dot; default 600 s */
+	const char *log_sid;            /* session or queue id for log lines */
+};
+
+/* ready: c is non-NULL when connected and greeted; otherwise err says why
+ * every hop failed (always a 4xx code) and nothing needs freeing. */
+typedef void (*smtp_client_ready_cb)(void *arg, struct smtp_client *c, const struct smtp_reply *err);
+typedef void (*smtp_client_cb)(void *arg, const struct smtp_reply *r);
+/* DATA outcome: SMTP gives one reply (n == 1); LMTP one per recipient
+ * accepted at RCPT, in RCPT order.  If DATA itself was refused, n == 1. */
+typedef void (*smtp_client_data_cb)(void *arg, const struct smtp_reply *r, size_t n);
+
+/* Starts at a random hop (getrandom), so clients spread over equal hops
+ * without sharing state. */
+void smtp_client_connect(struct event_base *base, const struct smtp_client_opts *opts,
+			 smtp_client_ready_cb ready, void *arg);
+
+/* Round robin owned by the caller (e.g. one per next-hop list in a
+ * delivery agent): each connect starts at hop next % n and increments
+ * next.  Zero-initialise it; it is not locked (one event loop). */
+struct smtp_rotor {
+	unsigned next;
+};
+void smtp_client_connect_rotating(struct event_base *base, const struct smtp_client_opts *opts,
+				  struct smtp_rotor *rotor, smtp_client_ready_cb ready, void *arg);
+
+bool smtp_client_has_ext(const struct smtp_client *c, const char *ext);  /* "PIPELINING", ... */
+const char *smtp_client_peer(const struct smtp_client *c);               /* hop it reached */
+/* "TLSv1.3 TLS_AES_256_GCM_SHA384" after STARTTLS, NULL in plaintext. */
+const char *smtp_client_tls(const struct smtp_client *c);
+
+/* MAIL FROM (with SIZE, BODY=8BITMIME, SMTPUTF8 as the envelope and the
+ * server allow), preceded by XFORWARD of env->client when enabled.
+ * Answered locally, without sending: 553 5.6.7 when the envelope needs
+ * SMTPUTF8 and the server lacks it, 552 5.3.4 when size exceeds the
+ * server's SIZE limit, 553 5.1.7 for a sender with control characters;
+ * RCPTs and DATA of such a transaction get 503 5.5.1 / 554 5.5.1.
+ * Local answers, like all answers, come from the event loop, never from
+ * inside the call. */
+void smtp_client_mail(struct smtp_client *c, const struct envelope *env, size_t size,
+		      smtp_client_cb cb, void *arg);
+void smtp_client_rcpt(struct smtp_client *c, const char *addr, smtp_client_cb cb, void *arg);
+/* Sends DATA; after 354 sends data (canonical CRLF text, not yet
+ * dot-stuffed; the client stuffs it and appends CRLF.CRLF).  The data must
+ * stay valid until cb runs.  A bare CR or LF in data is sent as CRLF.
+ * When no RCPT of the transaction was accepted the answer is 554 5.5.1:
+ * without sending DATA if that is known in time, else (pipelined DATA
+ * answered 354) after sending an empty message end ".". */
+void smtp_client_data(struct smtp_client *c, const char *data, size_t len,
+		      smtp_client_data_cb cb, void *arg);
+void smtp_client_rset(struct smtp_client *c, smtp_client_cb cb, void *arg);
+/* Polite end: QUIT, then close and free (no callback). */
+void smtp_client_quit(struct smtp_client *c);
+/* Close now and free; outstanding callbacks are NOT called. */
+void smtp_client_abort(struct smtp_client *c);
+
+#endif

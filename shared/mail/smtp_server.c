@@ -1,0 +1,1392 @@
+/*
+ * smtp_server.c — SMTP/LMTP server engine on libevent.
+ *
+ * One struct smtp_session per connection, one struct smtp_txn per mail
+ * transaction.  Input is read from a bufferevent: command lines are bounded
+ * and dispatched from a table with per-command flags; message data is run
+ * through a byte-wise state machine that ends only at CRLF.CRLF, rejects
+ * bare CR and bare LF (no SMTP smuggling), un-stuffs dots and bounds the
+ * message and its header section.  Every state change goes through
+ * enter_state(), which logs it.  Policy lives in the hooks (smtp_server.h).
+ */
+#include "smtp_server.h"
+#include "address.h"
+#include "../util/alloc.h"
+#include "../util/id.h"
+#include "../util/log.h"
+#include "../util/net.h"
+#include "../util/tls.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+enum state {
+	ST_GREET_PAUSE,     /* connected, banner not yet sent */
+	ST_COMMAND,         /* reading commands */
+	ST_DATA,            /* reading message data */
+	ST_HOOK,            /* a hook is running; input paused */
+	ST_CLOSING,         /* flushing the last reply, then close */
+};
+
+static const char *state_names[] = { "greet_pause", "command", "data", "hook", "closing" };
+
+/* What to do when the pending hook answers. */
+enum pending {
+	PEND_NONE,
+	PEND_CONNECT,
+	PEND_HELO,
+	PEND_MAIL,
+	PEND_RCPT,
+	PEND_DATA,
+	PEND_MESSAGE,
+};
+
+struct smtp_server {
+	struct event_base *base;
+	struct smtp_server_opts opts;
+	struct smtp_server_hooks hooks;
+	struct evconnlistener *listeners[16];
+	size_t nlisteners;
+	size_t nsessions;
+	struct smtp_session *sessions;      /* doubly linked, for free() */
+};
+
+struct smtp_session {
+	struct smtp_server *srv;
+	struct smtp_session *prev, *next;
+	char id[ID_LEN + 1];
+	struct bufferevent *bev;
+	struct event *timer;                /* greet pause */
+	enum state state;
+	enum state resume_state;            /* state to return to after a hook */
+	enum pending pending;
+	int refs;
+	bool closed;                        /* connection gone or closing */
+	bool in_hook_call;                  /* hook running synchronously */
+	bool hook_answered;
+	bool processing;                    /* inside process_input() */
+	bool helo_seen;
+	bool esmtp;
+	bool tls;
+	bool xforward_ok, xclient_ok;
+	char tls_info[128];
+	struct env_client client;           /* strings owned by pool */
+	struct pool *pool;                  /* session-lifetime strings */
+	char helo_arg[256];
+	unsigned errors;
+	struct smtp_txn *txn;
+	/* pending hook's answer */
+	int reply_code;
+	char reply_enh[16];
+	char reply_text[512];
+	struct smtp_reply_line *replies;
+	size_t nreplies;
+	/* DATA state machine */
+	int dstate;
+	bool bare_lf, bare_cr;
+	bool crlf_before;                   /* this line began after a CRLF (a "." here may end DATA) */
+	bool in_headers;
+	size_t line_len;
+	size_t cur_header;
+	bool header_overflow;
+	/* XFORWARD attributes for the next transaction */
+	struct env_client xf;
+	bool xf_set;
+	bool discarding;                    /* dropping the rest of an over-long line */
+	void *user;                         /* the hooks' per-session data */
+};
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static void enter_state(struct smtp_session *s, enum state st, const char *why)
+{
+	if (s->state == st)
+		return;
+	log_debug(s->id, s->txn ? s->txn->qid : NULL, "smtp.state", "from=%s to=%s why=%s",
+		  state_names[s->state], state_names[st], why);
+	s->state = st;
+}
+
+static void session_free(struct smtp_session *s);
+
+void smtp_session_ref(struct smtp_session *s)
+{
+	s->refs++;
+}
+
+void smtp_session_unref(struct smtp_session *s)
+{
+	if (--s->refs == 0)
+		session_free(s);
+}
+
+static void send_raw(struct smtp_session *s, const char *p, size_t n)
+{
+	if (s->bev && !s->closed)
+		bufferevent_write(s->bev, p, n);
+}
+
+/* One reply line; text may contain '\n' for a multi-line reply. */
+static void reply(struct smtp_session *s, int code, const char *enh, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void reply_v(struct smtp_session *s, int code, const char *enh, const char *text)
+{
+	struct buf b = BUF_INIT;
+	const char *p = text;
+	do {
+		const char *nl = strchr(p, '\n');
+		size_t n = nl ? (size_t)(nl - p) : strlen(p);
+		buf_printf(&b, "%03d%c", code, nl ? '-' : ' ');
+		if (enh && *enh)
+			buf_printf(&b, "%s ", enh);
+		/* Never let a CR or LF from a hook's text break the framing. */
+		for (size_t i = 0; i < n; i++)
+			buf_putc(&b, (p[i] == '\r') ? ' ' : p[i]);
+		buf_puts(&b, "\r\n");
+		p = nl ? nl + 1 : NULL;
+	} while (p);
+	send_raw(s, b.data, b.len);
+	if (code >= 400)
+		log_info(s->id, s->txn ? s->txn->qid : NULL, "smtp.reply", "code=%d enh=%s text=%s",
+			 code, enh ? enh : "", text);
+	buf_free(&b);
+}
+
+static void reply(struct smtp_session *s, int code, const char *enh, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	char *text = xvasprintf(fmt, ap);
+	va_end(ap);
+	reply_v(s, code, enh, text);
+	free(text);
+}
+
+static void close_after_flush(struct smtp_session *s, const char *why)
+{
+	if (s->state == ST_CLOSING || !s->bev)
+		return;
+	enter_state(s, ST_CLOSING, why);
+	bufferevent_disable(s->bev, EV_READ);
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	if (evbuffer_get_length(out) == 0) {
+		s->closed = true;
+		smtp_session_unref(s);  /* the connection's reference */
+	}
+	/* else the write callback finishes the job */
+}
+
+static bool ip_in(const struct strlist *nets, const char *ip)
+{
+	return nets && nets->n && cidr_list_match(nets, ip);
+}
+
+/* ---- transactions ------------------------------------------------------ */
+
+static void txn_end(struct smtp_session *s)
+{
+	if (!s->txn)
+		return;
+	if (s->srv->hooks.txn_end)
+		s->srv->hooks.txn_end(s->srv->hooks.arg, s);
+	envelope_free(s->txn->env);
+	buf_free(&s->txn->data);
+	free(s->txn);
+	s->txn = NULL;
+}
+
+static void copy_client(struct pool *p, struct env_client *dst, const struct env_client *src)
+{
+	dst->addr = pool_strdup(p, src->addr ? src->addr : "");
+	dst->name = pool_strdup(p, src->name ? src->name : "unknown");
+	dst->helo = pool_strdup(p, src->helo ? src->helo : "");
+	dst->proto = pool_strdup(p, src->proto ? src->proto : "SMTP");
+	dst->login = src->login ? pool_strdup(p, src->login) : NULL;
+	dst->port = src->port;
+}
+
+static struct smtp_txn *txn_begin(struct smtp_session *s)
+{
+	struct smtp_txn *t = xcalloc(1, sizeof(*t));
+	id_new(t->qid);
+	t->env = envelope_new();
+	t->declared_size = -1;
+	buf_init(&t->data);
+	buf_set_limit(&t->data, (size_t)s->srv->opts.max_message_size);
+	/* The client as the next stage should see it: XFORWARD from a
+	 * trusted hop overrides the connection's own identity. */
+	copy_client(t->env->pool, &t->env->client, s->xf_set ? &s->xf : &s->client);
+	if (!s->xf_set)
+		t->env->client.proto = pool_strdup(t->env->pool, smtp_session_proto(s));
+	s->txn = t;
+	return t;
+}
+
+/* ---- hooks ------------------------------------------------------------- */
+
+static void process_input(struct smtp_session *s);
+static void finish_pending(struct smtp_session *s);
+static void install_callbacks(struct smtp_session *s);
+
+/* After a hook: read again, and go on with input already buffered
+ * (pipelined commands) unless process_input() is below us on the stack. */
+static void resume_reading(struct smtp_session *s)
+{
+	if (s->closed || !s->bev || (s->state != ST_COMMAND && s->state != ST_DATA))
+		return;
+	bufferevent_enable(s->bev, EV_READ);
+	if (!s->processing)
+		process_input(s);
+}
+
+static void run_hook(struct smtp_session *s, enum smtp_hook_kind kind, enum pending p)
+{
+	s->resume_state = s->state == ST_HOOK ? ST_COMMAND : s->state;
+	enter_state(s, ST_HOOK, "hook");
+	s->pending = p;
+	s->reply_code = 0;
+	s->reply_enh[0] = s->reply_text[0] = '\0';
+	free(s->replies);
+	s->replies = NULL;
+	s->nreplies = 0;
+	s->hook_answered = false;
+	if (s->bev)
+		bufferevent_disable(s->bev, EV_READ);
+	s->in_hook_call = true;
+	smtp_session_ref(s);
+	s->srv->hooks.hook(s->srv->hooks.arg, s, kind);
+	s->in_hook_call = false;
+	if (s->hook_answered) {
+		finish_pending(s);
+		resume_reading(s);
+	}
+	smtp_session_unref(s);
+}
+
+static void answer(struct smtp_session *s)
+{
+	if (s->closed || s->state == ST_CLOSING)
+		return;
+	if (s->in_hook_call)
+		return;         /* run_hook() finishes when the hook returns */
+	smtp_session_ref(s);
+	finish_pending(s);
+	resume_reading(s);
+	smtp_session_unref(s);
+}
+
+void smtp_session_reply(struct smtp_session *s, int code, const char *enh, const char *text)
+{
+	if (s->pending == PEND_NONE || s->hook_answered)
+		log_panic(s->id, NULL, "smtp.hook_reply_unexpected", "code=%d", code);
+	s->reply_code = code;
+	snprintf(s->reply_enh, sizeof(s->reply_enh), "%s", enh ? enh : "");
+	snprintf(s->reply_text, sizeof(s->reply_text), "%s", text ? text : "");
+	s->hook_answered = true;
+	answer(s);
+}
+
+void smtp_session_replies(struct smtp_session *s, const struct smtp_reply_line *r, size_t n)
+{
+	if (s->pending != PEND_MESSAGE || s->hook_answered)
+		log_panic(s->id, NULL, "smtp.hook_reply_unexpected", "n=%zu", n);
+	s->replies = xmemdup(r, n * sizeof(*r));
+	s->nreplies = n;
+	s->reply_code = n ? r[0].code : 451;
+	s->hook_answered = true;
+	answer(s);
+}
+
+/* Send the hook's answer, or the default reply when it had no objection. */
+static bool hook_objected(struct smtp_session *s)
+{
+	if (s->reply_code == 0 || (s->reply_code >= 200 && s->reply_code < 300))
+		return false;
+	reply_v(s, s->reply_code, s->reply_enh, s->reply_text[0] ? s->reply_text : "Rejected");
+	if (s->reply_code == 421)
+		close_after_flush(s, "hook 421");
+	return true;
+}
+
+static void default_or_hook(struct smtp_session *s, int code, const char *enh, const char *text)
+{
+	if (s->reply_code >= 200 && s->reply_code < 300 && s->reply_text[0])
+		reply_v(s, s->reply_code, s->reply_enh[0] ? s->reply_enh : enh, s->reply_text);
+	else
+		reply_v(s, code, enh, text);
+}
+
+static void send_banner(struct smtp_session *s)
+{
+	const struct smtp_server_opts *o = &s->srv->opts;
+	reply(s, 220, NULL, "%s %s", o->hostname, o->banner_text ? o->banner_text : (o->lmtp ? "LMTP" : "ESMTP"));
+}
+
+static void finish_pending(struct smtp_session *s)
+{
+	enum pending p = s->pending;
+	s->pending = PEND_NONE;
+	if (s->state == ST_HOOK)
+		enter_state(s, s->resume_state, "hook answered");
+	if (s->closed || s->state == ST_CLOSING)
+		return;
+	struct smtp_txn *t = s->txn;
+	switch (p) {
+	case PEND_NONE:
+		break;
+	case PEND_CONNECT:
+		if (hook_objected(s)) {
+			/* A refused connection gets its reply, then is closed. */
+			close_after_flush(s, "connect refused");
+			return;
+		}
+		send_banner(s);
+		enter_state(s, ST_COMMAND, "banner sent");
+		break;
+	case PEND_HELO:
+		if (hook_objected(s)) {
+			s->helo_seen = false;
+			return;
+		}
+		if (s->esmtp) {
+			const struct smtp_server_opts *o = &s->srv->opts;
+			struct buf b = BUF_INIT;
+			buf_printf(&b, "%s\nPIPELINING\nSIZE %lld\n8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8\nDSN",
+				   o->hostname, o->max_message_size);
+			if (o->tls && !s->tls && !o->lmtp)
+				buf_puts(&b, "\nSTARTTLS");
+			if (s->xforward_ok)
+				buf_puts(&b, "\nXFORWARD NAME ADDR PORT PROTO HELO LOGIN SOURCE IDENT");
+			if (s->xclient_ok)
+				buf_puts(&b, "\nXCLIENT NAME ADDR PORT PROTO HELO LOGIN");
+			reply_v(s, 250, NULL, b.data);
+			buf_free(&b);
+		} else {
+			reply(s, 250, NULL, "%s", s->srv->opts.hostname);
+		}
+		break;
+	case PEND_MAIL:
+		if (hook_objected(s)) {
+			txn_end(s);
+			return;
+		}
+		default_or_hook(s, 250, "2.1.0", "Ok");
+		break;
+	case PEND_RCPT:
+		if (hook_objected(s)) {
+			/* Drop the candidate recipient. */
+			t->env->nrcpt--;
+			t->nrcpt_rejected++;
+			return;
+		}
+		default_or_hook(s, 250, "2.1.5", "Ok");
+		break;
+	case PEND_DATA:
+		if (hook_objected(s))
+			return;
+		reply(s, 354, NULL, "End data with <CR><LF>.<CR><LF>");
+		s->dstate = 0;
+		s->crlf_before = true;
+		s->bare_cr = s->bare_lf = false;
+		s->in_headers = true;
+		s->line_len = 0;
+		s->cur_header = 0;
+		s->header_overflow = false;
+		enter_state(s, ST_DATA, "354");
+		if (s->bev)
+			bufferevent_set_timeouts(s->bev, &(struct timeval){ s->srv->opts.data_timeout_ms / 1000,
+					(s->srv->opts.data_timeout_ms % 1000) * 1000 }, NULL);
+		break;
+	case PEND_MESSAGE:
+		if (s->srv->opts.lmtp && s->nreplies) {
+			for (size_t i = 0; i < s->nreplies; i++)
+				reply_v(s, s->replies[i].code, s->replies[i].enh, s->replies[i].text);
+		} else if (s->srv->opts.lmtp) {
+			/* One reply per recipient even when the hook gave one. */
+			for (size_t i = 0; i < t->env->nrcpt; i++)
+				reply_v(s, s->reply_code ? s->reply_code : 250, s->reply_enh,
+					s->reply_text[0] ? s->reply_text : "Ok");
+		} else if (s->reply_code == 0) {
+			reply(s, 451, "4.3.0", "Internal error: message not handled");
+		} else {
+			reply_v(s, s->reply_code, s->reply_enh, s->reply_text);
+			if (s->reply_code == 421)
+				close_after_flush(s, "hook 421");
+		}
+		txn_end(s);
+		s->xf_set = false;
+		break;
+	}
+}
+
+/* ---- commands ---------------------------------------------------------- */
+
+enum {
+	CF_PRE_HELO = 1 << 0,   /* allowed before HELO/EHLO */
+	CF_SMTP_ONLY = 1 << 1,  /* not in LMTP */
+	CF_LMTP_ONLY = 1 << 2,  /* only in LMTP */
+	CF_NO_ARG = 1 << 3,     /* takes no argument */
+	CF_COUNT = 1 << 4,      /* errors in it count towards max_errors */
+};
+
+struct command {
+	const char *name;
+	unsigned flags;
+	void (*fn)(struct smtp_session *s, char *arg);
+};
+
+static void bad_command(struct smtp_session *s, int code, const char *enh, const char *text)
+{
+	reply_v(s, code, enh, text);
+	if (++s->errors >= s->srv->opts.max_errors) {
+		reply(s, 421, "4.7.0", "%s Too many errors, closing connection", s->srv->opts.hostname);
+		log_warn(s->id, NULL, "smtp.too_many_errors", "errors=%u client=%s", s->errors, s->client.addr);
+		close_after_flush(s, "too many errors");
+	}
+}
+
+static void reset_session_for_helo(struct smtp_session *s)
+{
+	txn_end(s);
+	s->xf_set = false;
+}
+
+static void do_helo_common(struct smtp_session *s, char *arg, bool esmtp)
+{
+	if (!*arg) {
+		bad_command(s, 501, "5.5.4", "Syntax: HELO/EHLO hostname");
+		return;
+	}
+	reset_session_for_helo(s);
+	snprintf(s->helo_arg, sizeof(s->helo_arg), "%s", arg);
+	s->client.helo = pool_strdup(s->pool, s->helo_arg);
+	s->helo_seen = true;
+	s->esmtp = esmtp;
+	run_hook(s, SMTP_HOOK_HELO, PEND_HELO);
+}
+
+static void cmd_helo(struct smtp_session *s, char *arg) { do_helo_common(s, arg, false); }
+static void cmd_ehlo(struct smtp_session *s, char *arg) { do_helo_common(s, arg, true); }
+static void cmd_lhlo(struct smtp_session *s, char *arg) { do_helo_common(s, arg, true); }
+
+static void cmd_mail(struct smtp_session *s, char *arg)
+{
+	if (s->txn) {
+		bad_command(s, 503, "5.5.1", "Error: nested MAIL command");
+		return;
+	}
+	if (strncasecmp(arg, "FROM:", 5) != 0) {
+		bad_command(s, 501, "5.5.4", "Syntax: MAIL FROM:<address>");
+		return;
+	}
+	struct smtp_path path;
+	char why[128];
+	enum addr_error e = smtp_parse_path(arg + 5, true, &path, why, sizeof(why));
+	if (e != ADDR_OK) {
+		bad_command(s, 501, e == ADDR_PARAM_SYNTAX || e == ADDR_TOO_MANY_PARAMS ? "5.5.4" : "5.1.7", why);
+		return;
+	}
+	if (!path.domain && path.addr[0]) {
+		bad_command(s, 501, "5.1.7", "Sender address must have a domain");
+		return;
+	}
+	long long size = -1;
+	bool body8 = false, utf8 = false;
+	const char *ret = NULL, *envid = NULL;
+	for (size_t i = 0; i < path.nparams; i++) {
+		const struct smtp_param *p = &path.params[i];
+		if (strcmp(p->key, "SIZE") == 0) {
+			char *end;
+			errno = 0;
+			size = strtoll(p->value, &end, 10);
+			if (!*p->value || *end || errno || size < 0) {
+				bad_command(s, 501, "5.5.4", "Bad SIZE parameter");
+				return;
+			}
+		} else if (strcmp(p->key, "BODY") == 0) {
+			if (strcasecmp(p->value, "8BITMIME") == 0)
+				body8 = true;
+			else if (strcasecmp(p->value, "7BIT") != 0) {
+				bad_command(s, 501, "5.5.4", "Unsupported BODY type");
+				return;
+			}
+		} else if (strcmp(p->key, "SMTPUTF8") == 0 && !*p->value) {
+			utf8 = true;
+		} else if (strcmp(p->key, "RET") == 0 &&
+			   (strcasecmp(p->value, "FULL") == 0 || strcasecmp(p->value, "HDRS") == 0)) {
+			ret = p->value;
+		} else if (strcmp(p->key, "ENVID") == 0 && *p->value) {
+			envid = p->value;
+		} else {
+			bad_command(s, 555, "5.5.4", "Unsupported option in MAIL command");
+			return;
+		}
+	}
+	if (path.utf8 && !utf8) {
+		bad_command(s, 553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+		return;
+	}
+	if (size > s->srv->opts.max_message_size) {
+		reply(s, 552, "5.3.4", "Message size exceeds fixed maximum message size (%lld)",
+		      s->srv->opts.max_message_size);
+		return;
+	}
+	struct smtp_txn *t = txn_begin(s);
+	smtp_addr_normalize(path.addr);
+	t->env->sender = pool_strdup(t->env->pool, path.addr);
+	t->env->body_8bit = body8;
+	t->env->smtputf8 = utf8;
+	t->env->ret = ret ? pool_strdup(t->env->pool, ret) : NULL;
+	t->env->envid = envid ? pool_strdup(t->env->pool, envid) : NULL;
+	t->declared_size = size;
+	log_info(s->id, t->qid, "smtp.mail", "from=%s size=%lld client=%s", t->env->sender, size,
+		 t->env->client.addr);
+	run_hook(s, SMTP_HOOK_MAIL, PEND_MAIL);
+}
+
+static void cmd_rcpt(struct smtp_session *s, char *arg)
+{
+	struct smtp_txn *t = s->txn;
+	if (!t) {
+		bad_command(s, 503, "5.5.1", "Error: need MAIL command");
+		return;
+	}
+	if (strncasecmp(arg, "TO:", 3) != 0) {
+		bad_command(s, 501, "5.5.4", "Syntax: RCPT TO:<address>");
+		return;
+	}
+	struct smtp_path path;
+	char why[128];
+	enum addr_error e = smtp_parse_path(arg + 3, false, &path, why, sizeof(why));
+	if (e != ADDR_OK) {
+		bad_command(s, 501, e == ADDR_PARAM_SYNTAX || e == ADDR_TOO_MANY_PARAMS ? "5.5.4" : "5.1.3", why);
+		return;
+	}
+	if (path.utf8 && !t->env->smtputf8) {
+		bad_command(s, 553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+		return;
+	}
+	if (t->env->nrcpt >= s->srv->opts.max_recipients) {
+		reply(s, 452, "4.5.3", "Error: too many recipients");
+		return;
+	}
+	const char *orcpt = NULL;
+	unsigned notify = 0;
+	for (size_t i = 0; i < path.nparams; i++) {
+		const struct smtp_param *p = &path.params[i];
+		if (strcmp(p->key, "NOTIFY") == 0 && *p->value) {
+			char tmp[sizeof(p->value)];
+			snprintf(tmp, sizeof(tmp), "%s", p->value);
+			for (char *sv, *w = strtok_r(tmp, ",", &sv); w; w = strtok_r(NULL, ",", &sv)) {
+				if (strcasecmp(w, "NEVER") == 0) notify |= 1;
+				else if (strcasecmp(w, "SUCCESS") == 0) notify |= 2;
+				else if (strcasecmp(w, "FAILURE") == 0) notify |= 4;
+				else if (strcasecmp(w, "DELAY") == 0) notify |= 8;
+				else {
+					bad_command(s, 501, "5.5.4", "Bad NOTIFY parameter");
+					return;
+				}
+			}
+			if ((notify & 1) && notify != 1) {
+				bad_command(s, 501, "5.5.4", "NOTIFY=NEVER cannot be combined");
+				return;
+			}
+		} else if (strcmp(p->key, "ORCPT") == 0 && *p->value) {
+			orcpt = p->value;
+		} else {
+			bad_command(s, 555, "5.5.4", "Unsupported option in RCPT command");
+			return;
+		}
+	}
+	if (path.domain)
+		smtp_addr_normalize(path.addr);
+	struct env_rcpt *r = envelope_add_rcpt(t->env, path.addr);
+	r->notify = notify;
+	r->orcpt = orcpt ? pool_strdup(t->env->pool, orcpt) : NULL;
+	run_hook(s, SMTP_HOOK_RCPT, PEND_RCPT);
+}
+
+static void cmd_data(struct smtp_session *s, char *arg)
+{
+	(void)arg;
+	struct smtp_txn *t = s->txn;
+	if (!t) {
+		bad_command(s, 503, "5.5.1", "Error: need MAIL command");
+		return;
+	}
+	if (t->env->nrcpt == 0) {
+		if (t->nrcpt_rejected)
+			reply(s, 554, "5.5.1", "Error: no valid recipients");
+		else
+			bad_command(s, 503, "5.5.1", "Error: need RCPT command");
+		return;
+	}
+	run_hook(s, SMTP_HOOK_DATA, PEND_DATA);
+}
+
+static void cmd_rset(struct smtp_session *s, char *arg)
+{
+	(void)arg;
+	txn_end(s);
+	s->xf_set = false;
+	reply(s, 250, "2.0.0", "Ok");
+}
+
+static void cmd_noop(struct smtp_session *s, char *arg)
+{
+	(void)arg;
+	reply(s, 250, "2.0.0", "Ok");
+}
+
+static void cmd_quit(struct smtp_session *s, char *arg)
+{
+	(void)arg;
+	reply(s, 221, "2.0.0", "Bye");
+	close_after_flush(s, "QUIT");
+}
+
+static void cmd_vrfy(struct smtp_session *s, char *arg)
+{
+	(void)arg;
+	reply(s, 252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery");
+}
+
+static void cmd_help(struct smtp_session *s, char *arg)
+{
+	(void)arg;
+	reply(s, 214, "2.0.0", "See RFC 5321");
+}
+
+static void cmd_http(struct smtp_session *s, char *arg)
+{
+	(void)arg;
+	log_warn(s->id, NULL, "smtp.http_command", "client=%s", s->client.addr);
+	reply(s, 521, "5.7.0", "Error: this is an SMTP server, not a web proxy");
+	close_after_flush(s, "HTTP command");
+}
+
+static void cmd_starttls(struct smtp_session *s, char *arg)
+{
+	if (*arg) {
+		bad_command(s, 501, "5.5.4", "Syntax: STARTTLS");
+		return;
+	}
+	if (!s->srv->opts.tls || s->srv->opts.lmtp) {
+		bad_command(s, 502, "5.5.1", "Error: command not implemented");
+		return;
+	}
+	if (s->tls) {
+		bad_command(s, 503, "5.5.1", "Error: TLS already active");
+		return;
+	}
+	if (s->txn) {
+		bad_command(s, 503, "5.5.1", "Error: STARTTLS inside a transaction");
+		return;
+	}
+	SSL *ssl = SSL_new(tls_ctx_ssl(s->srv->opts.tls));
+	if (!ssl) {
+		reply(s, 454, "4.7.0", "TLS not available due to temporary reason");
+		return;
+	}
+	reply(s, 220, "2.0.0", "Ready to start TLS");
+	/* RFC 3207 / CVE-2011-0411: plaintext pipelined after STARTTLS is
+	 * discarded, never read as if it came through TLS. */
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	size_t junk = evbuffer_get_length(in);
+	if (junk) {
+		log_warn(s->id, NULL, "smtp.starttls_injection", "discarded=%zu client=%s", junk, s->client.addr);
+		evbuffer_drain(in, junk);
+	}
+	struct bufferevent *tb = bufferevent_openssl_filter_new(
+		bufferevent_get_base(s->bev), s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
+		BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+	if (!tb) {
+		SSL_free(ssl);
+		close_after_flush(s, "TLS setup failed");
+		return;
+	}
+	/* The new bufferevent owns the old one now. */
+	s->bev = tb;
+	install_callbacks(s);
+	s->tls = true;
+	s->helo_seen = false;
+	s->esmtp = false;
+	s->xf_set = false;
+}
+
+/* XFORWARD NAME=... ADDR=... (Postfix XFORWARD_README); trusted hops only. */
+static void cmd_xforward(struct smtp_session *s, char *arg)
+{
+	if (!s->xforward_ok) {
+		bad_command(s, 550, "5.7.0", "Error: insufficient authorization");
+		return;
+	}
+	if (s->txn) {
+		bad_command(s, 503, "5.5.1", "Error: XFORWARD inside a transaction");
+		return;
+	}
+	if (!s->xf_set) {
+		copy_client(s->pool, &s->xf, &s->client);
+		s->xf.login = NULL;
+		s->xf_set = true;
+	}
+	char *sv;
+	for (char *w = strtok_r(arg, " ", &sv); w; w = strtok_r(NULL, " ", &sv)) {
+		char *eq = strchr(w, '=');
+		char val[256];
+		if (!eq || !xtext_decode(eq + 1, val, sizeof(val))) {
+			bad_command(s, 501, "5.5.4", "Bad XFORWARD attribute");
+			return;
+		}
+		*eq = '\0';
+		bool unavailable = strcasecmp(val, "[UNAVAILABLE]") == 0 || strcasecmp(val, "[TEMPUNAVAIL]") == 0;
+		if (strcasecmp(w, "NAME") == 0)
+			s->xf.name = pool_strdup(s->pool, unavailable ? "unknown" : val);
+		else if (strcasecmp(w, "ADDR") == 0) {
+			const char *a = val;
+			if (strncasecmp(a, "IPV6:", 5) == 0)
+				a += 5;
+			if (!unavailable && !net_is_ip(a)) {
+				bad_command(s, 501, "5.5.4", "Bad XFORWARD ADDR");
+				return;
+			}
+			s->xf.addr = pool_strdup(s->pool, unavailable ? "" : a);
+		} else if (strcasecmp(w, "PORT") == 0)
+			s->xf.port = unavailable ? 0 : atoi(val);
+		else if (strcasecmp(w, "PROTO") == 0)
+			s->xf.proto = pool_strdup(s->pool, unavailable ? "SMTP" : val);
+		else if (strcasecmp(w, "HELO") == 0)
+			s->xf.helo = pool_strdup(s->pool, unavailable ? "" : val);
+		else if (strcasecmp(w, "LOGIN") == 0)
+			s->xf.login = unavailable ? NULL : pool_strdup(s->pool, val);
+		else if (strcasecmp(w, "SOURCE") == 0 || strcasecmp(w, "IDENT") == 0)
+			; /* accepted, not used */
+		else {
+			bad_command(s, 501, "5.5.4", "Bad XFORWARD attribute name");
+			return;
+		}
+	}
+	reply(s, 250, "2.0.0", "Ok");
+}
+
+/* XCLIENT ADDR=... NAME=...: a trusted proxy (or a test) presents another
+ * client.  The session starts over as if that client had connected. */
+static void cmd_xclient(struct smtp_session *s, char *arg)
+{
+	if (!s->xclient_ok) {
+		bad_command(s, 550, "5.7.0", "Error: insufficient authorization");
+		return;
+	}
+	if (s->txn) {
+		bad_command(s, 503, "5.5.1", "Error: XCLIENT inside a transaction");
+		return;
+	}
+	struct env_client c;
+	copy_client(s->pool, &c, &s->client);
+	char *sv;
+	for (char *w = strtok_r(arg, " ", &sv); w; w = strtok_r(NULL, " ", &sv)) {
+		char *eq = strchr(w, '=');
+		char val[256];
+		if (!eq || !xtext_decode(eq + 1, val, sizeof(val))) {
+			bad_command(s, 501, "5.5.4", "Bad XCLIENT attribute");
+			return;
+		}
+		*eq = '\0';
+		bool unavailable = strcasecmp(val, "[UNAVAILABLE]") == 0 || strcasecmp(val, "[TEMPUNAVAIL]") == 0;
+		if (strcasecmp(w, "ADDR") == 0) {
+			const char *a = val;
+			if (strncasecmp(a, "IPV6:", 5) == 0)
+				a += 5;
+			if (!unavailable && !net_is_ip(a)) {
+				bad_command(s, 501, "5.5.4", "Bad XCLIENT ADDR");
+				return;
+			}
+			c.addr = pool_strdup(s->pool, unavailable ? "" : a);
+		} else if (strcasecmp(w, "NAME") == 0)
+			c.name = pool_strdup(s->pool, unavailable ? "unknown" : val);
+		else if (strcasecmp(w, "PORT") == 0)
+			c.port = unavailable ? 0 : atoi(val);
+		else if (strcasecmp(w, "PROTO") == 0)
+			c.proto = pool_strdup(s->pool, val);
+		else if (strcasecmp(w, "HELO") == 0)
+			c.helo = pool_strdup(s->pool, unavailable ? "" : val);
+		else if (strcasecmp(w, "LOGIN") == 0)
+			c.login = unavailable ? NULL : pool_strdup(s->pool, val);
+		else if (strcasecmp(w, "DESTADDR") == 0 || strcasecmp(w, "DESTPORT") == 0)
+			;
+		else {
+			bad_command(s, 501, "5.5.4", "Bad XCLIENT attribute name");
+			return;
+		}
+	}
+	log_info(s->id, NULL, "smtp.xclient", "proxy=%s client=%s name=%s", s->client.addr, c.addr, c.name);
+	s->client = c;
+	s->helo_seen = false;
+	s->esmtp = false;
+	s->xf_set = false;
+	/* The new client is no longer the trusted proxy. */
+	s->xforward_ok = ip_in(s->srv->opts.xforward_hosts, c.addr);
+	s->xclient_ok = ip_in(s->srv->opts.xclient_hosts, c.addr);
+	run_hook(s, SMTP_HOOK_CONNECT, PEND_CONNECT);
+}
+
+static const struct command commands[] = {
+	{ "HELO", CF_PRE_HELO | CF_SMTP_ONLY, cmd_helo },
+	{ "EHLO", CF_PRE_HELO | CF_SMTP_ONLY, cmd_ehlo },
+	{ "LHLO", CF_PRE_HELO | CF_LMTP_ONLY, cmd_lhlo },
+	{ "MAIL", CF_COUNT, cmd_mail },
+	{ "RCPT", CF_COUNT, cmd_rcpt },
+	{ "DATA", CF_NO_ARG | CF_COUNT, cmd_data },
+	{ "RSET", CF_PRE_HELO | CF_NO_ARG, cmd_rset },
+	{ "NOOP", CF_PRE_HELO, cmd_noop },
+	{ "QUIT", CF_PRE_HELO | CF_NO_ARG, cmd_quit },
+	{ "VRFY", CF_PRE_HELO | CF_COUNT, cmd_vrfy },
+	{ "HELP", CF_PRE_HELO, cmd_help },
+	{ "STARTTLS", CF_SMTP_ONLY | CF_COUNT, cmd_starttls },
+	{ "XFORWARD", CF_COUNT, cmd_xforward },
+	{ "XCLIENT", CF_PRE_HELO | CF_COUNT, cmd_xclient },
+	{ "GET", CF_PRE_HELO, cmd_http },
+	{ "POST", CF_PRE_HELO, cmd_http },
+	{ "CONNECT", CF_PRE_HELO, cmd_http },
+	{ "USER-AGENT:", CF_PRE_HELO, cmd_http },
+	{ "HOST:", CF_PRE_HELO, cmd_http },
+};
+
+static void dispatch(struct smtp_session *s, char *line, size_t len)
+{
+	if (memchr(line, '\0', len)) {
+		bad_command(s, 500, "5.5.2", "Error: NUL byte in command");
+		return;
+	}
+	char *sp = line;
+	while (*sp && *sp != ' ')
+		sp++;
+	size_t nlen = (size_t)(sp - line);
+	char *arg = sp;
+	while (*arg == ' ')
+		arg++;
+	/* Trailing spaces are tolerated. */
+	size_t alen = strlen(arg);
+	while (alen && arg[alen - 1] == ' ')
+		arg[--alen] = '\0';
+	const struct command *c = NULL;
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strlen(commands[i].name) == nlen && strncasecmp(commands[i].name, line, nlen) == 0) {
+			c = &commands[i];
+			break;
+		}
+	bool lmtp = s->srv->opts.lmtp;
+	if (!c || (lmtp && (c->flags & CF_SMTP_ONLY)) || (!lmtp && (c->flags & CF_LMTP_ONLY))) {
+		log_info(s->id, NULL, "smtp.unknown_command", "command=%.*s", (int)(nlen > 32 ? 32 : nlen), line);
+		bad_command(s, 500, "5.5.2", "Error: command not recognized");
+		return;
+	}
+	if ((c->flags & CF_NO_ARG) && *arg) {
+		bad_command(s, 501, "5.5.4", "Syntax error: no parameters allowed");
+		return;
+	}
+	if (!(c->flags & CF_PRE_HELO) && !s->helo_seen) {
+		bad_command(s, 503, "5.5.1", lmtp ? "Error: send LHLO first" : "Error: send HELO/EHLO first");
+		return;
+	}
+	c->fn(s, arg);
+}
+
+/* ---- message data ------------------------------------------------------ */
+
+enum dstate { D_LINE_START, D_IN_LINE, D_CR, D_DOT, D_DOT_CR };
+
+static void data_line_end(struct smtp_session *s)
+{
+	struct smtp_txn *t = s->txn;
+	if (s->in_headers) {
+		if (s->line_len == 0) {
+			s->in_headers = false;
+			t->header_bytes = t->data.len;
+		}
+	}
+	s->line_len = 0;
+}
+
+/* Account a byte of the header section; called at the start of a line. */
+static void header_line_start(struct smtp_session *s, unsigned char c)
+{
+	struct smtp_txn *t = s->txn;
+	if (!s->in_headers)
+		return;
+	if (c == ' ' || c == '\t') {
+		/* continuation of the current field */
+	} else if (c != '\r' && c != '\n') {
+		t->header_count++;
+		s->cur_header = 0;
+		if (t->header_count > s->srv->opts.max_headers)
+			s->header_overflow = true;
+	}
+}
+
+static inline void data_put(struct smtp_session *s, const char *p, size_t n)
+{
+	struct buf *b = &s->txn->data;
+	if (b->overflow)
+		return;
+	buf_append(b, p, n);
+	if (s->in_headers) {
+		s->cur_header += n;
+		if (s->cur_header > s->srv->opts.max_header_size)
+			s->header_overflow = true;
+	}
+}
+
+/* Consume message data from the input; true when CRLF.CRLF was seen.
+ * *used is set to the number of bytes consumed. */
+static bool data_scan(struct smtp_session *s, const unsigned char *p, size_t n, size_t *used)
+{
+	size_t i = 0;
+	while (i < n) {
+		unsigned char c = p[i];
+		switch (s->dstate) {
+		case D_LINE_START:
+			header_line_start(s, c);
+			if (c == '.') {
+				s->dstate = D_DOT;
+				i++;
+				continue;
+			}
+			s->dstate = D_IN_LINE;
+			continue;   /* reprocess c */
+		case D_IN_LINE: {
+			/* Fast path: copy a run of ordinary bytes. */
+			size_t j = i;
+			while (j < n && p[j] != '\r' && p[j] != '\n')
+				j++;
+			if (j > i) {
+				data_put(s, (const char *)p + i, j - i);
+				s->line_len += j - i;
+				i = j;
+				continue;
+			}
+			if (c == '\r') {
+				s->dstate = D_CR;
+			} else {     /* bare LF */
+				s->bare_lf = true;
+				data_put(s, "\n", 1);
+				data_line_end(s);
+				s->dstate = D_LINE_START;
+				s->crlf_before = false;
+			}
+			i++;
+			continue;
+		}
+		case D_CR:
+			if (c == '\n') {
+				data_put(s, "\r\n", 2);
+				data_line_end(s);
+				s->dstate = D_LINE_START;
+				s->crlf_before = true;
+				i++;
+			} else {     /* bare CR */
+				s->bare_cr = true;
+				data_put(s, "\r", 1);
+				s->line_len++;
+				s->dstate = D_IN_LINE;
+			}
+			continue;
+		case D_DOT:
+			if (c == '\r') {
+				s->dstate = D_DOT_CR;
+				i++;
+				continue;
+			}
+			/* Dot-stuffed line: drop the first dot. */
+			s->dstate = D_IN_LINE;
+			continue;
+		case D_DOT_CR:
+			/* End of data only at CRLF "." CRLF: not after a bare LF. */
+			if (c == '\n' && s->crlf_before) {
+				*used = i + 1;
+				return true;
+			}
+			if (c == '\n') {
+				data_put(s, ".\r\n", 3);
+				data_line_end(s);
+				s->dstate = D_LINE_START;
+				s->crlf_before = true;
+				i++;
+				continue;
+			}
+			/* ".\r" followed by something else: a bare CR. */
+			s->bare_cr = true;
+			data_put(s, "\r", 1);
+			s->line_len++;
+			s->dstate = D_IN_LINE;
+			continue;
+		}
+	}
+	*used = n;
+	return false;
+}
+
+static void data_complete(struct smtp_session *s)
+{
+	struct smtp_txn *t = s->txn;
+	if (s->in_headers)
+		t->header_bytes = t->data.len;
+	enter_state(s, ST_COMMAND, "end of data");
+	if (s->bev)
+		bufferevent_set_timeouts(s->bev, &(struct timeval){ s->srv->opts.command_timeout_ms / 1000,
+				(s->srv->opts.command_timeout_ms % 1000) * 1000 }, NULL);
+	const char *why = NULL;
+	int code = 0;
+	const char *enh = NULL;
+	if (s->bare_lf || s->bare_cr) {
+		code = 550; enh = "5.5.2";
+		why = s->bare_lf ? "Message contains bare LF (RFC 5321 2.3.8); rejected"
+				 : "Message contains bare CR (RFC 5321 2.3.8); rejected";
+	} else if (t->data.overflow) {
+		code = 552; enh = "5.3.4";
+		why = "Message size exceeds fixed maximum message size";
+	} else if (s->header_overflow) {
+		code = 552; enh = "5.3.4";
+		why = "Message header section exceeds limits";
+	}
+	if (code) {
+		log_warn(s->id, t->qid, "smtp.message_rejected", "reason=%s size=%zu", why, t->data.len);
+		size_t n = s->srv->opts.lmtp ? t->env->nrcpt : 1;
+		for (size_t i = 0; i < n; i++)
+			reply_v(s, code, enh, why);
+		txn_end(s);
+		return;
+	}
+	log_debug(s->id, t->qid, "smtp.data_received", "size=%zu headers=%zu", t->data.len, t->header_count);
+	run_hook(s, SMTP_HOOK_MESSAGE, PEND_MESSAGE);
+}
+
+/* ---- input ------------------------------------------------------------- */
+
+static void process_input(struct smtp_session *s)
+{
+	if (s->processing || !s->bev)
+		return;
+	s->processing = true;
+	smtp_session_ref(s);
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	while (!s->closed && (s->state == ST_COMMAND || s->state == ST_DATA)) {
+		if (s->state == ST_DATA) {
+			struct evbuffer_iovec v;
+			if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+				break;
+			size_t used = 0;
+			bool end = data_scan(s, v.iov_base, v.iov_len, &used);
+			evbuffer_drain(in, used);
+			if (end)
+				data_complete(s);
+			continue;
+		}
+		size_t max = s->srv->opts.max_line;
+		struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
+		size_t avail = evbuffer_get_length(in);
+		if (eol.pos < 0) {
+			if (avail > max) {
+				/* Over-long line: drop what we have, and the rest
+				 * up to its end, then answer once. */
+				evbuffer_drain(in, avail);
+				s->discarding = true;
+			}
+			break;
+		}
+		size_t len = (size_t)eol.pos;
+		if (s->discarding || len > max) {
+			evbuffer_drain(in, len + 1);
+			s->discarding = false;
+			bad_command(s, 500, "5.5.2", "Error: line too long");
+			continue;
+		}
+		char *line = xmalloc(len + 1);
+		evbuffer_remove(in, line, len + 1);
+		line[len] = '\0';
+		if (len && line[len - 1] == '\r')
+			line[--len] = '\0';
+		dispatch(s, line, len);
+		free(line);
+	}
+	s->processing = false;
+	smtp_session_unref(s);
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	struct smtp_session *s = arg;
+	if (s->state == ST_GREET_PAUSE) {
+		/* Talked before the banner: a bot that does not wait. */
+		log_warn(s->id, NULL, "smtp.pregreet", "client=%s", s->client.addr);
+		struct evbuffer *in = bufferevent_get_input(s->bev);
+		evbuffer_drain(in, evbuffer_get_length(in));
+		event_del(s->timer);
+		reply(s, 554, "5.5.1", "%s Error: talked before the greeting", s->srv->opts.hostname);
+		close_after_flush(s, "pregreet");
+		return;
+	}
+	process_input(s);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+	struct smtp_session *s = arg;
+	if (s->state == ST_CLOSING && !s->closed &&
+	    evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+		s->closed = true;
+		smtp_session_unref(s);
+	}
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+	(void)bev;
+	struct smtp_session *s = arg;
+	if (what & BEV_EVENT_CONNECTED) {   /* TLS handshake done */
+		SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+		if (ssl) {
+			tls_describe(ssl, s->tls_info, sizeof(s->tls_info));
+			log_info(s->id, NULL, "smtp.tls", "tls=%s", s->tls_info);
+		}
+		return;
+	}
+	if (s->closed)
+		return;
+	const char *why = (what & BEV_EVENT_TIMEOUT) ? "timeout" : (what & BEV_EVENT_EOF) ? "disconnect" : "error";
+	if (what & BEV_EVENT_ERROR) {
+		unsigned long e = bufferevent_get_openssl_error(s->bev);
+		if (e) {
+			char eb[256];
+			ERR_error_string_n(e, eb, sizeof(eb));
+			log_info(s->id, NULL, "smtp.tls_error", "error=%s", eb);
+		}
+	}
+	if ((what & BEV_EVENT_TIMEOUT) && s->state != ST_CLOSING) {
+		reply(s, 421, "4.4.2", "%s Error: timeout exceeded", s->srv->opts.hostname);
+		log_info(s->id, s->txn ? s->txn->qid : NULL, "smtp.timeout", "state=%s", state_names[s->state]);
+		close_after_flush(s, "timeout");
+		return;
+	}
+	log_info(s->id, s->txn ? s->txn->qid : NULL, "smtp.lost_connection", "why=%s state=%s", why,
+		 state_names[s->state]);
+	s->closed = true;
+	if (s->state != ST_CLOSING)
+		enter_state(s, ST_CLOSING, why);
+	smtp_session_unref(s);
+}
+
+static void install_callbacks(struct smtp_session *s)
+{
+	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, 256 * 1024);
+	long long ms = s->state == ST_DATA ? s->srv->opts.data_timeout_ms : s->srv->opts.command_timeout_ms;
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
+static void greet_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what;
+	struct smtp_session *s = arg;
+	if (s->state != ST_GREET_PAUSE || s->closed)
+		return;
+	run_hook(s, SMTP_HOOK_CONNECT, PEND_CONNECT);
+}
+
+static void session_free(struct smtp_session *s)
+{
+	struct smtp_server *srv = s->srv;
+	txn_end(s);
+	if (srv->hooks.session_end)
+		srv->hooks.session_end(srv->hooks.arg, s);
+	log_info(s->id, NULL, "smtp.disconnect", "client=%s errors=%u", s->client.addr, s->errors);
+	if (s->timer)
+		event_free(s->timer);
+	if (s->bev)
+		bufferevent_free(s->bev);
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		srv->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	srv->nsessions--;
+	free(s->replies);
+	pool_free(s->pool);
+	free(s);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+	(void)l; (void)salen;
+	struct smtp_server *srv = arg;
+	if (srv->nsessions >= srv->opts.max_connections) {
+		static const char msg[] = "421 4.3.2 Too many connections, try again later\r\n";
+		ssize_t w = write(fd, msg, sizeof(msg) - 1);
+		(void)w;
+		log_warn(NULL, NULL, "smtp.connection_limit", "sessions=%zu", srv->nsessions);
+		close(fd);
+		return;
+	}
+	struct smtp_session *s = xcalloc(1, sizeof(*s));
+	s->srv = srv;
+	s->refs = 1;        /* the connection's reference */
+	s->pool = pool_new(1024);
+	id_new(s->id);
+	char ip[64] = "";
+	int port = 0;
+	if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)
+		net_addr_text(sa, ip, sizeof(ip), &port);
+	else
+		snprintf(ip, sizeof(ip), "127.0.0.1");   /* unix socket: local */
+	s->client.addr = pool_strdup(s->pool, ip);
+	s->client.name = pool_strdup(s->pool, "unknown");
+	s->client.helo = pool_strdup(s->pool, "");
+	s->client.proto = pool_strdup(s->pool, srv->opts.lmtp ? "LMTP" : "SMTP");
+	s->client.port = port;
+	s->xforward_ok = ip_in(srv->opts.xforward_hosts, ip);
+	s->xclient_ok = ip_in(srv->opts.xclient_hosts, ip);
+	s->next = srv->sessions;
+	if (s->next)
+		s->next->prev = s;
+	srv->sessions = s;
+	srv->nsessions++;
+	s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	s->state = ST_GREET_PAUSE;
+	install_callbacks(s);
+	log_info(s->id, NULL, "smtp.connect", "client=%s port=%d", ip, port);
+	if (srv->opts.greet_pause_ms > 0) {
+		s->timer = evtimer_new(srv->base, greet_timer, s);
+		struct timeval tv = { srv->opts.greet_pause_ms / 1000, (srv->opts.greet_pause_ms % 1000) * 1000 };
+		evtimer_add(s->timer, &tv);
+	} else {
+		run_hook(s, SMTP_HOOK_CONNECT, PEND_CONNECT);
+	}
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+	(void)l; (void)arg;
+	/* EMFILE and friends: log and go on; libevent retries on the next event. */
+	log_error(NULL, NULL, "smtp.accept_error", "error=%s", strerror(errno));
+}
+
+/* ---- server ------------------------------------------------------------ */
+
+static void set_defaults(struct smtp_server_opts *o)
+{
+	if (!o->hostname)
+		o->hostname = "localhost";
+	if (o->max_message_size <= 0)
+		o->max_message_size = 10 * 1024 * 1024;
+	if (!o->max_recipients)
+		o->max_recipients = 1000;
+	if (!o->max_line)
+		o->max_line = 2048;
+	if (!o->max_header_size)
+		o->max_header_size = 64 * 1024;
+	if (!o->max_headers)
+		o->max_headers = 1000;
+	if (o->command_timeout_ms <= 0)
+		o->command_timeout_ms = 300000;
+	if (o->data_timeout_ms <= 0)
+		o->data_timeout_ms = 300000;
+	if (!o->max_errors)
+		o->max_errors = 10;
+	if (!o->max_connections)
+		o->max_connections = 1000;
+}
+
+struct smtp_server *smtp_server_new(struct event_base *base, const struct smtp_server_opts *opts,
+				    const struct smtp_server_hooks *hooks)
+{
+	struct smtp_server *srv = xcalloc(1, sizeof(*srv));
+	srv->base = base;
+	srv->opts = *opts;
+	set_defaults(&srv->opts);
+	srv->hooks = *hooks;
+	return srv;
+}
+
+void smtp_server_set_opts(struct smtp_server *srv, const struct smtp_server_opts *opts)
+{
+	srv->opts = *opts;
+	set_defaults(&srv->opts);
+}
+
+bool smtp_server_listen_fd(struct smtp_server *srv, int fd, char *why, size_t whylen)
+{
+	if (srv->nlisteners == sizeof(srv->listeners) / sizeof(srv->listeners[0])) {
+		snprintf(why, whylen, "too many listeners");
+		return false;
+	}
+	struct evconnlistener *l = evconnlistener_new(srv->base, on_accept, srv,
+						      LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+	if (!l) {
+		snprintf(why, whylen, "cannot listen: %s", strerror(errno));
+		return false;
+	}
+	evconnlistener_set_error_cb(l, on_accept_error);
+	srv->listeners[srv->nlisteners++] = l;
+	return true;
+}
+
+void smtp_server_stop_listening(struct smtp_server *srv)
+{
+	for (size_t i = 0; i < srv->nlisteners; i++)
+		evconnlistener_free(srv->listeners[i]);
+	srv->nlisteners = 0;
+}
+
+size_t smtp_server_sessions(const struct smtp_server *srv)
+{
+	return srv->nsessions;
+}
+
+void smtp_server_free(struct smtp_server *srv)
+{
+	if (!srv)
+		return;
+	smtp_server_stop_listening(srv);
+	while (srv->sessions) {
+		struct smtp_session *s = srv->sessions;
+		s->closed = true;
+		s->refs = 1;
+		smtp_session_unref(s);
+	}
+	free(srv);
+}
+
+/* ---- accessors --------------------------------------------------------- */
+
+const char *smtp_session_id(const struct smtp_session *s) { return s->id; }
+const char *smtp_session_proto(const struct smtp_session *s)
+{
+	return s->srv->opts.lmtp ? "LMTP" : s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP") : "SMTP";
+}
+struct smtp_txn *smtp_session_txn(struct smtp_session *s) { return s->txn; }
+const struct env_client *smtp_session_client(const struct smtp_session *s) { return &s->client; }
+bool smtp_session_tls(const struct smtp_session *s) { return s->tls; }
+const char *smtp_session_tls_info(const struct smtp_session *s) { return s->tls_info; }
+bool smtp_session_lmtp(const struct smtp_session *s) { return s->srv->opts.lmtp; }
+void *smtp_session_data(const struct smtp_session *s) { return s->user; }
+void smtp_session_set_data(struct smtp_session *s, void *p) { s->user = p; }
+bool smtp_session_closed(const struct smtp_session *s) { return s->closed || s->state == ST_CLOSING; }

@@ -1,0 +1,1130 @@
+/*
+ * stage.c — the server skeleton shared by every stage program.
+ *
+ * Wires together: rampart.conf ([global] and the instance's section), the
+ * logger, the metrics listener, the SMTP/LMTP engine, the check chain,
+ * and what happens to an accepted message:
+ *   - the stage's own delivery (the store),
+ *   - queue mode: written to the durable spool and fsync'd before the 250,
+ *     then delivered to the next hops by the queue's delivery agent,
+ *   - proxy mode: the client's transaction is relayed to the next hop as it
+ *     happens and the next hop's replies are passed back.
+ * It may reach: its listen sockets, its spool, its next hops.
+ */
+#include "stage.h"
+#include "queue.h"
+#include "smtp_client.h"
+#include "../checks/chain.h"
+#include "../util/alloc.h"
+#include "../util/fs.h"
+#include "../util/id.h"
+#include "../util/log.h"
+#include "../util/metrics.h"
+#include "../util/net.h"
+#include "../util/tls.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+/* ---- parameters -------------------------------------------------------- */
+
+#define SRV(f) offsetof(struct server_config, f)
+const struct param_def server_param_defs[] = {
+	{ "listen", PT_LIST, "", 1, 0, NULL, SRV(listen), "addresses to listen on (host:port, [v6]:port, unix:/path)" },
+	{ "hostname", PT_STR, "localhost", 1, 0, NULL, SRV(hostname), "name in the banner, EHLO and Received headers" },
+	{ "local_domains", PT_LIST, "", 0, 0, NULL, SRV(local_domains), "domains this site receives mail for" },
+	{ "checks", PT_LIST, "relay limits", 0, 0, NULL, SRV(checks), "checks to run, in order ([check.NAME] sections configure them)" },
+	{ "mode", PT_ENUM, "queue", 0, 0, "queue|proxy", SRV(mode), "queue: 250 after fsync, deliver later; proxy: relay the transaction live" },
+	{ "next_hops", PT_LIST, "", 0, 0, NULL, SRV(next_hops), "next stage: host:port list tried in order with failover" },
+	{ "next_protocol", PT_ENUM, "smtp", 0, 0, "smtp|lmtp", SRV(next_protocol), "protocol spoken to the next hops" },
+	{ "next_xforward", PT_BOOL, "yes", 0, 0, NULL, SRV(next_xforward), "send XFORWARD (original client) to next hops that offer it" },
+	{ "spool_dir", PT_STR, "", 0, 0, NULL, SRV(spool_dir), "queue directory (default: state_dir/spool/INSTANCE)" },
+	{ "metrics_listen", PT_STR, "", 0, 0, NULL, SRV(metrics_listen), "host:port for Prometheus /metrics (empty: off)" },
+	{ "max_message_size", PT_SIZE, "25m", 1024, 1LL << 32, NULL, SRV(max_message_size), "largest message accepted (SIZE)" },
+	{ "max_recipients", PT_INT, "1000", 1, 100000, NULL, SRV(max_recipients), "most recipients per transaction" },
+	{ "max_connections", PT_INT, "1000", 1, 1000000, NULL, SRV(max_connections), "most concurrent client connections" },
+	{ "max_errors", PT_INT, "10", 1, 1000, NULL, SRV(max_errors), "bad commands before 421 and disconnect" },
+	{ "command_timeout", PT_TIME, "300s", 1000, 3600000, NULL, SRV(command_timeout), "deadline for each command line" },
+	{ "data_timeout", PT_TIME, "300s", 1000, 3600000, NULL, SRV(data_timeout), "deadline for each read during DATA" },
+	{ "greet_pause", PT_TIME, "0", 0, 60000, NULL, SRV(greet_pause), "wait before the banner; clients talking first are refused" },
+	{ "retry_min", PT_TIME, "60s", 10, 86400000, NULL, SRV(retry_min), "first retry delay of a deferred message" },
+	{ "retry_max", PT_TIME, "1h", 10, 604800000, NULL, SRV(retry_max), "longest retry delay (exponential backoff)" },
+	{ "queue_lifetime", PT_TIME, "5d", 60000, 7776000000LL, NULL, SRV(queue_lifetime), "maximum time a message stays queued" },
+	{ "max_deliveries", PT_INT, "20", 1, 10000, NULL, SRV(max_deliveries), "concurrent deliveries from the queue" },
+	{ "tls_cert", PT_STR, "", 0, 0, NULL, SRV(tls_cert), "PEM certificate chain for STARTTLS (empty: no STARTTLS)" },
+	{ "tls_key", PT_STR, "", 0, 0, NULL, SRV(tls_key), "PEM private key for STARTTLS" },
+	{ "xforward_hosts", PT_LIST, "", 0, 0, NULL, SRV(xforward_hosts), "previous stages (CIDR) whose XFORWARD is trusted" },
+	{ "xclient_hosts", PT_LIST, "", 0, 0, NULL, SRV(xclient_hosts), "proxies (CIDR) allowed to use XCLIENT" },
+	{ "user", PT_STR, "", 0, 0, NULL, SRV(user), "drop to this user after binding (when started as root)" },
+	PARAM_END
+};
+
+#define GLB(f) offsetof(struct global_config, f)
+static const struct param_def global_param_defs[] = {
+	{ "state_dir", PT_STR, "/var/lib/rampart", 1, 0, NULL, GLB(state_dir), "where spools and state live" },
+	{ "log_level", PT_ENUM, "info", 0, 0, "debug|info|warn|error", GLB(log_level), "least severe level logged" },
+	{ "log_syslog", PT_BOOL, "no", 0, 0, NULL, GLB(log_syslog), "log to syslog instead of standard error" },
+	{ "dns_local_data", PT_STR, "", 0, 0, NULL, GLB(dns_local_data), "file of DNS records answered locally (labs, tests)" },
+	PARAM_END
+};
+
+const struct param_set global_param_set = {
+	"global", "settings shared by every program", global_param_defs, sizeof(struct global_config)
+};
+
+const struct param_set *stage_param_set(const struct stage_def *def)
+{
+	size_t ns = 0, nd = 0;
+	while (server_param_defs[ns].name)
+		ns++;
+	while (def->params && def->params[nd].name)
+		nd++;
+	struct param_def *t = xcalloc(ns + nd + 1, sizeof(*t));
+	memcpy(t, server_param_defs, ns * sizeof(*t));
+	if (nd)
+		memcpy(t + ns, def->params, nd * sizeof(*t));
+	struct param_set *set = xcalloc(1, sizeof(*set));
+	set->stage = def->name;
+	set->doc = def->doc;
+	set->params = t;
+	set->size = def->config_size;
+	return set;
+}
+
+void stage_param_set_free(const struct param_set *set)
+{
+	if (!set)
+		return;
+	free((void *)set->params);
+	free((void *)set);
+}
+
+/* ---- the process ------------------------------------------------------- */
+
+struct stage;
+
+/* Everything built from one reading of the configuration.  Sessions keep
+ * the generation they started with until they end (SIGHUP-safe). */
+struct generation {
+	int refs;
+	struct config *cfg;
+	struct global_config g;
+	void *conf;                     /* the stage's struct (begins with server_config) */
+	const struct server_config *sc;
+	struct chain *chain;
+	void *state;                    /* the stage's own state */
+	struct check_env env;
+};
+
+struct stage {
+	const struct stage_def *def;
+	const struct param_set *set;
+	const char *config_path;
+	const char *instance;
+	struct event_base *base;
+	struct generation *gen;
+	struct smtp_server *server;
+	struct tls_ctx *tls;
+	struct queue *queue;
+	struct metrics *metrics;
+	struct metric *m_sessions, *m_messages, *m_rejects, *m_deliveries, *m_deferrals, *m_bounces;
+	struct event *sig_hup, *sig_term, *sig_int, *sig_usr1;
+	char hostname[256];
+};
+
+static void gen_unref(struct stage *st, struct generation *g)
+{
+	if (!g || --g->refs > 0)
+		return;
+	chain_free(g->chain);
+	if (g->state && st->def->free)
+		st->def->free(g->state);
+	config_release(st->set, g->conf);
+	free(g->conf);
+	config_release(&global_param_set, &g->g);
+	config_free(g->cfg);
+	free(g);
+}
+
+static struct generation *gen_load(struct stage *st, char *why, size_t whylen)
+{
+	struct config_error err;
+	struct config *cfg = config_parse_file(st->config_path, &err);
+	if (!cfg) {
+		snprintf(why, whylen, "%s", err.msg);
+		return NULL;
+	}
+	struct generation *g = xcalloc(1, sizeof(*g));
+	g->refs = 1;
+	g->cfg = cfg;
+	g->conf = xcalloc(1, st->set->size);
+	if (!config_bind(cfg, "global", &global_param_set, &g->g, &err) ||
+	    !config_bind(cfg, st->instance, st->set, g->conf, &err)) {
+		snprintf(why, whylen, "%s", err.msg);
+		g->chain = NULL;
+		gen_unref(st, g);
+		return NULL;
+	}
+	g->sc = g->conf;
+	const struct server_config *sc = g->sc;
+	if (!st->def->deliver && sc->next_hops.n == 0) {
+		snprintf(why, whylen, "%s: [%s] next_hops: expected at least one host:port for the next stage",
+			 st->config_path, st->instance);
+		gen_unref(st, g);
+		return NULL;
+	}
+	for (size_t i = 0; i < sc->next_hops.n; i++) {
+		struct endpoint ep;
+		char w[128];
+		if (!endpoint_parse(sc->next_hops.v[i], 25, &ep, w, sizeof(w))) {
+			snprintf(why, whylen, "%s: [%s] next_hops: '%s': %s", st->config_path, st->instance,
+				 sc->next_hops.v[i], w);
+			gen_unref(st, g);
+			return NULL;
+		}
+	}
+	for (size_t i = 0; i < sc->xforward_hosts.n + sc->xclient_hosts.n; i++) {
+		const char *n = i < sc->xforward_hosts.n ? sc->xforward_hosts.v[i] : sc->xclient_hosts.v[i - sc->xforward_hosts.n];
+		struct cidr c;
+		if (!cidr_parse(n, &c)) {
+			snprintf(why, whylen, "%s: [%s] xforward_hosts/xclient_hosts: '%s' is not a network (e.g. 127.0.0.0/8)",
+				 st->config_path, st->instance, n);
+			gen_unref(st, g);
+			return NULL;
+		}
+	}
+	g->env.stage = st->def->name;
+	g->env.instance = st->instance;
+	g->env.hostname = sc->hostname;
+	g->env.local_domains = &sc->local_domains;
+	g->env.max_message_size = sc->max_message_size;
+	g->env.max_recipients = (unsigned)sc->max_recipients;
+	g->env.metrics = st->metrics;
+	if (st->def->init) {
+		char swhy[512] = "";
+		g->state = st->def->init(g->conf, &g->g, st->instance, swhy, sizeof(swhy));
+		if (!g->state) {
+			snprintf(why, whylen, "%s: [%s] %s", st->config_path, st->instance, swhy);
+			gen_unref(st, g);
+			return NULL;
+		}
+	}
+	char cwhy[512];
+	g->chain = chain_new(cfg, &sc->checks, &g->env, cwhy, sizeof(cwhy));
+	if (!g->chain) {
+		snprintf(why, whylen, "%s: [%s] checks: %s", st->config_path, st->instance, cwhy);
+		gen_unref(st, g);
+		return NULL;
+	}
+	return g;
+}
+
+/* ---- per-session glue between the engine, the chain and forwarding ---- */
+
+struct sess {
+	struct stage *st;
+	struct generation *gen;
+	struct smtp_session *s;
+	struct check_ctx ctx;
+	enum smtp_hook_kind kind;
+	/* proxy mode */
+	struct smtp_client *client;
+	bool client_connecting;
+	bool client_failed;
+	struct smtp_reply client_err;
+	size_t proxied_rcpts;           /* RCPTs accepted by the next hop */
+	bool *rcpt_ok;                  /* per envelope recipient: accepted by next hop */
+	size_t rcpt_ok_cap;
+	char *out_data;                 /* message as sent on (headers added) */
+	size_t out_len;
+};
+
+static void fill_ctx(struct sess *x)
+{
+	struct smtp_session *s = x->s;
+	struct smtp_txn *t = smtp_session_txn(s);
+	struct check_ctx *c = &x->ctx;
+	c->sid = smtp_session_id(s);
+	c->qid = t ? t->qid : NULL;
+	c->client = t ? &t->env->client : smtp_session_client(s);
+	c->tls = smtp_session_tls(s);
+	c->helo = smtp_session_client(s)->helo;
+	c->env = t ? t->env : NULL;
+	c->declared_size = t ? t->declared_size : -1;
+	c->data = t ? t->data.data : NULL;
+	c->len = t ? t->data.len : 0;
+	c->header_bytes = t ? t->header_bytes : 0;
+	c->pool = t ? t->env->pool : NULL;
+}
+
+static void clear_added_headers(struct check_ctx *c)
+{
+	for (size_t i = 0; i < c->nadd; i++) {
+		free(c->add[i].name);
+		free(c->add[i].value);
+	}
+	free(c->add);
+	c->add = NULL;
+	c->nadd = c->add_cap = 0;
+}
+
+static void reply_verdict(struct sess *x, const struct verdict *v)
+{
+	switch (v->kind) {
+	case V_TEMPFAIL:
+	case V_REJECT:
+		if (x->st->m_rejects) {
+			char l[96];
+			snprintf(l, sizeof(l), "code=\"%d\"", v->code);
+			metric_inc(x->st->m_rejects, l);
+		}
+		smtp_session_reply(x->s, v->code, v->enh, v->reason);
+		break;
+	default:
+		smtp_session_reply(x->s, 0, NULL, NULL);
+	}
+}
+
+/* The Received header and the correlation id, then the message. */
+static char *build_outgoing(struct sess *x, size_t *len)
+{
+	struct smtp_txn *t = smtp_session_txn(x->s);
+	const struct env_client *conn = smtp_session_client(x->s);
+	struct buf b = BUF_INIT;
+	char date[64];
+	time_t now = time(NULL);
+	struct tm tm;
+	localtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
+	/* Correlation id: kept from a previous stage, else this queue id. */
+	const char *cid = NULL;
+	static const char hname[] = "X-Rampart-Id:";
+	const char *hdr = t->data.data;
+	size_t hlen = t->header_bytes;
+	char cidbuf[64] = "";
+	for (size_t i = 0; hdr && i + sizeof(hname) - 1 < hlen; ) {
+		if (strncasecmp(hdr + i, hname, sizeof(hname) - 1) == 0) {
+			size_t j = i + sizeof(hname) - 1, k = 0;
+			while (j < hlen && hdr[j] == ' ')
+				j++;
+			while (j < hlen && k < sizeof(cidbuf) - 1 && hdr[j] != '\r' && hdr[j] != ' ')
+				cidbuf[k++] = hdr[j++];
+			cidbuf[k] = '\0';
+			if (k)
+				cid = cidbuf;
+			break;
+		}
+		const char *nl = memchr(hdr + i, '\n', hlen - i);
+		if (!nl)
+			break;
+		i = (size_t)(nl - hdr) + 1;
+	}
+	t->env->correlation_id = pool_strdup(t->env->pool, cid ? cid : t->qid);
+	/* Received describes this hop: the connected client (XFORWARD's
+	 * original client is in the previous stage's header and the logs). */
+	buf_printf(&b, "Received: from %s (%s [%s])\r\n", *conn->helo ? conn->helo : "unknown", conn->name, conn->addr);
+	buf_printf(&b, "\tby %s (Rampart) with %s id %s", x->gen->sc->hostname, smtp_session_proto(x->s), t->qid);
+	if (smtp_session_tls(x->s) && *smtp_session_tls_info(x->s))
+		buf_printf(&b, "\r\n\t(%s)", smtp_session_tls_info(x->s));
+	if (t->env->nrcpt == 1)
+		buf_printf(&b, "\r\n\tfor <%s>", t->env->rcpts[0].addr);
+	buf_printf(&b, "; %s\r\n", date);
+	if (!cid)
+		buf_printf(&b, "X-Rampart-Id: %s\r\n", t->qid);
+	for (size_t i = 0; i < x->ctx.nadd; i++)
+		buf_printf(&b, "%s: %s\r\n", x->ctx.add[i].name, x->ctx.add[i].value);
+	buf_append(&b, t->data.data, t->data.len);
+	return buf_steal(&b, len);
+}
+
+/* -- queue mode -- */
+
+static void queued(void *arg, bool ok, const char *qid)
+{
+	struct sess *x = arg;
+	struct smtp_txn *t = smtp_session_txn(x->s);
+	if (ok) {
+		if (x->st->m_messages)
+			metric_inc(x->st->m_messages, "result=\"queued\"");
+		log_info(smtp_session_id(x->s), qid, "message.queued", "from=%s nrcpt=%zu size=%zu correlation=%s",
+			 t ? t->env->sender : "", t ? t->env->nrcpt : 0, x->out_len,
+			 t ? t->env->correlation_id : "");
+		char text[128];
+		snprintf(text, sizeof(text), "Ok: queued as %s", qid);
+		if (!smtp_session_closed(x->s))
+			smtp_session_reply(x->s, 250, "2.0.0", text);
+	} else {
+		if (x->st->m_messages)
+			metric_inc(x->st->m_messages, "result=\"queue_error\"");
+		if (!smtp_session_closed(x->s))
+			smtp_session_reply(x->s, 451, "4.3.0", "Temporary failure: cannot queue the message, try again later");
+	}
+	free(x->out_data);
+	x->out_data = NULL;
+	smtp_session_unref(x->s);
+}
+
+/* -- proxy mode -- */
+
+static void proxy_fail_reply(struct sess *x, const struct smtp_reply *r)
+{
+	char text[600];
+	snprintf(text, sizeof(text), "%s", r->text);
+	smtp_session_reply(x->s, r->code, r->enh, text);
+}
+
+static void proxy_rcpt_done(void *arg, const struct smtp_reply *r)
+{
+	struct sess *x = arg;
+	struct smtp_txn *t = smtp_session_txn(x->s);
+	if (!smtp_session_closed(x->s) && t) {
+		if (r->code >= 200 && r->code < 300) {
+			x->proxied_rcpts++;
+			x->rcpt_ok[t->env->nrcpt - 1] = true;
+			smtp_session_reply(x->s, 0, NULL, NULL);
+		} else {
+			proxy_fail_reply(x, r);
+		}
+	}
+	smtp_session_unref(x->s);
+}
+
+static void proxy_send_rcpt(struct sess *x)
+{
+	struct smtp_txn *t = smtp_session_txn(x->s);
+	if (t->env->nrcpt > x->rcpt_ok_cap) {
+		size_t old = x->rcpt_ok_cap;
+		x->rcpt_ok_cap = t->env->nrcpt * 2;
+		x->rcpt_ok = xrealloc(x->rcpt_ok, x->rcpt_ok_cap * sizeof(bool));
+		memset(x->rcpt_ok + old, 0, (x->rcpt_ok_cap - old) * sizeof(bool));
+	}
+	x->rcpt_ok[t->env->nrcpt - 1] = false;
+	smtp_client_rcpt(x->client, t->env->rcpts[t->env->nrcpt - 1].addr, proxy_rcpt_done, x);
+}
+
+static void proxy_mail_done(void *arg, const struct smtp_reply *r)
+{
+	struct sess *x = arg;
+	/* A MAIL refusal shows up in the RCPT replies that follow (they get
+	 * 503 from the next hop); log it here. */
+	if (r->code >= 300)
+		log_warn(smtp_session_id(x->s), NULL, "proxy.mail_refused", "code=%d text=%s", r->code, r->text);
+}
+
+static void proxy_ready(void *arg, struct smtp_client *c, const struct smtp_reply *err)
+{
+	struct sess *x = arg;
+	x->client_connecting = false;
+	struct smtp_txn *t = smtp_session_txn(x->s);
+	if (!c) {
+		x->client_failed = true;
+		x->client_err = *err;
+		if (!smtp_session_closed(x->s))
+			smtp_session_reply(x->s, 451, "4.4.1", "Next hop unavailable, try again later");
+		smtp_session_unref(x->s);
+		return;
+	}
+	if (smtp_session_closed(x->s) || !t) {
+		smtp_client_quit(c);
+		smtp_session_unref(x->s);
+		return;
+	}
+	x->client = c;
+	smtp_client_mail(c, t->env, t->declared_size > 0 ? (size_t)t->declared_size : 0, proxy_mail_done, x);
+	proxy_send_rcpt(x);   /* keeps the session reference */
+}
+
+static struct smtp_client_opts client_opts(struct stage *st, const struct server_config *sc, const char *sid)
+{
+	struct smtp_client_opts o = { 0 };
+	o.hops = &sc->next_hops;
+	o.lmtp = sc->next_protocol == NEXT_LMTP;
+	o.helo_name = sc->hostname;
+	o.tls = NULL;
+	o.xforward = sc->next_xforward;
+	o.connect_timeout_ms = 10000;
+	o.command_timeout_ms = 300000;
+	o.data_timeout_ms = 600000;
+	o.log_sid = sid;
+	(void)st;
+	return o;
+}
+
+static void proxy_rcpt(struct sess *x)
+{
+	smtp_session_ref(x->s);
+	if (x->client) {
+		proxy_send_rcpt(x);
+		return;
+	}
+	if (x->client_failed) {
+		smtp_session_reply(x->s, 451, "4.4.1", "Next hop unavailable, try again later");
+		smtp_session_unref(x->s);
+		return;
+	}
+	x->client_connecting = true;
+	struct smtp_client_opts o = client_opts(x->st, x->gen->sc, smtp_session_id(x->s));
+	smtp_client_connect(x->st->base, &o, proxy_ready, x);
+}
+
+static void proxy_data_done(void *arg, const struct smtp_reply *r, size_t n)
+{
+	struct sess *x = arg;
+	struct smtp_txn *t = smtp_session_txn(x->s);
+	if (smtp_session_closed(x->s) || !t) {
+		smtp_session_unref(x->s);
+		return;
+	}
+	const char *sid = smtp_session_id(x->s);
+	if (smtp_session_lmtp(x->s) || n <= 1) {
+		/* SMTP next hop (one reply), or we are LMTP too: pass through. */
+		if (smtp_session_lmtp(x->s)) {
+			struct smtp_reply_line *rl = xcalloc(t->env->nrcpt, sizeof(*rl));
+			for (size_t i = 0, k = 0; i < t->env->nrcpt; i++) {
+				const struct smtp_reply *src = x->rcpt_ok[i] && k < n ? &r[k++] : &r[0];
+				rl[i].code = src->code;
+				snprintf(rl[i].enh, sizeof(rl[i].enh), "%s", src->enh);
+				snprintf(rl[i].text, sizeof(rl[i].text), "%s", src->text);
+			}
+			smtp_session_replies(x->s, rl, t->env->nrcpt);
+			free(rl);
+		} else {
+			log_info(sid, t->qid, "proxy.relayed", "code=%d next=%s text=%s", r[0].code,
+				 x->client ? smtp_client_peer(x->client) : "", r[0].text);
+			if (x->st->m_messages)
+				metric_inc(x->st->m_messages, r[0].code < 300 ? "result=\"relayed\"" : "result=\"next_hop_refused\"");
+			smtp_session_reply(x->s, r[0].code, r[0].enh, r[0].text);
+		}
+		smtp_session_unref(x->s);
+		return;
+	}
+	/* LMTP next hop, SMTP client: one reply per recipient must become one.
+	 * All alike: pass it on.  Mixed: the accepted ones are delivered, so
+	 * the others are queued here for retry (never lost, never doubled). */
+	size_t okn = 0;
+	for (size_t i = 0; i < n; i++)
+		if (r[i].code >= 200 && r[i].code < 300)
+			okn++;
+	if (okn == 0 || okn == n) {
+		if (x->st->m_messages)
+			metric_inc(x->st->m_messages, okn ? "result=\"relayed\"" : "result=\"next_hop_refused\"");
+		smtp_session_reply(x->s, r[0].code, r[0].enh, r[0].text);
+		smtp_session_unref(x->s);
+		return;
+	}
+	struct envelope *rest = envelope_new();
+	rest->sender = pool_strdup(rest->pool, t->env->sender);
+	rest->body_8bit = t->env->body_8bit;
+	rest->smtputf8 = t->env->smtputf8;
+	rest->client = t->env->client;
+	rest->correlation_id = t->env->correlation_id;
+	for (size_t i = 0, k = 0; i < t->env->nrcpt; i++) {
+		if (!x->rcpt_ok[i])
+			continue;
+		const struct smtp_reply *ri = &r[k++];
+		if (ri->code >= 200 && ri->code < 300)
+			continue;
+		struct env_rcpt *nr = envelope_add_rcpt(rest, t->env->rcpts[i].addr);
+		nr->last_code = ri->code;
+		log_info(sid, t->qid, "proxy.partial_queued", "rcpt=%s code=%d text=%s", nr->addr, ri->code, ri->text);
+	}
+	if (!x->st->queue) {
+		envelope_free(rest);
+		smtp_session_reply(x->s, 451, "4.3.0", "Partial delivery and no queue to finish it");
+		smtp_session_unref(x->s);
+		return;
+	}
+	queue_submit(x->st->queue, rest, x->out_data, x->out_len, queued, x);  /* queued() unrefs */
+	envelope_free(rest);
+}
+
+static void proxy_message(struct sess *x)
+{
+	smtp_session_ref(x->s);
+	if (!x->client || x->proxied_rcpts == 0) {
+		smtp_session_reply(x->s, 451, "4.4.1", "Next hop unavailable, try again later");
+		smtp_session_unref(x->s);
+		return;
+	}
+	smtp_client_data(x->client, x->out_data, x->out_len, proxy_data_done, x);
+}
+
+/* -- local delivery (store) -- */
+
+static void deliver_local(struct sess *x)
+{
+	struct smtp_txn *t = smtp_session_txn(x->s);
+	size_t n = t->env->nrcpt;
+	struct stage_delivery d = { 0 };
+	d.sid = smtp_session_id(x->s);
+	d.qid = t->qid;
+	d.env = t->env;
+	d.data = x->out_data;
+	d.len = x->out_len;
+	d.codes = xcalloc(n, sizeof(int));
+	d.texts = xcalloc(n, sizeof(*d.texts));
+	x->st->def->deliver(x->gen->state, &d);
+	struct smtp_reply_line *rl = xcalloc(n, sizeof(*rl));
+	for (size_t i = 0; i < n; i++) {
+		rl[i].code = d.codes[i] ? d.codes[i] : 451;
+		const char *txt = d.texts[i][0] ? d.texts[i] : "4.3.0 delivery not attempted";
+		/* "x.y.z text" -> enh + text */
+		const char *sp = strchr(txt, ' ');
+		if (sp && sp - txt < (long)sizeof(rl[i].enh) && txt[1] == '.') {
+			snprintf(rl[i].enh, sizeof(rl[i].enh), "%.*s", (int)(sp - txt), txt);
+			snprintf(rl[i].text, sizeof(rl[i].text), "%s", sp + 1);
+		} else {
+			snprintf(rl[i].text, sizeof(rl[i].text), "%s", txt);
+		}
+		if (x->st->m_deliveries)
+			metric_inc(x->st->m_deliveries, rl[i].code < 300 ? "result=\"delivered\"" :
+				   rl[i].code < 500 ? "result=\"deferred\"" : "result=\"failed\"");
+	}
+	free(d.codes);
+	free(d.texts);
+	free(x->out_data);
+	x->out_data = NULL;
+	if (smtp_session_lmtp(x->s)) {
+		smtp_session_replies(x->s, rl, n);
+	} else {
+		/* SMTP in front of a local delivery: all alike or tempfail. */
+		int code = rl[0].code;
+		for (size_t i = 1; i < n; i++)
+			if (rl[i].code != code)
+				code = 451;
+		if (code == rl[0].code)
+			smtp_session_reply(x->s, code, rl[0].enh, rl[0].text);
+		else
+			smtp_session_reply(x->s, 451, "4.3.0", "Partial local delivery failure");
+	}
+	free(rl);
+}
+
+/* -- chain results -- */
+
+static void after_chain(void *arg, const struct verdict *v)
+{
+	struct sess *x = arg;
+	struct smtp_session *s = x->s;
+	if (smtp_session_closed(s)) {
+		smtp_session_unref(s);
+		return;
+	}
+	if (v->kind == V_TEMPFAIL || v->kind == V_REJECT) {
+		if (x->kind == SMTP_HOOK_MESSAGE && smtp_session_lmtp(s)) {
+			struct smtp_txn *t = smtp_session_txn(s);
+			struct smtp_reply_line *rl = xcalloc(t->env->nrcpt, sizeof(*rl));
+			for (size_t i = 0; i < t->env->nrcpt; i++) {
+				rl[i].code = v->code;
+				snprintf(rl[i].enh, sizeof(rl[i].enh), "%s", v->enh);
+				snprintf(rl[i].text, sizeof(rl[i].text), "%s", v->reason);
+			}
+			smtp_session_replies(s, rl, t->env->nrcpt);
+			free(rl);
+		} else {
+			reply_verdict(x, v);
+		}
+		smtp_session_unref(s);
+		return;
+	}
+	if (v->kind == V_DISCARD && x->kind == SMTP_HOOK_MESSAGE) {
+		struct smtp_txn *t = smtp_session_txn(s);
+		log_info(smtp_session_id(s), t->qid, "message.discarded", "reason=%s", v->reason);
+		smtp_session_reply(s, 250, "2.0.0", "Ok");
+		smtp_session_unref(s);
+		return;
+	}
+	const struct server_config *sc = x->gen->sc;
+	switch (x->kind) {
+	case SMTP_HOOK_RCPT:
+		if (!x->st->def->deliver && sc->mode == MODE_PROXY) {
+			proxy_rcpt(x);
+			break;
+		}
+		smtp_session_reply(s, 0, NULL, NULL);
+		break;
+	case SMTP_HOOK_MESSAGE: {
+		x->out_data = build_outgoing(x, &x->out_len);
+		if (x->st->def->deliver) {
+			deliver_local(x);
+		} else if (sc->mode == MODE_PROXY) {
+			proxy_message(x);
+		} else {
+			struct smtp_txn *t = smtp_session_txn(s);
+			smtp_session_ref(s);
+			queue_submit(x->st->queue, t->env, x->out_data, x->out_len, queued, x);
+		}
+		break;
+	}
+	default:
+		smtp_session_reply(s, 0, NULL, NULL);
+	}
+	smtp_session_unref(s);
+}
+
+static const enum check_phase phase_of[] = {
+	[SMTP_HOOK_CONNECT] = PHASE_CONNECT, [SMTP_HOOK_HELO] = PHASE_HELO, [SMTP_HOOK_MAIL] = PHASE_MAIL,
+	[SMTP_HOOK_RCPT] = PHASE_RCPT, [SMTP_HOOK_DATA] = PHASE_DATA, [SMTP_HOOK_MESSAGE] = PHASE_MESSAGE,
+};
+
+static void on_hook(void *arg, struct smtp_session *s, enum smtp_hook_kind kind)
+{
+	struct stage *st = arg;
+	struct sess *x = smtp_session_data(s);
+	if (!x) {
+		x = xcalloc(1, sizeof(*x));
+		x->st = st;
+		x->gen = st->gen;
+		x->gen->refs++;
+		x->s = s;
+		smtp_session_set_data(s, x);
+		if (st->m_sessions)
+			metric_inc(st->m_sessions, NULL);
+	}
+	x->kind = kind;
+	fill_ctx(x);
+	if (kind == SMTP_HOOK_MAIL)
+		clear_added_headers(&x->ctx);
+	smtp_session_ref(s);
+	chain_run(x->gen->chain, phase_of[kind], &x->ctx, after_chain, x);
+}
+
+static void on_txn_end(void *arg, struct smtp_session *s)
+{
+	(void)arg;
+	struct sess *x = smtp_session_data(s);
+	if (!x)
+		return;
+	clear_added_headers(&x->ctx);
+	free(x->out_data);
+	x->out_data = NULL;
+	x->proxied_rcpts = 0;
+	if (x->client) {
+		smtp_client_quit(x->client);   /* an unfinished transaction is abandoned */
+		x->client = NULL;
+	}
+	x->client_failed = false;
+}
+
+static void on_session_end(void *arg, struct smtp_session *s)
+{
+	struct stage *st = arg;
+	struct sess *x = smtp_session_data(s);
+	if (!x)
+		return;
+	if (x->client)
+		smtp_client_abort(x->client);
+	clear_added_headers(&x->ctx);
+	free(x->out_data);
+	free(x->rcpt_ok);
+	gen_unref(st, x->gen);
+	free(x);
+}
+
+/* ---- the queue's delivery agent ---------------------------------------- */
+
+struct delivery {
+	struct stage *st;
+	struct queue_item *it;
+	struct smtp_client *c;
+	size_t *idx;             /* envelope index of each RCPT sent */
+	size_t nsent, nreplied;
+	bool *accepted;
+	const char *data;
+	size_t len;
+	struct generation *gen;
+};
+
+static void delivery_finish(struct delivery *d)
+{
+	if (d->c)
+		smtp_client_quit(d->c);
+	queue_item_done(d->st->queue, d->it);
+	gen_unref(d->st, d->gen);
+	free(d->idx);
+	free(d->accepted);
+	free(d);
+}
+
+static void dlv_reply_text(const struct smtp_reply *r, char *out, size_t n)
+{
+	snprintf(out, n, "%d %s%s%s", r->code, r->enh, *r->enh ? " " : "", r->text);
+}
+
+static void dlv_data_done(void *arg, const struct smtp_reply *r, size_t n)
+{
+	struct delivery *d = arg;
+	const char *qid = queue_item_id(d->it);
+	char text[600];
+	for (size_t i = 0, k = 0; i < d->nsent; i++) {
+		if (!d->accepted[i])
+			continue;
+		const struct smtp_reply *ri = (n > 1 && k < n) ? &r[k++] : &r[0];
+		dlv_reply_text(ri, text, sizeof(text));
+		queue_item_result(d->it, d->idx[i], ri->code, text);
+		struct envelope *e = queue_item_envelope(d->it);
+		log_info(NULL, qid, ri->code < 300 ? "delivery.sent" : ri->code < 500 ? "delivery.deferred" : "delivery.failed",
+			 "rcpt=%s relay=%s code=%d reply=%s", e->rcpts[d->idx[i]].addr, smtp_client_peer(d->c), ri->code, text);
+		if (d->st->m_deliveries)
+			metric_inc(ri->code < 300 ? d->st->m_deliveries : ri->code < 500 ? d->st->m_deferrals : d->st->m_bounces,
+				   NULL);
+	}
+	delivery_finish(d);
+}
+
+static void dlv_rcpt_done(void *arg, const struct smtp_reply *r)
+{
+	struct delivery *d = arg;
+	size_t i = d->nreplied++;
+	d->accepted[i] = r->code >= 200 && r->code < 300;
+	if (!d->accepted[i]) {
+		char text[600];
+		dlv_reply_text(r, text, sizeof(text));
+		queue_item_result(d->it, d->idx[i], r->code, text);
+		struct envelope *e = queue_item_envelope(d->it);
+		log_info(NULL, queue_item_id(d->it), r->code < 500 ? "delivery.deferred" : "delivery.failed",
+			 "rcpt=%s relay=%s code=%d reply=%s", e->rcpts[d->idx[i]].addr, smtp_client_peer(d->c), r->code, text);
+		if (d->st->m_deliveries)
+			metric_inc(r->code < 500 ? d->st->m_deferrals : d->st->m_bounces, NULL);
+	}
+	if (d->nreplied < d->nsent)
+		return;
+	size_t ok = 0;
+	for (size_t k = 0; k < d->nsent; k++)
+		ok += d->accepted[k];
+	if (!ok) {
+		delivery_finish(d);
+		return;
+	}
+	smtp_client_data(d->c, d->data, d->len, dlv_data_done, d);
+}
+
+static void dlv_mail_done(void *arg, const struct smtp_reply *r)
+{
+	(void)arg; (void)r;   /* a refused MAIL shows in the RCPT replies */
+}
+
+static void dlv_ready(void *arg, struct smtp_client *c, const struct smtp_reply *err)
+{
+	struct delivery *d = arg;
+	if (!c) {
+		char text[600];
+		dlv_reply_text(err, text, sizeof(text));
+		queue_item_defer(d->it, text);
+		log_info(NULL, queue_item_id(d->it), "delivery.deferred", "reason=%s", text);
+		if (d->st->m_deferrals)
+			metric_inc(d->st->m_deferrals, NULL);
+		delivery_finish(d);
+		return;
+	}
+	d->c = c;
+	struct envelope *e = queue_item_envelope(d->it);
+	d->idx = xcalloc(e->nrcpt, sizeof(size_t));
+	d->accepted = xcalloc(e->nrcpt, sizeof(bool));
+	for (size_t i = 0; i < e->nrcpt; i++)
+		if (e->rcpts[i].state == RCPT_PENDING)
+			d->idx[d->nsent++] = i;
+	if (!d->nsent) {
+		delivery_finish(d);
+		return;
+	}
+	smtp_client_mail(c, e, d->len, dlv_mail_done, d);
+	for (size_t i = 0; i < d->nsent; i++)
+		smtp_client_rcpt(c, e->rcpts[d->idx[i]].addr, dlv_rcpt_done, d);
+}
+
+static void deliver_item(void *arg, struct queue_item *it)
+{
+	struct stage *st = arg;
+	struct delivery *d = xcalloc(1, sizeof(*d));
+	d->st = st;
+	d->it = it;
+	d->gen = st->gen;
+	d->gen->refs++;
+	d->data = queue_item_data(it, &d->len);
+	struct smtp_client_opts o = client_opts(st, d->gen->sc, queue_item_id(it));
+	o.log_sid = NULL;
+	smtp_client_connect(st->base, &o, dlv_ready, d);
+}
+
+/* ---- signals, start-up ------------------------------------------------- */
+
+static void server_opts_from(const struct server_config *sc, struct stage *st, struct smtp_server_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->lmtp = st->def->lmtp;
+	o->hostname = sc->hostname;
+	o->max_message_size = sc->max_message_size;
+	o->max_recipients = (unsigned)sc->max_recipients;
+	o->command_timeout_ms = sc->command_timeout;
+	o->data_timeout_ms = sc->data_timeout;
+	o->greet_pause_ms = sc->greet_pause;
+	o->max_errors = (unsigned)sc->max_errors;
+	o->max_connections = (unsigned)sc->max_connections;
+	o->tls = st->tls;
+	o->xforward_hosts = &sc->xforward_hosts;
+	o->xclient_hosts = &sc->xclient_hosts;
+}
+
+static void on_sighup(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what;
+	struct stage *st = arg;
+	char why[1024];
+	struct generation *g = gen_load(st, why, sizeof(why));
+	if (!g) {
+		log_error(NULL, NULL, "config.reload_failed", "error=%s", why);
+		return;
+	}
+	/* Listen addresses and the spool are fixed at start-up. */
+	struct generation *old = st->gen;
+	st->gen = g;
+	enum log_level lv = (enum log_level)g->g.log_level;
+	log_set_level(lv);
+	if (st->tls && !tls_ctx_reload(st->tls, why, sizeof(why)))
+		log_error(NULL, NULL, "tls.reload_failed", "error=%s", why);
+	struct smtp_server_opts o;
+	server_opts_from(g->sc, st, &o);
+	smtp_server_set_opts(st->server, &o);
+	gen_unref(st, old);
+	log_info(NULL, NULL, "config.reloaded", "path=%s", st->config_path);
+}
+
+static void on_sigterm(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what;
+	struct stage *st = arg;
+	log_info(NULL, NULL, "stage.stopping", "sessions=%zu", smtp_server_sessions(st->server));
+	smtp_server_stop_listening(st->server);
+	event_base_loopexit(st->base, NULL);
+}
+
+static void on_sigusr1(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what;
+	struct stage *st = arg;
+	if (st->queue)
+		queue_flush_now(st->queue);
+}
+
+static double gauge_sessions(void *arg)
+{
+	return (double)smtp_server_sessions(((struct stage *)arg)->server);
+}
+
+static double gauge_queue_size(void *arg)
+{
+	struct queue_stats qs;
+	queue_get_stats(((struct stage *)arg)->queue, &qs);
+	return (double)qs.messages;
+}
+
+static double gauge_queue_age(void *arg)
+{
+	struct queue_stats qs;
+	queue_get_stats(((struct stage *)arg)->queue, &qs);
+	return qs.oldest ? difftime(time(NULL), qs.oldest) : 0;
+}
+
+static void drop_privileges(const char *user)
+{
+	if (!user || !*user || geteuid() != 0)
+		return;
+	struct passwd *pw = getpwnam(user);
+	if (!pw)
+		log_fatal(NULL, NULL, "config.bad_user", "user=%s reason=%s", user, "no such user");
+	if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0)
+		log_fatal(NULL, NULL, "privileges.drop_failed", "user=%s error=%s", user, strerror(errno));
+	log_info(NULL, NULL, "privileges.dropped", "user=%s", user);
+}
+
+/* state_dir/run/INSTANCE.pid, so rampartctl can signal a flush. */
+static void write_pidfile(const char *state_dir, const char *instance)
+{
+	char path[1024];
+	snprintf(path, sizeof(path), "%s/run", state_dir);
+	fs_mkdir_p(path, 0755);
+	snprintf(path, sizeof(path), "%s/run/%s.pid", state_dir, instance);
+	FILE *f = fopen(path, "w");
+	if (!f) {
+		log_warn(NULL, NULL, "pidfile.write_failed", "path=%s error=%s", path, strerror(errno));
+		return;
+	}
+	fprintf(f, "%ld\n", (long)getpid());
+	fclose(f);
+}
+
+static void usage(const char *prog, const struct stage_def *def)
+{
+	fprintf(stderr,
+		"usage: %s -c rampart.conf [-n instance] [-t]\n"
+		"  %s\n"
+		"  -c FILE   configuration file (default /etc/rampart/rampart.conf)\n"
+		"  -n NAME   instance, the section of the file to use (default %s)\n"
+		"  -t        check the configuration and exit\n",
+		prog, def->doc, def->name);
+}
+
+int stage_main(const struct stage_def *def, int argc, char **argv)
+{
+	struct stage st_ = { 0 }, *st = &st_;
+	st->def = def;
+	st->config_path = "/etc/rampart/rampart.conf";
+	st->instance = def->name;
+	bool test_only = false;
+	int opt;
+	while ((opt = getopt(argc, argv, "c:n:th")) != -1) {
+		switch (opt) {
+		case 'c': st->config_path = optarg; break;
+		case 'n': st->instance = optarg; break;
+		case 't': test_only = true; break;
+		default: usage(argv[0], def); return opt == 'h' ? 0 : 2;
+		}
+	}
+	log_init(def->name, st->instance);
+	st->set = stage_param_set(def);
+	signal(SIGPIPE, SIG_IGN);
+	evthread_use_pthreads();
+	st->base = event_base_new();
+	if (!st->base)
+		log_fatal(NULL, NULL, "event.init_failed", "error=%s", strerror(errno));
+	st->metrics = metrics_new(def->name, st->instance);
+
+	char why[1024];
+	st->gen = gen_load(st, why, sizeof(why));
+	if (!st->gen) {
+		fprintf(stderr, "%s: configuration error: %s\n", def->name, why);
+		log_error(NULL, NULL, "config.error", "error=%s", why);
+		return 1;
+	}
+	if (test_only) {
+		printf("%s: configuration OK\n", st->config_path);
+		return 0;
+	}
+	const struct server_config *sc = st->gen->sc;
+	log_set_level((enum log_level)st->gen->g.log_level);
+	log_set_syslog(st->gen->g.log_syslog);
+
+	/* Room for many connections (each is a descriptor). */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+
+	st->m_sessions = metrics_counter(st->metrics, "rampart_sessions_total", "SMTP/LMTP sessions that sent a command.");
+	metrics_gauge_cb(st->metrics, "rampart_sessions_active", "Sessions open now.", NULL, gauge_sessions, st);
+	st->m_messages = metrics_counter(st->metrics, "rampart_messages_total", "Messages accepted, by result.");
+	st->m_rejects = metrics_counter(st->metrics, "rampart_rejects_total", "Commands refused by a check, by code.");
+	st->m_deliveries = metrics_counter(st->metrics, "rampart_deliveries_total", "Recipients delivered.");
+	st->m_deferrals = metrics_counter(st->metrics, "rampart_deferrals_total", "Recipients deferred (4xx or unreachable).");
+	st->m_bounces = metrics_counter(st->metrics, "rampart_failures_total", "Recipients failed permanently (5xx).");
+
+	if (*sc->tls_cert) {
+		st->tls = tls_server_new(sc->tls_cert, *sc->tls_key ? sc->tls_key : sc->tls_cert, why, sizeof(why));
+		if (!st->tls) {
+			fprintf(stderr, "%s: %s: [%s] tls_cert: %s\n", def->name, st->config_path, st->instance, why);
+			return 1;
+		}
+	}
+
+	/* The spool: queue mode, or proxy mode's fallback for partial results. */
+	if (!def->deliver) {
+		char spool[1024];
+		if (*sc->spool_dir)
+			snprintf(spool, sizeof(spool), "%s", sc->spool_dir);
+		else
+			snprintf(spool, sizeof(spool), "%s/spool/%s", st->gen->g.state_dir, st->instance);
+		if (fs_mkdir_p(spool, 0700) != 0) {
+			fprintf(stderr, "%s: cannot create spool %s: %s\n", def->name, spool, strerror(errno));
+			log_fatal(NULL, NULL, "queue.open_failed", "dir=%s error=%s", spool, strerror(errno));
+		}
+		struct queue_opts qo = { 0 };
+		qo.dir = spool;
+		qo.retry_min_ms = sc->retry_min;
+		qo.retry_max_ms = sc->retry_max;
+		qo.lifetime_ms = sc->queue_lifetime;
+		qo.max_active = (unsigned)sc->max_deliveries;
+		qo.log_id = st->instance;
+		st->queue = queue_open(st->base, &qo, why, sizeof(why));
+		if (!st->queue) {
+			fprintf(stderr, "%s: spool %s: %s\n", def->name, spool, why);
+			log_fatal(NULL, NULL, "queue.open_failed", "dir=%s error=%s", spool, why);
+		}
+		metrics_gauge_cb(st->metrics, "rampart_queue_messages", "Messages in the queue.", NULL, gauge_queue_size, st);
+		metrics_gauge_cb(st->metrics, "rampart_queue_oldest_seconds", "Age of the oldest queued message.", NULL,
+				 gauge_queue_age, st);
+	}
+
+	struct smtp_server_opts so;
+	server_opts_from(sc, st, &so);
+	struct smtp_server_hooks hooks = { st, on_hook, on_txn_end, on_session_end };
+	st->server = smtp_server_new(st->base, &so, &hooks);
+	for (size_t i = 0; i < sc->listen.n; i++) {
+		struct endpoint ep;
+		if (!endpoint_parse(sc->listen.v[i], 25, &ep, why, sizeof(why))) {
+			fprintf(stderr, "%s: %s: [%s] listen: '%s': %s\n", def->name, st->config_path, st->instance,
+				sc->listen.v[i], why);
+			return 1;
+		}
+		int fd = net_listen(&ep, 1024, why, sizeof(why));
+		if (fd < 0 || !smtp_server_listen_fd(st->server, fd, why, sizeof(why))) {
+			fprintf(stderr, "%s: cannot listen on %s: %s\n", def->name, sc->listen.v[i], why);
+			log_fatal(NULL, NULL, "listen.failed", "address=%s error=%s", sc->listen.v[i], why);
+		}
+		log_info(NULL, NULL, "listen", "address=%s protocol=%s", sc->listen.v[i], def->lmtp ? "lmtp" : "smtp");
+	}
+	if (*sc->metrics_listen) {
+		int port = 0;
+		if (!metrics_listen(st->metrics, st->base, sc->metrics_listen, &port, why, sizeof(why))) {
+			fprintf(stderr, "%s: metrics_listen %s: %s\n", def->name, sc->metrics_listen, why);
+			log_fatal(NULL, NULL, "metrics.listen_failed", "address=%s error=%s", sc->metrics_listen, why);
+		}
+	}
+	write_pidfile(st->gen->g.state_dir, st->instance);
+	drop_privileges(sc->user);
+
+	st->sig_hup = evsignal_new(st->base, SIGHUP, on_sighup, st);
+	st->sig_term = evsignal_new(st->base, SIGTERM, on_sigterm, st);
+	st->sig_int = evsignal_new(st->base, SIGINT, on_sigterm, st);
+	st->sig_usr1 = evsignal_new(st->base, SIGUSR1, on_sigusr1, st);
+	evsignal_add(st->sig_hup, NULL);
+	evsignal_add(st->sig_term, NULL);
+	evsignal_add(st->sig_int, NULL);
+	evsignal_add(st->sig_usr1, NULL);
+
+	if (st->queue)
+		queue_start(st->queue, deliver_item, st);
+	log_info(NULL, NULL, "stage.started", "mode=%s config=%s", def->deliver ? "deliver" : sc->mode == MODE_PROXY ? "proxy" : "queue",
+		 st->config_path);
+	event_base_dispatch(st->base);
+
+	smtp_server_free(st->server);
+	if (st->queue)
+		queue_close(st->queue);
+	gen_unref(st, st->gen);
+	tls_ctx_free(st->tls);
+	event_free(st->sig_hup);
+	event_free(st->sig_term);
+	event_free(st->sig_int);
+	event_free(st->sig_usr1);
+	metrics_free(st->metrics);
+	event_base_free(st->base);
+	stage_param_set_free(st->set);
+	log_info(NULL, NULL, "stage.stopped", "instance=%s", st->instance);
+	return 0;
+}

@@ -1,0 +1,95 @@
+/*
+ * stage.h — the one server skeleton every stage program hands over to.
+ *
+ * A stage's main() declares its parameters (a struct that begins with
+ * struct server_config, and a table for the rest) and calls stage_main().
+ * The skeleton does everything else: command line, rampart.conf with
+ * environment overrides, logging, metrics, listeners, dropping privileges,
+ * the check chain, the SMTP/LMTP engine, forwarding (queue or proxy mode,
+ * DESIGN.md §3) or the stage's own delivery, signals (SIGHUP reload,
+ * SIGUSR1 queue flush, SIGTERM stop).
+ */
+#ifndef RAMPART_STAGE_H
+#define RAMPART_STAGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "../util/config.h"
+#include "envelope.h"
+#include "smtp_server.h"
+
+enum forward_mode { MODE_QUEUE, MODE_PROXY };
+enum next_protocol { NEXT_SMTP, NEXT_LMTP };
+
+/* Parameters every stage instance has (section [<instance>]). */
+struct server_config {
+	struct strlist listen;
+	char *hostname;
+	struct strlist local_domains;
+	struct strlist checks;
+	int mode;                       /* enum forward_mode */
+	struct strlist next_hops;
+	int next_protocol;              /* enum next_protocol */
+	bool next_xforward;
+	char *spool_dir;
+	char *metrics_listen;
+	long long max_message_size;
+	long long max_recipients;
+	long long max_connections;
+	long long max_errors;
+	long long command_timeout;
+	long long data_timeout;
+	long long greet_pause;
+	long long retry_min, retry_max, queue_lifetime;
+	long long max_deliveries;
+	char *tls_cert, *tls_key;
+	struct strlist xforward_hosts;
+	struct strlist xclient_hosts;
+	char *user;
+};
+
+/* [global] */
+struct global_config {
+	char *state_dir;
+	int log_level;
+	bool log_syslog;
+	char *dns_local_data;
+};
+
+extern const struct param_set global_param_set;
+extern const struct param_def server_param_defs[];
+
+/* One message to deliver locally (the store): the stage answers every
+ * recipient with stage_delivery_result(), then the skeleton replies. */
+struct stage_delivery {
+	const char *sid, *qid;
+	const struct envelope *env;
+	const char *data;           /* message with the skeleton's headers added */
+	size_t len;
+	int *codes;                 /* per recipient, filled by the stage */
+	char (*texts)[512];       /* per recipient "x.y.z text" */
+};
+
+struct stage_def {
+	const char *name;               /* "mx", "store", ... */
+	const char *doc;
+	const struct param_def *params; /* the stage's own parameters (offsets in its struct) */
+	size_t config_size;             /* sizeof its struct (begins with struct server_config) */
+	bool lmtp;                      /* serve LMTP instead of SMTP */
+	/* Start-up and reload: build the stage's state from its config. */
+	void *(*init)(const void *config, const struct global_config *g, const char *instance, char *why,
+		      size_t whylen);
+	void (*free)(void *state);
+	/* Local delivery (the store); NULL: forward by mode. */
+	void (*deliver)(void *state, struct stage_delivery *d);
+};
+
+/* Merged parameter table for a stage (server params + its own), for the
+ * config loader and rampartctl; release with stage_param_set_free(). */
+const struct param_set *stage_param_set(const struct stage_def *def);
+void stage_param_set_free(const struct param_set *set);
+
+int stage_main(const struct stage_def *def, int argc, char **argv);
+
+#endif

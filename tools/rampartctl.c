@@ -1,0 +1,283 @@
+/*
+ * rampartctl — the administrator's tool.
+ *
+ *   rampartctl [-c rampart.conf] config check [--doc]
+ *   rampartctl [-c rampart.conf] [-n instance] queue list|show ID|flush [ID]|delete ID|hold ID|release ID
+ *
+ * config check validates every section of the file with the same
+ * parameter tables the programs use, and prints the effective values with
+ * where each came from (default, file:line, environment).
+ * It may reach: the configuration file, the spool directories, and the
+ * stage processes (a signal to make them act on a flush).
+ */
+#include "checks/check.h"
+#include "mail/queue.h"
+#include "mail/stage.h"
+#include "util/alloc.h"
+#include "util/config.h"
+#include "util/id.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+extern const struct stage_def mx_stage;
+extern const struct stage_def store_stage;
+
+static const struct stage_def *const stages[] = { &mx_stage, &store_stage, NULL };
+
+static const struct stage_def *find_stage(const char *name)
+{
+	for (size_t i = 0; stages[i]; i++)
+		if (strcmp(stages[i]->name, name) == 0)
+			return stages[i];
+	return NULL;
+}
+
+static int usage(void)
+{
+	fprintf(stderr,
+		"usage: rampartctl [-c rampart.conf] [-n instance] COMMAND\n"
+		"  config check [--doc]      validate the file and print the effective configuration\n"
+		"  queue list                list the instance's queue\n"
+		"  queue show ID             one message: envelope, recipients, retries, last error\n"
+		"  queue flush [ID]          retry deferred messages now\n"
+		"  queue delete ID           remove a message\n"
+		"  queue hold ID | release ID\n");
+	return 2;
+}
+
+/* ---- config check ------------------------------------------------------ */
+
+static int config_check(const char *path, bool doc)
+{
+	if (doc) {
+		config_doc(stdout, &global_param_set);
+		for (size_t i = 0; stages[i]; i++) {
+			const struct param_set *set = stage_param_set(stages[i]);
+			config_doc(stdout, set);
+			stage_param_set_free(set);
+		}
+		for (size_t i = 0; check_registry[i]; i++)
+			if (check_registry[i]->params)
+				config_doc(stdout, check_registry[i]->params);
+		return 0;
+	}
+	struct config_error err;
+	struct config *cfg = config_parse_file(path, &err);
+	if (!cfg) {
+		fprintf(stderr, "rampartctl: %s\n", err.msg);
+		return 1;
+	}
+	int rc = 0;
+	struct global_config g;
+	if (!config_bind(cfg, "global", &global_param_set, &g, &err)) {
+		fprintf(stderr, "rampartctl: %s\n", err.msg);
+		config_free(cfg);
+		return 1;
+	}
+	config_dump(stdout, cfg, "global", &global_param_set, &g);
+	config_release(&global_param_set, &g);
+	size_t n;
+	const char **secs = config_sections(cfg, &n);
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(secs[i], "global") == 0)
+			continue;
+		char stage[64];
+		config_section_stage(secs[i], stage, sizeof(stage));
+		const struct param_set *set = NULL;
+		if (strcmp(stage, "check") == 0) {
+			const struct check_def *d = check_find(secs[i] + 6);
+			if (!d) {
+				fprintf(stderr, "rampartctl: %s: [%s]: no such check\n", path, secs[i]);
+				rc = 1;
+				continue;
+			}
+			set = d->params;
+			if (!set)
+				continue;
+		} else {
+			const struct stage_def *d = find_stage(stage);
+			if (!d) {
+				fprintf(stderr, "rampartctl: %s: [%s]: unknown stage '%s' (known: mx, store; checks as [check.NAME])\n",
+					path, secs[i], stage);
+				rc = 1;
+				continue;
+			}
+			set = stage_param_set(d);
+		}
+		void *target = xcalloc(1, set->size);
+		if (!config_bind(cfg, secs[i], set, target, &err)) {
+			fprintf(stderr, "rampartctl: %s\n", err.msg);
+			rc = 1;
+		} else {
+			printf("\n");
+			config_dump(stdout, cfg, secs[i], set, target);
+			config_release(set, target);
+		}
+		free(target);
+		if (strcmp(stage, "check") != 0)
+			stage_param_set_free(set);
+	}
+	config_free(cfg);
+	if (rc == 0)
+		fprintf(stderr, "rampartctl: %s: configuration OK\n", path);
+	return rc;
+}
+
+/* ---- queue ------------------------------------------------------------- */
+
+static bool spool_of(const char *path, const char *instance, char *out, size_t outlen, char *state_dir,
+		     size_t sdlen)
+{
+	struct config_error err;
+	struct config *cfg = config_parse_file(path, &err);
+	if (!cfg) {
+		fprintf(stderr, "rampartctl: %s\n", err.msg);
+		return false;
+	}
+	char stage[64];
+	config_section_stage(instance, stage, sizeof(stage));
+	const struct stage_def *d = find_stage(stage);
+	if (!d) {
+		fprintf(stderr, "rampartctl: unknown stage '%s'\n", stage);
+		config_free(cfg);
+		return false;
+	}
+	const struct param_set *set = stage_param_set(d);
+	struct global_config g;
+	void *target = xcalloc(1, set->size);
+	if (!config_bind(cfg, "global", &global_param_set, &g, &err) || !config_bind(cfg, instance, set, target, &err)) {
+		fprintf(stderr, "rampartctl: %s\n", err.msg);
+		config_release(&global_param_set, &g);
+		stage_param_set_free(set);
+		free(target);
+		config_free(cfg);
+		return false;
+	}
+	const struct server_config *sc = target;
+	if (*sc->spool_dir)
+		snprintf(out, outlen, "%s", sc->spool_dir);
+	else
+		snprintf(out, outlen, "%s/spool/%s", g.state_dir, instance);
+	snprintf(state_dir, sdlen, "%s", g.state_dir);
+	config_release(set, target);
+	config_release(&global_param_set, &g);
+	stage_param_set_free(set);
+	free(target);
+	config_free(cfg);
+	return true;
+}
+
+static void print_entry(void *arg, const struct queue_entry *e)
+{
+	(void)arg;
+	char t[32] = "-", n[32] = "now";
+	struct tm tm;
+	gmtime_r(&e->arrival, &tm);
+	strftime(t, sizeof(t), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	if (e->next_try > time(NULL)) {
+		gmtime_r(&e->next_try, &tm);
+		strftime(n, sizeof(n), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	}
+	printf("%-18s %-7s %8zu  %s  next=%s  tries=%u  <%s>  rcpts=%zu pending=%zu%s%s\n", e->qid, e->where, e->size, t,
+	       n, e->attempts, e->sender, e->nrcpt, e->npending, *e->last_error ? "  last: " : "", e->last_error);
+}
+
+/* Tell the running instance to look at its queue now. */
+static void poke(const char *state_dir, const char *instance)
+{
+	char pidfile[1024];
+	snprintf(pidfile, sizeof(pidfile), "%s/run/%s.pid", state_dir, instance);
+	FILE *f = fopen(pidfile, "r");
+	if (!f)
+		return;
+	long pid = 0;
+	if (fscanf(f, "%ld", &pid) == 1 && pid > 1)
+		kill((pid_t)pid, SIGUSR1);
+	fclose(f);
+}
+
+static int queue_cmd(const char *path, const char *instance, int argc, char **argv)
+{
+	if (argc < 1)
+		return usage();
+	char spool[1024], state_dir[1024];
+	if (!spool_of(path, instance, spool, sizeof(spool), state_dir, sizeof(state_dir)))
+		return 1;
+	const char *op = argv[0];
+	const char *qid = argc > 1 ? argv[1] : NULL;
+	char why[512] = "";
+	if (qid && !id_valid(qid)) {
+		fprintf(stderr, "rampartctl: '%s' is not a queue id\n", qid);
+		return 1;
+	}
+	if (strcmp(op, "list") == 0) {
+		int n = queue_list(spool, print_entry, NULL);
+		if (n < 0) {
+			fprintf(stderr, "rampartctl: cannot read the queue in %s: %s\n", spool, strerror(errno));
+			return 1;
+		}
+		printf("%d message%s\n", n, n == 1 ? "" : "s");
+		return 0;
+	}
+	if (strcmp(op, "flush") == 0) {
+		int n = queue_flush(spool, qid);
+		if (n < 0) {
+			fprintf(stderr, "rampartctl: cannot flush %s\n", spool);
+			return 1;
+		}
+		poke(state_dir, instance);
+		printf("%d message%s scheduled now\n", n, n == 1 ? "" : "s");
+		return 0;
+	}
+	if (!qid)
+		return usage();
+	bool ok;
+	if (strcmp(op, "show") == 0)
+		ok = queue_show(spool, qid, stdout), snprintf(why, sizeof(why), "no such message");
+	else if (strcmp(op, "delete") == 0)
+		ok = queue_delete(spool, qid, why, sizeof(why));
+	else if (strcmp(op, "hold") == 0)
+		ok = queue_hold(spool, qid, why, sizeof(why));
+	else if (strcmp(op, "release") == 0) {
+		ok = queue_release(spool, qid, why, sizeof(why));
+		if (ok)
+			poke(state_dir, instance);
+	} else
+		return usage();
+	if (!ok) {
+		fprintf(stderr, "rampartctl: queue %s %s: %s\n", op, qid, why);
+		return 1;
+	}
+	if (strcmp(op, "show") != 0)
+		printf("%s: %s done\n", qid, op);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *path = getenv("RAMPART_CONFIG") ? getenv("RAMPART_CONFIG") : "/etc/rampart/rampart.conf";
+	const char *instance = "mx";
+	int opt;
+	while ((opt = getopt(argc, argv, "+c:n:h")) != -1) {
+		switch (opt) {
+		case 'c': path = optarg; break;
+		case 'n': instance = optarg; break;
+		default: return usage();
+		}
+	}
+	argc -= optind;
+	argv += optind;
+	if (argc < 1)
+		return usage();
+	if (strcmp(argv[0], "config") == 0 && argc >= 2 && strcmp(argv[1], "check") == 0)
+		return config_check(path, argc >= 3 && strcmp(argv[2], "--doc") == 0);
+	if (strcmp(argv[0], "queue") == 0)
+		return queue_cmd(path, instance, argc - 1, argv + 1);
+	return usage();
+}
