@@ -53,24 +53,19 @@ void check_ctx_add_header(struct check_ctx *ctx, const char *name, const char *v
 	ctx->nadd++;
 }
 
-struct chain *chain_new(const struct config *cfg, const struct strlist *names,
-			const struct check_env *env, char *why, size_t whylen)
+struct chain *chain_new_defs(const struct config *cfg, const struct check_def *const *defs, size_t n,
+			     const struct check_env *env, char *why, size_t whylen)
 {
 	struct chain *c = xcalloc(1, sizeof(*c));
-	c->items = xcalloc(names->n ? names->n : 1, sizeof(*c->items));
+	c->items = xcalloc(n ? n : 1, sizeof(*c->items));
 	if (env->metrics) {
 		c->evals = metrics_counter(env->metrics, "rampart_check_evaluations_total",
 					   "Check hook evaluations, by check and phase.");
 		c->verdicts = metrics_counter(env->metrics, "rampart_check_verdicts_total",
 					      "Check verdicts other than continue, by check and verdict.");
 	}
-	for (size_t i = 0; i < names->n; i++) {
-		const struct check_def *d = check_find(names->v[i]);
-		if (!d) {
-			snprintf(why, whylen, "unknown check '%s'", names->v[i]);
-			chain_free(c);
-			return NULL;
-		}
+	for (size_t i = 0; i < n; i++) {
+		const struct check_def *d = defs[i];
 		struct chain_item *it = &c->items[c->n++];
 		it->def = d;
 		if (d->params) {
@@ -92,6 +87,23 @@ struct chain *chain_new(const struct config *cfg, const struct strlist *names,
 			return NULL;
 		}
 	}
+	return c;
+}
+
+struct chain *chain_new(const struct config *cfg, const struct strlist *names,
+			const struct check_env *env, char *why, size_t whylen)
+{
+	const struct check_def **defs = xcalloc(names->n ? names->n : 1, sizeof(*defs));
+	for (size_t i = 0; i < names->n; i++) {
+		defs[i] = check_find(names->v[i]);
+		if (!defs[i]) {
+			snprintf(why, whylen, "unknown check '%s'", names->v[i]);
+			free(defs);
+			return NULL;
+		}
+	}
+	struct chain *c = chain_new_defs(cfg, defs, names->n, env, why, whylen);
+	free(defs);
 	return c;
 }
 

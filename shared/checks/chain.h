@@ -19,6 +19,10 @@ struct config;
  * parameter, init failure). */
 struct chain *chain_new(const struct config *cfg, const struct strlist *names,
 			const struct check_env *env, char *why, size_t whylen);
+/* The same from check definitions (chain_new looks the names up and calls
+ * this; tests use it to run checks of their own). */
+struct chain *chain_new_defs(const struct config *cfg, const struct check_def *const *defs, size_t n,
+			     const struct check_env *env, char *why, size_t whylen);
 void chain_free(struct chain *c);
 
 typedef void (*chain_done_fn)(void *arg, const struct verdict *v);

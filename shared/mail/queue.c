@@ -916,7 +916,7 @@ struct queue {
 	struct queue_item *ready_head, *ready_tail;
 	unsigned nactive;
 	unsigned gen;
-	bool pumping, started, closing;
+	bool pumping, started, closing, paused;
 	queue_deliver_fn deliver;
 	void *deliver_arg;
 	struct event *rescan_ev, *done_ev;
@@ -1380,7 +1380,7 @@ static void pump(struct queue *q)
 	if (q->pumping)
 		return;         /* the outer call keeps going */
 	q->pumping = true;
-	while (q->deliver && !q->closing && q->nactive < q->opts.max_active && q->ready_head) {
+	while (q->deliver && !q->closing && !q->paused && q->nactive < q->opts.max_active && q->ready_head) {
 		struct queue_item *it = q->ready_head;
 		q->ready_head = it->rnext;
 		if (!q->ready_head)
@@ -1796,6 +1796,16 @@ void queue_close(struct queue *q)
 	log_info(NULL, NULL, "queue_closed", "queue=%s messages=%zu syncs=%llu", q->log_id,
 		 q->nitems, q->syncs);
 	queue_free(q);
+}
+
+void queue_pause(struct queue *q)
+{
+	q->paused = true;
+}
+
+size_t queue_active(const struct queue *q)
+{
+	return q->nactive;
 }
 
 void queue_start(struct queue *q, queue_deliver_fn deliver, void *arg)

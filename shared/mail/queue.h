@@ -93,6 +93,10 @@ void queue_close(struct queue *q);
 
 /* Start working the queue: deliver() is called for due messages. */
 void queue_start(struct queue *q, queue_deliver_fn deliver, void *arg);
+/* Hand out no more messages (shutdown); deliveries out keep going. */
+void queue_pause(struct queue *q);
+/* Deliveries out now. */
+size_t queue_active(const struct queue *q);
 /* Make every deferred message due now (SIGUSR1, rampartctl queue flush):
  * rescans active/ first (picking up released or offline-flushed files). */
 void queue_flush_now(struct queue *q);

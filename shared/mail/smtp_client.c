@@ -2,37 +2,13 @@
  * smtp_client.c — asynchronous SMTP/LMTP client on libevent bufferevents:
  * hop failover, EHLO/LHLO (HELO fallback), opportunistic STARTTLS,
  * XFORWARD, pipelined commands matched to replies in order, dot-stuffed
- * DATA, and LMTP per-recipient replies.
+ * DATA, LMTP per-recipient replies.
  *
- * Life of a client: smtp_client_connect() allocates it and schedules the
- * first connection attempt through a "kick" event, so the ready callback
- * never runs inside smtp_client_connect().  Hops are tried in order from a
- * start index; the first one that greets with 2xx and accepts EHLO/LHLO
- * (or HELO) is reported ready.  From then on the caller owns the client
- * until smtp_client_quit() or smtp_client_abort().
- *
- * Commands go into one FIFO.  An entry is either sent to the server or
- * "local": answered by the client itself (dead connection, SMTPUTF8 not
- * offered, no accepted recipient, ...).  Local answers are delivered from
- * the kick event, in FIFO order, never from inside an API call.  Server
- * replies are matched to the oldest sent entry.
- *
- * Re-entrancy: every libevent callback holds the client (busy count) while
- * it runs user callbacks; smtp_client_abort() or a finished QUIT only marks
- * the client doomed, and the last release frees it.  Bufferevents are made
- * with BEV_OPT_DEFER_CALLBACKS so writing never calls back synchronously.
- *
- * Deadlines: one timer per client, armed for connect (connect timeout),
- * greeting, EHLO, STARTTLS and each reply (command timeout), and the reply
- * after the final dot (data timeout).  The timer is re-armed only when a
- * whole reply arrives, so a peer dribbling bytes cannot stretch a deadline.
- * While the message body is being written the write timeout of the
- * bufferevent (command timeout, reset on progress) guards the transfer.
- *
- * Start index: smtp_client_connect() starts at a random hop (getrandom),
- * which spreads clients over equal hops without shared state;
- * smtp_client_connect_rotating() takes a caller-owned struct smtp_rotor
- * and starts at its counter, advancing it, for deterministic round robin.
+ * Every answer, local or from the server, reaches the caller from the
+ * event loop, never from inside an API call.  A busy count held around
+ * user callbacks makes abort/quit from a callback safe.  Start hop:
+ * random (getrandom) for smtp_client_connect(), a caller-owned counter
+ * (struct smtp_rotor) for smtp_client_connect_rotating().
  */
 #include "smtp_client.h"
 #include "../util/alloc.h"
@@ -120,6 +96,19 @@ struct cmd {
 	struct smtp_reply *replies;
 };
 
+/*
+ * Commands go into one FIFO.  An entry is either sent to the server or
+ * "local": answered by the client itself (dead connection, SMTPUTF8 not
+ * offered, no accepted recipient, ...); local answers are delivered by the
+ * kick event in FIFO order.  Server replies go to the oldest sent entry.
+ *
+ * Deadlines: one timer, armed for connect (connect timeout), greeting,
+ * EHLO, STARTTLS, the TLS handshake and each reply (command timeout), and
+ * the reply after the final dot (data timeout).  It is re-armed only when
+ * a whole reply arrives, so a peer dribbling bytes cannot stretch it.
+ * While the body is written, the bufferevent write timeout (command
+ * timeout, reset on progress) guards the transfer instead.
+ */
 struct smtp_client {
 	struct event_base *base;
 
@@ -170,6 +159,8 @@ struct smtp_client {
 	size_t txn_ok;              /* RCPTs accepted in this transaction (by replies seen) */
 	bool api_mail_failed;       /* the last MAIL was refused locally */
 	bool srv_txn;               /* a MAIL went out and no RSET or end of data closed it */
+	bool mail_failed;           /* the MAIL of this transaction was refused ... */
+	struct smtp_reply mail_err; /* ... with this reply, which its RCPTs and DATA get too */
 
 	/* end of life */
 	bool dead;
@@ -390,14 +381,43 @@ static void answer(struct smtp_client *c, struct cmd *e, const struct smtp_reply
 		e->cb(e->arg, r);
 }
 
+/* Transaction bookkeeping, in reply order.  When MAIL is refused, the
+ * RCPTs and DATA of its transaction get the MAIL's reply rather than the
+ * server's "503 need MAIL": a 4xx MAIL refusal must stay a 4xx for every
+ * recipient (and a 5xx one names the real reason). */
+static void txn_mail_result(struct smtp_client *c, const struct smtp_reply *r)
+{
+	c->txn_ok = 0;
+	c->mail_failed = r->code / 100 != 2;
+	if (c->mail_failed)
+		c->mail_err = *r;
+}
+
+static void txn_end(struct smtp_client *c)
+{
+	c->txn_ok = 0;
+	c->mail_failed = false;
+}
+
+/* The reply an RCPT or DATA entry gets, given the transaction state. */
+static const struct smtp_reply *txn_reply(struct smtp_client *c, const struct cmd *e, const struct smtp_reply *r)
+{
+	if ((e->kind == CMD_RCPT || e->kind == CMD_DATA) && c->mail_failed)
+		return &c->mail_err;
+	return r;
+}
+
 /* Answer local entries at the head of the queue, in order. */
 static void deliver_locals(struct smtp_client *c)
 {
 	while (!c->aborted && !c->doomed && c->head && c->head->local) {
 		struct cmd *e = pop_head(c);
-		if (e->kind == CMD_MAIL || e->kind == CMD_RSET)
-			c->txn_ok = 0;
-		answer(c, e, &e->reply);
+		struct smtp_reply r = c->dead ? e->reply : *txn_reply(c, e, &e->reply);
+		if (e->kind == CMD_MAIL)
+			txn_mail_result(c, &r);
+		else if (e->kind == CMD_RSET || e->kind == CMD_DATA)
+			txn_end(c);
+		answer(c, e, &r);
 		cmd_free(e);
 	}
 }
@@ -420,6 +440,7 @@ static void fault(struct smtp_client *c, const char *enh, const char *fmt, ...)
 
 	c->dead = true;
 	c->phase = PH_DEAD;
+	txn_end(c);
 	reply_set(&c->fault, 421, enh, "%s (%s)", text, c->peer);
 	if (c->quitting && c->head && c->head->kind == CMD_QUIT && !c->head->next)
 		log_debug(c->sid, NULL, "smtp_client_closed", "peer=%s reason=%s", c->peer, text);
@@ -796,15 +817,16 @@ static void data_reply(struct smtp_client *c, struct cmd *e, const struct smtp_r
 			fault(c, "4.4.0", "protocol error: unexpected reply %d to DATA", r->code);
 			return;
 		}
-		c->txn_ok = 0;
-		complete(c, r);
+		struct smtp_reply copy = *txn_reply(c, e, r);
+		txn_end(c);
+		complete(c, &copy);
 		return;
 	}
 	if (e->dphase == 1) {
 		/* a reply while we are still sending: take it as the outcome,
 		 * but the stream is out of step now, so drop the connection */
 		e->ngot = 0;
-		c->txn_ok = 0;
+		txn_end(c);
 		struct cmd *d = pop_head(c);
 		answer(c, d, r);
 		cmd_free(d);
@@ -818,11 +840,12 @@ static void data_reply(struct smtp_client *c, struct cmd *e, const struct smtp_r
 		rearm(c, true);
 		return;
 	}
-	c->txn_ok = 0;
+	struct smtp_reply nr;
+	reply_set(&nr, 554, "5.5.1", "no valid recipients");
+	nr = *txn_reply(c, e, &nr);
+	txn_end(c);
 	struct cmd *d = pop_head(c);
 	if (d->no_rcpt) {
-		struct smtp_reply nr;
-		reply_set(&nr, 554, "5.5.1", "no valid recipients");
 		answer(c, d, &nr);
 	} else if (d->dcb) {
 		d->dcb(d->arg, d->replies, d->nexpect);
@@ -851,15 +874,20 @@ static void ready_reply(struct smtp_client *c, const struct smtp_reply *r)
 		complete(c, r);
 		break;
 	case CMD_MAIL:
+		txn_mail_result(c, r);
+		complete(c, r);
+		break;
 	case CMD_RSET:
-		c->txn_ok = 0;
+		txn_end(c);
 		complete(c, r);
 		break;
-	case CMD_RCPT:
-		if (r->code / 100 == 2)
+	case CMD_RCPT: {
+		struct smtp_reply copy = *txn_reply(c, e, r);
+		if (copy.code / 100 == 2)
 			c->txn_ok++;
-		complete(c, r);
+		complete(c, &copy);
 		break;
+	}
 	case CMD_DATA:
 		data_reply(c, e, r);
 		break;

@@ -78,8 +78,10 @@ const char *smtp_client_tls(const struct smtp_client *c);
  * server allow), preceded by XFORWARD of env->client when enabled.
  * Answered locally, without sending: 553 5.6.7 when the envelope needs
  * SMTPUTF8 and the server lacks it, 552 5.3.4 when size exceeds the
- * server's SIZE limit, 553 5.1.7 for a sender with control characters;
- * RCPTs and DATA of such a transaction get 503 5.5.1 / 554 5.5.1.
+ * server's SIZE limit, 553 5.1.7 for a sender with control characters.
+ * When MAIL is refused, locally or by the server, the RCPTs and DATA of
+ * that transaction get the MAIL's reply (not the server's "503 need
+ * MAIL"), so a 4xx refusal stays a 4xx for every recipient.
  * Local answers, like all answers, come from the event loop, never from
  * inside the call. */
 void smtp_client_mail(struct smtp_client *c, const struct envelope *env, size_t size,

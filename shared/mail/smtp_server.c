@@ -63,6 +63,7 @@ struct smtp_server {
 	size_t nlisteners;
 	size_t nsessions;
 	struct smtp_session *sessions;      /* doubly linked, for free() */
+	bool draining;                      /* shutting down: no new commands */
 };
 
 struct smtp_session {
@@ -867,8 +868,18 @@ static const struct command commands[] = {
 	{ "HOST:", CF_PRE_HELO, cmd_http },
 };
 
+static void shutdown_reply(struct smtp_session *s)
+{
+	reply(s, 421, "4.3.2", "%s Service shutting down, try again later", s->srv->opts.hostname);
+	close_after_flush(s, "shutdown");
+}
+
 static void dispatch(struct smtp_session *s, char *line, size_t len)
 {
+	if (s->srv->draining) {
+		shutdown_reply(s);
+		return;
+	}
 	if (memchr(line, '\0', len)) {
 		bad_command(s, 500, "5.5.2", "Error: NUL byte in command");
 		return;
@@ -1354,6 +1365,22 @@ void smtp_server_stop_listening(struct smtp_server *srv)
 	for (size_t i = 0; i < srv->nlisteners; i++)
 		evconnlistener_free(srv->listeners[i]);
 	srv->nlisteners = 0;
+}
+
+void smtp_server_drain(struct smtp_server *srv)
+{
+	smtp_server_stop_listening(srv);
+	srv->draining = true;
+	for (struct smtp_session *s = srv->sessions, *n; s; s = n) {
+		n = s->next;
+		if (s->closed || s->processing)
+			continue;
+		if (s->state == ST_COMMAND || s->state == ST_GREET_PAUSE) {
+			smtp_session_ref(s);
+			shutdown_reply(s);
+			smtp_session_unref(s);
+		}
+	}
 }
 
 size_t smtp_server_sessions(const struct smtp_server *srv)

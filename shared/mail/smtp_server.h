@@ -86,6 +86,10 @@ bool smtp_server_listen_fd(struct smtp_server *srv, int fd, char *why, size_t wh
 void smtp_server_set_opts(struct smtp_server *srv, const struct smtp_server_opts *opts);
 /* Stop accepting; existing sessions finish. */
 void smtp_server_stop_listening(struct smtp_server *srv);
+/* Shutting down: stop accepting, answer 421 to idle sessions and to the
+ * next command of busy ones (a message being received or handed on is
+ * finished first). */
+void smtp_server_drain(struct smtp_server *srv);
 size_t smtp_server_sessions(const struct smtp_server *srv);
 void smtp_server_free(struct smtp_server *srv);     /* closes every session */
 

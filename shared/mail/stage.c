@@ -143,6 +143,8 @@ struct stage {
 	struct metrics *metrics;
 	struct metric *m_sessions, *m_messages, *m_rejects, *m_deliveries, *m_deferrals, *m_bounces;
 	struct event *sig_hup, *sig_term, *sig_int, *sig_usr1;
+	struct event *drain_timer;
+	long drain_left_ms;
 	char hostname[256];
 };
 
@@ -904,13 +906,40 @@ static void on_sighup(evutil_socket_t fd, short what, void *arg)
 	log_info(NULL, NULL, "config.reloaded", "path=%s", st->config_path);
 }
 
+/* Shutdown: stop taking mail, let messages in flight finish (a 250 is
+ * sent only once a message is safe), then leave; at most 10 s. */
+#define DRAIN_MS 10000
+
+static void drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what;
+	struct stage *st = arg;
+	size_t sessions = smtp_server_sessions(st->server);
+	size_t deliveries = st->queue ? queue_active(st->queue) : 0;
+	st->drain_left_ms -= 50;
+	if ((sessions == 0 && deliveries == 0) || st->drain_left_ms <= 0) {
+		if (sessions || deliveries)
+			log_warn(NULL, NULL, "stage.drain_timeout", "sessions=%zu deliveries=%zu", sessions, deliveries);
+		event_base_loopexit(st->base, NULL);
+		return;
+	}
+	struct timeval tv = { 0, 50000 };
+	evtimer_add(st->drain_timer, &tv);
+}
+
 static void on_sigterm(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd; (void)what;
 	struct stage *st = arg;
+	if (st->drain_timer)
+		return;     /* already stopping */
 	log_info(NULL, NULL, "stage.stopping", "sessions=%zu", smtp_server_sessions(st->server));
-	smtp_server_stop_listening(st->server);
-	event_base_loopexit(st->base, NULL);
+	smtp_server_drain(st->server);
+	if (st->queue)
+		queue_pause(st->queue);
+	st->drain_left_ms = DRAIN_MS;
+	st->drain_timer = evtimer_new(st->base, drain_tick, st);
+	drain_tick(-1, 0, st);
 }
 
 static void on_sigusr1(evutil_socket_t fd, short what, void *arg)
@@ -1122,6 +1151,8 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	event_free(st->sig_term);
 	event_free(st->sig_int);
 	event_free(st->sig_usr1);
+	if (st->drain_timer)
+		event_free(st->drain_timer);
 	metrics_free(st->metrics);
 	event_base_free(st->base);
 	stage_param_set_free(st->set);

@@ -139,7 +139,7 @@ class Lab:
         if p and p.poll() is None:
             p.send_signal(sig)
             try:
-                p.wait(10)
+                p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()

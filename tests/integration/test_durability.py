@@ -12,10 +12,10 @@ import time
 from lib import Lab, Raw, check, message
 
 
-def _sender(port, prefix, n, acked, errors, stop):
-    for i in range(n):
-        if stop.is_set():
-            return
+def _sender(port, prefix, acked, errors, stop):
+    i = 0
+    while not stop.is_set():
+        i += 1
         subj = "%s-%d" % (prefix, i)
         try:
             with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
@@ -42,17 +42,22 @@ def _load_and_kill(victim):
     lab.add_mx()
     lab.start("mx")
     acked, errors, stop = set(), [], threading.Event()
-    threads = [threading.Thread(target=_sender, args=(lab.ports["mx"], "t%d" % t, 150, acked, errors, stop))
+    threads = [threading.Thread(target=_sender, args=(lab.ports["mx"], "t%d" % t, acked, errors, stop))
                for t in range(4)]
     try:
         for t in threads:
             t.start()
         time.sleep(1.5)
+        before = len(acked)
         lab.kill9(victim)
-        time.sleep(0.5)
+        time.sleep(0.3)
         lab.start(victim)
+        time.sleep(1.0)
+        stop.set()
         for t in threads:
-            t.join(120)
+            t.join(60)
+        check(before > 20 and len(acked) > before, "load must run before and after the kill: %d then %d"
+              % (before, len(acked)))
         lab.stop("mx")
         lab.start("mx")       # restart recovery once more, then drain
         end = time.time() + 60

@@ -68,6 +68,7 @@ class Conn:
         self.buf = b""
         self.tls = False
         self.rcpts = []
+        self.mail_ok = False
         self.out = b""
 
     def recv(self):
@@ -190,13 +191,23 @@ class Conn:
                 self.say("250 2.0.0 Ok")
             elif verb == "MAIL":
                 self.rcpts = []
-                self.say("250 2.1.0 Ok")
+                if self.mail_ok:
+                    self.say("503 5.5.1 Error: nested MAIL command")
+                elif ARGS.mail_reply:
+                    self.say(ARGS.mail_reply)
+                else:
+                    self.mail_ok = True
+                    self.say("250 2.1.0 Ok")
+            elif verb == "RCPT" and not self.mail_ok:
+                self.say("503 5.5.1 Error: need MAIL command")
             elif verb == "RCPT":
                 a = text[text.find("<") + 1:text.rfind(">")].lower()
                 r = rcpt_map.get(a, "250 2.1.5 Ok")
                 if r.startswith("2"):
                     self.rcpts.append(a)
                 self.say(r)
+            elif verb == "DATA" and not self.mail_ok:
+                self.say("503 5.5.1 Error: need RCPT command")
             elif verb == "DATA":
                 if not self.rcpts and not ARGS.always_354:
                     self.say("554 5.5.1 Error: no valid recipients")
@@ -229,7 +240,10 @@ class Conn:
                 else:
                     self.say("250 2.0.0 Ok: queued")
                 self.rcpts = []
+                self.mail_ok = False
             elif verb in ("RSET", "NOOP"):
+                if verb == "RSET":
+                    self.mail_ok = False
                 self.rcpts = []
                 self.say("250 2.0.0 Ok")
             elif verb == "QUIT":
@@ -304,6 +318,7 @@ def main():
     ap.add_argument("--ext", action="append", default=[], help="EHLO keyword line (repeat)")
     ap.add_argument("--lmtp", action="store_true", help="expect LHLO, one reply per RCPT after DATA")
     ap.add_argument("--ehlo-reply", help="reply to EHLO/LHLO instead of the extension list")
+    ap.add_argument("--mail-reply", help="refuse MAIL with this reply")
     ap.add_argument("--rcpt-reply", action="append", default=[], help="addr=reply for RCPT")
     ap.add_argument("--lmtp-reply", action="append", default=[], help="addr=reply after DATA (LMTP)")
     ap.add_argument("--stall-on", help="stop answering when this command arrives (GREETING: never greet)")

@@ -1538,8 +1538,9 @@ static void test_local_refusals(void **state)
 	run(&t, 10000);
 	assert_int_equal(m1->mail.r.code, 553);
 	assert_string_equal(m1->mail.r.enh, "5.6.7");
-	assert_int_equal(m1->rcpt[0].r.code, 503);
-	assert_int_equal(m1->data.r[0].code, 554);
+	assert_int_equal(m1->rcpt[0].r.code, 553);        /* the MAIL's reason */
+	assert_string_equal(m1->rcpt[0].r.enh, "5.6.7");
+	assert_int_equal(m1->data.r[0].code, 553);
 	assert_int_equal(m2->mail.r.code, 552);
 	assert_string_equal(m2->mail.r.enh, "5.3.4");
 	assert_int_equal(m3->mail.r.code, 250);
@@ -1550,6 +1551,32 @@ static void test_local_refusals(void **state)
 	int im = find_cmd(lines, n, "MAIL");
 	assert_string_equal(lines[im], "MAIL FROM:<s@example.org> SIZE=3");
 	assert_true(find_cmd(lines + im + 1, n - (size_t)im - 1, "MAIL") < 0);   /* one MAIL only */
+}
+
+/* MAIL refused with 4xx by the server (pipelined): the RCPTs and DATA
+ * get that 4xx, not the server's 503s; the next transaction works. */
+static void test_mail_refused_4xx(void **state)
+{
+	struct fixture *f = *state;
+	int p1 = peer_start(f, "--ext", "PIPELINING", "--ext", "ENHANCEDSTATUSCODES", "--mail-reply",
+			    "452 4.3.1 Insufficient system storage", NULL);
+	NEED_PEER(p1);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p1, hop, sizeof(hop)));
+	struct tc t;
+	tc_init(&t, f);
+	struct msg *m = add_msg(&t, "s@example.org", "x\r\n", "a@example.com", "b@example.com", NULL);
+	run(&t, 10000);
+	assert_int_equal(m->mail.r.code, 452);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(m->rcpt[i].r.code, 452);
+		assert_string_equal(m->rcpt[i].r.enh, "4.3.1");
+	}
+	assert_int_equal(m->data.r[0].code, 452);
+	char lines[16][600];
+	int b[16];
+	size_t n = cmds_of(f, p1, 1, lines, b, 16);
+	assert_true(find_cmd(lines, n, "RCPT TO:<b@example.com>") > 0);   /* they were sent */
 }
 
 /* abort() from inside a callback: no further callbacks, nothing leaks. */
@@ -1659,6 +1686,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_no_rcpt_pipelined_554, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_no_rcpt_local_554, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_local_refusals, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_mail_refused_4xx, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_abort_in_callback, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rotor, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unix_socket_lmtp, setup, teardown),
