@@ -250,7 +250,6 @@ static void resume_reading(struct smtp_session *s)
 {
 	if (s->closed || !s->bev || (s->state != ST_COMMAND && s->state != ST_DATA))
 		return;
-	bufferevent_enable(s->bev, EV_READ);
 	if (!s->processing)
 		process_input(s);
 }
@@ -266,8 +265,9 @@ static void run_hook(struct smtp_session *s, enum smtp_hook_kind kind, enum pend
 	s->replies = NULL;
 	s->nreplies = 0;
 	s->hook_answered = false;
-	if (s->bev)
-		bufferevent_disable(s->bev, EV_READ);
+	/* Input stays enabled: what the client pipelines meanwhile waits in
+	 * the input buffer (bounded by its high-water mark) and a hang-up is
+	 * noticed at once.  on_read() ignores input while a hook runs. */
 	s->in_hook_call = true;
 	smtp_session_ref(s);
 	s->srv->hooks.hook(s->srv->hooks.arg, s, kind);
@@ -369,7 +369,7 @@ static void finish_pending(struct smtp_session *s)
 			struct buf b = BUF_INIT;
 			buf_printf(&b, "%s\nPIPELINING\nSIZE %lld\n8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8\nDSN",
 				   o->hostname, o->max_message_size);
-			if (o->tls && !s->tls && !o->lmtp)
+			if (o->tls && !s->tls)
 				buf_puts(&b, "\nSTARTTLS");
 			if (s->xforward_ok)
 				buf_puts(&b, "\nXFORWARD NAME ADDR PORT PROTO HELO LOGIN SOURCE IDENT");
@@ -687,7 +687,7 @@ static void cmd_starttls(struct smtp_session *s, char *arg)
 		bad_command(s, 501, "5.5.4", "Syntax: STARTTLS");
 		return;
 	}
-	if (!s->srv->opts.tls || s->srv->opts.lmtp) {
+	if (!s->srv->opts.tls) {
 		bad_command(s, 502, "5.5.1", "Error: command not implemented");
 		return;
 	}
@@ -858,7 +858,7 @@ static const struct command commands[] = {
 	{ "QUIT", CF_PRE_HELO | CF_NO_ARG, cmd_quit },
 	{ "VRFY", CF_PRE_HELO | CF_COUNT, cmd_vrfy },
 	{ "HELP", CF_PRE_HELO, cmd_help },
-	{ "STARTTLS", CF_SMTP_ONLY | CF_COUNT, cmd_starttls },
+	{ "STARTTLS", CF_COUNT, cmd_starttls },
 	{ "XFORWARD", CF_COUNT, cmd_xforward },
 	{ "XCLIENT", CF_PRE_HELO | CF_COUNT, cmd_xclient },
 	{ "GET", CF_PRE_HELO, cmd_http },
@@ -1153,6 +1153,8 @@ static void on_read(struct bufferevent *bev, void *arg)
 		close_after_flush(s, "pregreet");
 		return;
 	}
+	if (s->state == ST_HOOK)
+		return;     /* kept until the hook answers */
 	process_input(s);
 }
 
@@ -1407,7 +1409,9 @@ void smtp_server_free(struct smtp_server *srv)
 const char *smtp_session_id(const struct smtp_session *s) { return s->id; }
 const char *smtp_session_proto(const struct smtp_session *s)
 {
-	return s->srv->opts.lmtp ? "LMTP" : s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP") : "SMTP";
+	if (s->srv->opts.lmtp)
+		return s->tls ? "LMTPS" : "LMTP";
+	return s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP") : "SMTP";
 }
 struct smtp_txn *smtp_session_txn(struct smtp_session *s) { return s->txn; }
 const struct env_client *smtp_session_client(const struct smtp_session *s) { return &s->client; }

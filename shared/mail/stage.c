@@ -52,6 +52,7 @@ const struct param_def server_param_defs[] = {
 	{ "next_hops", PT_LIST, "", 0, 0, NULL, SRV(next_hops), "next stage: host:port list tried in order with failover" },
 	{ "next_protocol", PT_ENUM, "smtp", 0, 0, "smtp|lmtp", SRV(next_protocol), "protocol spoken to the next hops" },
 	{ "next_xforward", PT_BOOL, "yes", 0, 0, NULL, SRV(next_xforward), "send XFORWARD (original client) to next hops that offer it" },
+	{ "next_tls", PT_BOOL, "yes", 0, 0, NULL, SRV(next_tls), "use STARTTLS with next hops that offer it (opportunistic)" },
 	{ "spool_dir", PT_STR, "", 0, 0, NULL, SRV(spool_dir), "queue directory (default: state_dir/spool/INSTANCE)" },
 	{ "metrics_listen", PT_STR, "", 0, 0, NULL, SRV(metrics_listen), "host:port for Prometheus /metrics (empty: off)" },
 	{ "max_message_size", PT_SIZE, "25m", 1024, 1LL << 32, NULL, SRV(max_message_size), "largest message accepted (SIZE)" },
@@ -139,6 +140,7 @@ struct stage {
 	struct generation *gen;
 	struct smtp_server *server;
 	struct tls_ctx *tls;
+	struct tls_ctx *client_tls;     /* opportunistic STARTTLS to next hops */
 	struct queue *queue;
 	struct metrics *metrics;
 	struct metric *m_sessions, *m_messages, *m_rejects, *m_deliveries, *m_deferrals, *m_bounces;
@@ -456,13 +458,12 @@ static struct smtp_client_opts client_opts(struct stage *st, const struct server
 	o.hops = &sc->next_hops;
 	o.lmtp = sc->next_protocol == NEXT_LMTP;
 	o.helo_name = sc->hostname;
-	o.tls = NULL;
+	o.tls = sc->next_tls ? st->client_tls : NULL;
 	o.xforward = sc->next_xforward;
 	o.connect_timeout_ms = 10000;
 	o.command_timeout_ms = 300000;
 	o.data_timeout_ms = 600000;
 	o.log_sid = sid;
-	(void)st;
 	return o;
 }
 
@@ -1071,6 +1072,10 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 		}
 	}
 
+	st->client_tls = tls_client_new(NULL, false, why, sizeof(why));
+	if (!st->client_tls)
+		log_warn(NULL, NULL, "tls.client_unavailable", "error=%s", why);
+
 	/* The spool: queue mode, or proxy mode's fallback for partial results. */
 	if (!def->deliver) {
 		char spool[1024];
@@ -1147,6 +1152,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 		queue_close(st->queue);
 	gen_unref(st, st->gen);
 	tls_ctx_free(st->tls);
+	tls_ctx_free(st->client_tls);
 	event_free(st->sig_hup);
 	event_free(st->sig_term);
 	event_free(st->sig_int);

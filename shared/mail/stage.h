@@ -32,6 +32,7 @@ struct server_config {
 	struct strlist next_hops;
 	int next_protocol;              /* enum next_protocol */
 	bool next_xforward;
+	bool next_tls;
 	char *spool_dir;
 	char *metrics_listen;
 	long long max_message_size;

@@ -114,7 +114,19 @@ struct userlist *userlist_load(const char *path, char *why, size_t whylen)
 			char *q = p;
 			while (*p && !isspace((unsigned char)*p))
 				p++;
-			*p = '\0';
+			char *qend = p;
+			while (isspace((unsigned char)*p))
+				p++;
+			*qend = '\0';
+			if (*p && *p != '#') {     /* "a@b 100 m" must not be a 100-byte quota */
+				char *extra = p;
+				while (*p && !isspace((unsigned char)*p))
+					p++;
+				*p = '\0';
+				snprintf(why, whylen, "%s:%u: expected 'user@domain [quota]', got '%s' after the quota",
+					 path, lineno, extra);
+				goto fail;
+			}
 			char qwhy[256];
 			if (!config_parse_value(&qdef, q, &quota, qwhy, sizeof(qwhy))) {
 				snprintf(why, whylen, "%s:%u: quota: %s", path, lineno, qwhy);

@@ -291,3 +291,21 @@ def test_bad_config_stops_startup():
               "environment override shown: %s" % out.stdout)
     finally:
         lab.close()
+
+
+def test_next_hop_opportunistic_starttls():
+    import subprocess as sp
+    lab = Lab("nexttls")
+    sp.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=store.example.test",
+            "-keyout", lab.path("key.pem"), "-out", lab.path("cert.pem")], check=True, capture_output=True)
+    lab.add_store(tls_cert=lab.path("cert.pem"), tls_key=lab.path("key.pem"))
+    lab.start("store")
+    lab.add_mx()
+    lab.start("mx")
+    try:
+        send_mail(lab.ports["mx"], "s@example.org", ["alice@example.test"], message("next tls"))
+        m = lab.wait_mail("alice", 1)[0]
+        check(b"by store.example.test (Rampart) with LMTPS" in m and b"TLSv1." in m,
+              "MX -> store must use STARTTLS when offered: %r" % m[:700])
+    finally:
+        lab.close()

@@ -1554,7 +1554,7 @@ static void test_local_refusals(void **state)
 }
 
 /* MAIL refused with 4xx by the server (pipelined): the RCPTs and DATA
- * get that 4xx, not the server's 503s; the next transaction works. */
+ * get that 4xx, not the server's 503s. */
 static void test_mail_refused_4xx(void **state)
 {
 	struct fixture *f = *state;
