@@ -97,7 +97,11 @@ struct chain *chain_new(const struct config *cfg, const struct strlist *names,
 	for (size_t i = 0; i < names->n; i++) {
 		defs[i] = check_find(names->v[i]);
 		if (!defs[i]) {
-			snprintf(why, whylen, "unknown check '%s'", names->v[i]);
+			char known[256] = "";
+			for (size_t k = 0; check_registry[k]; k++)
+				snprintf(known + strlen(known), sizeof(known) - strlen(known), "%s%s", k ? ", " : "",
+					 check_registry[k]->name);
+			snprintf(why, whylen, "unknown check '%s' (known: %s)", names->v[i], known);
 			free(defs);
 			return NULL;
 		}

@@ -7,6 +7,7 @@
  * is rejected with a short reason for the reply.
  */
 #include "address.h"
+#include "../util/log.h"
 
 #include <arpa/inet.h>
 #include <stdarg.h>
@@ -18,20 +19,6 @@
 #define LOCAL_MAX  64           /* RFC 5321 4.5.3.1.1 */
 #define DOMAIN_MAX 255          /* RFC 5321 4.5.3.1.2 */
 #define LABEL_MAX  63
-
-static void set_why(char *why, size_t whylen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void set_why(char *why, size_t whylen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!why || whylen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(why, whylen, fmt, ap);
-	va_end(ap);
-}
 
 /* ---- character classes -------------------------------------------------- */
 

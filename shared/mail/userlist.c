@@ -6,6 +6,7 @@
 #include "../util/alloc.h"
 #include "../util/buf.h"
 #include "../util/config.h"
+#include "../util/fs.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -224,6 +225,15 @@ bool userlist_publish(const struct userlist *u, const char *path, char *why, siz
 		ok = false;
 	if (ok && rename(tmp, path) != 0)
 		ok = false;
+	if (ok) {
+		char *dir = xstrdup(path);
+		char *slash = strrchr(dir, '/');
+		if (slash)
+			*slash = '\0';
+		if (!fs_sync_dir(slash ? (*dir ? dir : "/") : "."))
+			ok = false;
+		free(dir);
+	}
 	if (!ok) {
 		snprintf(why, whylen, "%s: cannot write: %s", path, strerror(errno));
 		unlink(tmp);

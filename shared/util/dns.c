@@ -54,17 +54,6 @@ struct dns {
 	struct dns_query *queries;      /* started, not yet delivered */
 };
 
-static void set_why(char *why, size_t whylen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_why(char *why, size_t whylen, const char *fmt, ...)
-{
-	if (!why || !whylen)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, whylen, fmt, ap);
-	va_end(ap);
-}
-
 /* ---- local data ---------------------------------------------------------- */
 
 static bool load_local_data(struct ub_ctx *ub, const char *path, char *why, size_t whylen)

@@ -10,6 +10,35 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Create one directory; a new one is made durable by syncing its parent,
+ * so a message acknowledged into it cannot vanish with it. */
+static int mkdir_one(char *path, mode_t mode)
+{
+	if (mkdir(path, mode) == 0) {
+		char *slash = strrchr(path, '/');
+		if (slash && slash != path) {
+			*slash = '\0';
+			bool ok = fs_sync_dir(path);
+			*slash = '/';
+			if (!ok)
+				return -1;
+		} else if (!fs_sync_dir(slash ? "/" : ".")) {
+			return -1;
+		}
+		return 0;
+	}
+	if (errno != EEXIST)
+		return -1;
+	struct stat st;
+	if (stat(path, &st) != 0)
+		return -1;
+	if (!S_ISDIR(st.st_mode)) {
+		errno = ENOTDIR;
+		return -1;
+	}
+	return 0;
+}
+
 int fs_mkdir_p(const char *path, mode_t mode)
 {
 	char tmp[4096];
@@ -21,13 +50,11 @@ int fs_mkdir_p(const char *path, mode_t mode)
 		if (*p != '/')
 			continue;
 		*p = '\0';
-		if (mkdir(tmp, mode) != 0 && errno != EEXIST)
+		if (mkdir_one(tmp, mode) != 0)
 			return -1;
 		*p = '/';
 	}
-	if (mkdir(tmp, mode) != 0 && errno != EEXIST)
-		return -1;
-	return 0;
+	return mkdir_one(tmp, mode);
 }
 
 bool fs_write_all(int fd, const void *buf, size_t n)

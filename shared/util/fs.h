@@ -9,7 +9,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-/* mkdir -p; 0 or -1 with errno. */
+/* mkdir -p; every directory it creates is synced into its parent.  An
+ * existing non-directory is ENOTDIR.  0 or -1 with errno. */
 int fs_mkdir_p(const char *path, mode_t mode);
 /* write() until done, retrying EINTR; false with errno on failure. */
 bool fs_write_all(int fd, const void *p, size_t n);

@@ -257,3 +257,13 @@ void log_panic(const char *sid, const char *qid, const char *event, const char *
 	va_end(ap);
 	abort();
 }
+
+void set_why(char *why, size_t whylen, const char *fmt, ...)
+{
+	if (!why || !whylen)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, whylen, fmt, ap);
+	va_end(ap);
+}

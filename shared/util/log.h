@@ -18,6 +18,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 enum log_level { LL_DEBUG, LL_INFO, LL_WARN, LL_ERROR, LL_FATAL, LL_PANIC };
 
@@ -44,6 +45,10 @@ void log_fatal(const char *sid, const char *qid, const char *event, const char *
 	__attribute__((format(printf, 4, 5), noreturn));
 void log_panic(const char *sid, const char *qid, const char *event, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5), noreturn));
+
+/* Fill a caller's bounded "why" buffer (the reason string every
+ * fallible function returns); NULL or 0 length is allowed. */
+void set_why(char *why, size_t whylen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Render one line into a caller's buffer (used by log_emit and tests). */
 struct buf;

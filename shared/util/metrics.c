@@ -58,17 +58,6 @@ struct metrics {
 	struct evhttp *http;
 };
 
-static void set_why(char *why, size_t whylen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_why(char *why, size_t whylen, const char *fmt, ...)
-{
-	if (!why || !whylen)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, whylen, fmt, ap);
-	va_end(ap);
-}
-
 /* ---- text format helpers ------------------------------------------------ */
 
 void metrics_escape_label(struct buf *out, const char *value)

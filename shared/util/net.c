@@ -3,6 +3,7 @@
  * and connecting sockets (non-blocking, close-on-exec), CIDR networks.
  */
 #include "net.h"
+#include "log.h"
 #include "config.h"
 
 #include <arpa/inet.h>
@@ -15,20 +16,6 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
-
-static void set_why(char *why, size_t whylen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void set_why(char *why, size_t whylen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!why || whylen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(why, whylen, fmt, ap);
-	va_end(ap);
-}
 
 /* ---- endpoints ---------------------------------------------------------- */
 

@@ -57,17 +57,6 @@ static void ssl_errors(char *out, size_t outlen)
 		snprintf(out, outlen, "unknown OpenSSL error");
 }
 
-static void set_why(char *why, size_t whylen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_why(char *why, size_t whylen, const char *fmt, ...)
-{
-	if (!why || !whylen)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, whylen, fmt, ap);
-	va_end(ap);
-}
-
 /* Never prompt for a pass phrase: an encrypted key is an error. */
 static int no_passphrase(char *buf, int size, int rwflag, void *u)
 {

@@ -744,7 +744,7 @@ static void test_unknown_check(void **state)
 	char why[256];
 	load_config(f, "");
 	assert_null(build(f, "relay, nosuch, limits", why, sizeof(why)));
-	assert_string_equal(why, "unknown check 'nosuch'");
+	assert_string_equal(why, "unknown check 'nosuch' (known: relay, limits, users)");
 	assert_non_null(check_find("users"));
 	assert_null(check_find("Relay"));
 	size_t n = 0;
