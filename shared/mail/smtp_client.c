@@ -169,6 +169,7 @@ struct smtp_client {
 	int busy;
 	bool doomed;                /* free at the last release */
 	bool aborted;               /* smtp_client_abort(): no more callbacks */
+	unsigned *live;             /* the caller's count of clients alive */
 };
 
 static void on_read(struct bufferevent *bev, void *arg);
@@ -278,6 +279,8 @@ static void cmd_free(struct cmd *e)
 
 static void destroy(struct smtp_client *c)
 {
+	if (c->live)
+		(*c->live)--;
 	conn_close(c);
 	while (c->head) {
 		struct cmd *e = c->head;
@@ -1327,6 +1330,9 @@ void smtp_client_connect_rotating(struct event_base *base, const struct smtp_cli
 {
 	struct smtp_client *c = xcalloc(1, sizeof(*c));
 	c->base = base;
+	c->live = opts->live;
+	if (c->live)
+		(*c->live)++;
 	if (opts->hops && opts->hops->n) {
 		c->nhops = opts->hops->n;
 		c->hops = xcalloc(c->nhops, sizeof(*c->hops));
@@ -1596,4 +1602,15 @@ void smtp_client_abort(struct smtp_client *c)
 	conn_close(c);
 	if (c->busy == 0)
 		destroy(c);
+}
+
+bool smtp_client_reusable(const struct smtp_client *c)
+{
+	return !c->dead && !c->doomed && !c->quitting && !c->aborted && c->phase == PH_READY && !c->head;
+}
+
+void smtp_client_set_log_id(struct smtp_client *c, const char *sid)
+{
+	free(c->sid);
+	c->sid = sid ? xstrdup(sid) : NULL;
 }

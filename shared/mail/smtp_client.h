@@ -45,6 +45,8 @@ struct smtp_client_opts {
 	long long command_timeout_ms;   /* default 300 s */
 	long long data_timeout_ms;      /* final reply after the dot; default 600 s */
 	const char *log_sid;            /* session or queue id for log lines */
+	unsigned *live;                 /* if set: +1 while this client exists (until freed,
+					 * QUIT included), so a caller can wait for all to end */
 };
 
 /* ready: c is non-NULL when connected and greeted; otherwise err says why
@@ -96,6 +98,11 @@ void smtp_client_rcpt(struct smtp_client *c, const char *addr, smtp_client_cb cb
 void smtp_client_data(struct smtp_client *c, const char *data, size_t len,
 		      smtp_client_data_cb cb, void *arg);
 void smtp_client_rset(struct smtp_client *c, smtp_client_cb cb, void *arg);
+/* True when the connection is up, idle and ready for another MAIL: a
+ * caller may keep it for the next message (connection reuse). */
+bool smtp_client_reusable(const struct smtp_client *c);
+/* The session or queue id on the client's log lines from now on. */
+void smtp_client_set_log_id(struct smtp_client *c, const char *sid);
 /* Polite end: QUIT, then close and free (no callback). */
 void smtp_client_quit(struct smtp_client *c);
 /* Close now and free; outstanding callbacks are NOT called. */

@@ -1352,7 +1352,7 @@ bool smtp_server_listen_fd(struct smtp_server *srv, int fd, char *why, size_t wh
 		return false;
 	}
 	struct evconnlistener *l = evconnlistener_new(srv->base, on_accept, srv,
-						      LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+						      LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
 	if (!l) {
 		snprintf(why, whylen, "cannot listen: %s", strerror(errno));
 		return false;

@@ -53,6 +53,7 @@ const struct param_def server_param_defs[] = {
 	{ "next_protocol", PT_ENUM, "smtp", 0, 0, "smtp|lmtp", SRV(next_protocol), "protocol spoken to the next hops" },
 	{ "next_xforward", PT_BOOL, "yes", 0, 0, NULL, SRV(next_xforward), "send XFORWARD (original client) to next hops that offer it" },
 	{ "next_tls", PT_BOOL, "yes", 0, 0, NULL, SRV(next_tls), "use STARTTLS with next hops that offer it (opportunistic)" },
+	{ "next_idle_timeout", PT_TIME, "2s", 0, 300000, NULL, SRV(next_idle_timeout), "keep a connection to a next hop open this long for the next message (0: one per message)" },
 	{ "spool_dir", PT_STR, "", 0, 0, NULL, SRV(spool_dir), "queue directory (default: state_dir/spool/INSTANCE)" },
 	{ "metrics_listen", PT_STR, "", 0, 0, NULL, SRV(metrics_listen), "host:port for Prometheus /metrics (empty: off)" },
 	{ "max_message_size", PT_SIZE, "25m", 1024, 1LL << 32, NULL, SRV(max_message_size), "largest message accepted (SIZE)" },
@@ -147,6 +148,9 @@ struct stage {
 	struct event *sig_hup, *sig_term, *sig_int, *sig_usr1;
 	struct event *drain_timer;
 	long drain_left_ms;
+	struct idle_conn *idle;         /* next-hop connections kept for reuse */
+	unsigned clients;               /* next-hop clients alive (QUIT in progress included) */
+	size_t nidle;
 	char hostname[256];
 };
 
@@ -464,6 +468,7 @@ static struct smtp_client_opts client_opts(struct stage *st, const struct server
 	o.command_timeout_ms = 300000;
 	o.data_timeout_ms = 600000;
 	o.log_sid = sid;
+	o.live = &st->clients;
 	return o;
 }
 
@@ -740,10 +745,88 @@ static void on_session_end(void *arg, struct smtp_session *s)
 
 /* ---- the queue's delivery agent ---------------------------------------- */
 
+/* -- connections kept open between deliveries -- */
+
+struct idle_conn {
+	struct stage *st;
+	struct generation *gen;     /* the next hops it was opened for */
+	struct smtp_client *c;
+	struct event *timer;
+	struct idle_conn *next;
+};
+
+static void idle_remove(struct stage *st, struct idle_conn *ic)
+{
+	for (struct idle_conn **pp = &st->idle; *pp; pp = &(*pp)->next)
+		if (*pp == ic) {
+			*pp = ic->next;
+			break;
+		}
+	st->nidle--;
+	event_free(ic->timer);
+	gen_unref(st, ic->gen);
+	free(ic);
+}
+
+static void idle_expired(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what;
+	struct idle_conn *ic = arg;
+	smtp_client_quit(ic->c);
+	idle_remove(ic->st, ic);
+}
+
+static void idle_put(struct stage *st, struct generation *g, struct smtp_client *c)
+{
+	long long ms = g->sc->next_idle_timeout;
+	if (ms <= 0 || g != st->gen || st->drain_timer || !smtp_client_reusable(c) ||
+	    st->nidle >= (size_t)g->sc->max_deliveries) {
+		smtp_client_quit(c);
+		return;
+	}
+	struct idle_conn *ic = xcalloc(1, sizeof(*ic));
+	ic->st = st;
+	ic->gen = g;
+	g->refs++;
+	ic->c = c;
+	ic->timer = evtimer_new(st->base, idle_expired, ic);
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+	evtimer_add(ic->timer, &tv);
+	ic->next = st->idle;
+	st->idle = ic;
+	st->nidle++;
+}
+
+static struct smtp_client *idle_get(struct stage *st)
+{
+	while (st->idle) {
+		struct idle_conn *ic = st->idle;
+		struct smtp_client *c = ic->c;
+		bool current = ic->gen == st->gen;
+		idle_remove(st, ic);
+		if (current && smtp_client_reusable(c))
+			return c;
+		smtp_client_quit(c);
+	}
+	return NULL;
+}
+
+static void idle_close_all(struct stage *st)
+{
+	while (st->idle) {
+		smtp_client_quit(st->idle->c);
+		idle_remove(st, st->idle);
+	}
+}
+
+/* -- one delivery attempt of one queued message -- */
+
 struct delivery {
 	struct stage *st;
 	struct queue_item *it;
 	struct smtp_client *c;
+	bool reused;             /* c came from the idle pool */
+	bool stale;              /* ... and turned out to be closed: start over */
 	size_t *idx;             /* envelope index of each RCPT sent */
 	size_t nsent, nreplied;
 	bool *accepted;
@@ -752,10 +835,12 @@ struct delivery {
 	struct generation *gen;
 };
 
+static void dlv_ready(void *arg, struct smtp_client *c, const struct smtp_reply *err);
+
 static void delivery_finish(struct delivery *d)
 {
 	if (d->c)
-		smtp_client_quit(d->c);
+		idle_put(d->st, d->gen, d->c);
 	queue_item_done(d->st->queue, d->it);
 	gen_unref(d->st, d->gen);
 	free(d->idx);
@@ -793,6 +878,25 @@ static void dlv_rcpt_done(void *arg, const struct smtp_reply *r)
 {
 	struct delivery *d = arg;
 	size_t i = d->nreplied++;
+	/* A kept connection the next hop closed meanwhile: the first reply
+	 * is a 421; try once more on a fresh connection. */
+	if (d->reused && i == 0 && r->code == 421)
+		d->stale = true;
+	if (d->stale) {
+		if (d->nreplied < d->nsent)
+			return;
+		smtp_client_abort(d->c);
+		d->c = NULL;
+		d->reused = d->stale = false;
+		d->nsent = d->nreplied = 0;
+		free(d->idx);
+		free(d->accepted);
+		d->idx = NULL;
+		d->accepted = NULL;
+		struct smtp_client_opts o = client_opts(d->st, d->gen->sc, queue_item_id(d->it));
+		smtp_client_connect(d->st->base, &o, dlv_ready, d);
+		return;
+	}
 	d->accepted[i] = r->code >= 200 && r->code < 300;
 	if (!d->accepted[i]) {
 		char text[600];
@@ -859,8 +963,14 @@ static void deliver_item(void *arg, struct queue_item *it)
 	d->gen = st->gen;
 	d->gen->refs++;
 	d->data = queue_item_data(it, &d->len);
+	struct smtp_client *c = idle_get(st);
+	if (c) {
+		d->reused = true;
+		smtp_client_set_log_id(c, queue_item_id(it));
+		dlv_ready(d, c, NULL);
+		return;
+	}
 	struct smtp_client_opts o = client_opts(st, d->gen->sc, queue_item_id(it));
-	o.log_sid = NULL;
 	smtp_client_connect(st->base, &o, dlv_ready, d);
 }
 
@@ -916,7 +1026,7 @@ static void drain_tick(evutil_socket_t fd, short what, void *arg)
 	(void)fd; (void)what;
 	struct stage *st = arg;
 	size_t sessions = smtp_server_sessions(st->server);
-	size_t deliveries = st->queue ? queue_active(st->queue) : 0;
+	size_t deliveries = (st->queue ? queue_active(st->queue) : 0) + st->clients;
 	st->drain_left_ms -= 50;
 	if ((sessions == 0 && deliveries == 0) || st->drain_left_ms <= 0) {
 		if (sessions || deliveries)
@@ -938,6 +1048,7 @@ static void on_sigterm(evutil_socket_t fd, short what, void *arg)
 	smtp_server_drain(st->server);
 	if (st->queue)
 		queue_pause(st->queue);
+	idle_close_all(st);
 	st->drain_left_ms = DRAIN_MS;
 	st->drain_timer = evtimer_new(st->base, drain_tick, st);
 	drain_tick(-1, 0, st);
@@ -1029,7 +1140,12 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	st->set = stage_param_set(def);
 	signal(SIGPIPE, SIG_IGN);
 	evthread_use_pthreads();
-	st->base = event_base_new();
+	/* The changelist folds the enable/disable pairs of one loop turn
+	 * (a reply written and flushed at once) into no epoll_ctl at all. */
+	struct event_config *ecfg = event_config_new();
+	event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+	st->base = event_base_new_with_config(ecfg);
+	event_config_free(ecfg);
 	if (!st->base)
 		log_fatal(NULL, NULL, "event.init_failed", "error=%s", strerror(errno));
 	st->metrics = metrics_new(def->name, st->instance);
@@ -1148,6 +1264,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	event_base_dispatch(st->base);
 
 	smtp_server_free(st->server);
+	idle_close_all(st);
 	if (st->queue)
 		queue_close(st->queue);
 	gen_unref(st, st->gen);

@@ -33,6 +33,7 @@ struct server_config {
 	int next_protocol;              /* enum next_protocol */
 	bool next_xforward;
 	bool next_tls;
+	long long next_idle_timeout;
 	char *spool_dir;
 	char *metrics_listen;
 	long long max_message_size;

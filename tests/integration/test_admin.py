@@ -63,8 +63,9 @@ def test_rampartctl_queue_commands():
         time.sleep(1.0)
         out = lab.ctl("queue", "list")
         check(out.returncode == 0 and out.stdout.strip().endswith("3 messages"), "list: %s %s" % (out.stdout, out.stderr))
-        ids = re.findall(r"^(\S{16}) ", out.stdout, re.M)
-        check(len(ids) == 3, "three ids: %r" % ids)
+        ids = [re.search(r"^(\S{16}) .*<s%d@example.org>" % i, out.stdout, re.M) for i in range(3)]
+        check(all(ids), "three ids, one per sender: %s" % out.stdout)
+        ids = [m.group(1) for m in ids]
         check("Connection refused" in out.stdout or "refused" in out.stdout.lower() or "unavailable" in out.stdout.lower(),
               "last error shown: %s" % out.stdout)
         show = lab.ctl("queue", "show", ids[0])
