@@ -19,6 +19,7 @@
 #include "../util/config.h"
 #include "../mail/envelope.h"
 
+struct dns;
 struct metrics;
 struct pool;
 
@@ -57,6 +58,7 @@ struct check_env {
 	long long max_message_size;
 	unsigned max_recipients;
 	struct metrics *metrics;
+	struct dns *dns;                         /* the process's resolver */
 };
 
 /* A header a check wants added to the message. */

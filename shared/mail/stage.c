@@ -16,6 +16,7 @@
 #include "smtp_client.h"
 #include "../checks/chain.h"
 #include "../util/alloc.h"
+#include "../util/dns.h"
 #include "../util/fs.h"
 #include "../util/id.h"
 #include "../util/log.h"
@@ -81,6 +82,7 @@ static const struct param_def global_param_defs[] = {
 	{ "log_level", PT_ENUM, "info", 0, 0, "debug|info|warn|error", GLB(log_level), "least severe level logged" },
 	{ "log_syslog", PT_BOOL, "no", 0, 0, NULL, GLB(log_syslog), "log to syslog instead of standard error" },
 	{ "dns_local_data", PT_STR, "", 0, 0, NULL, GLB(dns_local_data), "file of DNS records answered locally (labs, tests)" },
+	{ "dns_local_only", PT_BOOL, "no", 0, 0, NULL, GLB(dns_local_only), "answer only from dns_local_data, never query the network" },
 	PARAM_END
 };
 
@@ -144,6 +146,7 @@ struct stage {
 	struct tls_ctx *client_tls;     /* opportunistic STARTTLS to next hops */
 	struct queue *queue;
 	struct metrics *metrics;
+	struct dns *dns;
 	struct metric *m_sessions, *m_messages, *m_rejects, *m_deliveries, *m_deferrals, *m_bounces;
 	struct event *sig_hup, *sig_term, *sig_int, *sig_usr1;
 	struct event *drain_timer;
@@ -222,6 +225,7 @@ static struct generation *gen_load(struct stage *st, char *why, size_t whylen)
 	g->env.max_message_size = sc->max_message_size;
 	g->env.max_recipients = (unsigned)sc->max_recipients;
 	g->env.metrics = st->metrics;
+	g->env.dns = st->dns;
 	if (st->def->init) {
 		char swhy[512] = "";
 		g->state = st->def->init(g->conf, &g->g, st->instance, swhy, sizeof(swhy));
@@ -1151,6 +1155,24 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	st->metrics = metrics_new(def->name, st->instance);
 
 	char why[1024];
+	/* One resolver for the process, shared by every check; its settings
+	 * are read once, before the checks are built (a reload keeps it). */
+	struct config_error perr;
+	struct config *pre = config_parse_file(st->config_path, &perr);
+	struct global_config g0;
+	if (pre && config_bind(pre, "global", &global_param_set, &g0, &perr)) {
+		struct dns_opts dopts = { 0 };
+		dopts.local_data = *g0.dns_local_data ? g0.dns_local_data : NULL;
+		dopts.local_only = g0.dns_local_only;
+		st->dns = dns_new(st->base, &dopts, why, sizeof(why));
+		config_release(&global_param_set, &g0);
+		if (!st->dns) {
+			fprintf(stderr, "%s: %s: [global] dns_local_data: %s\n", def->name, st->config_path, why);
+			config_free(pre);
+			return 1;
+		}
+	}
+	config_free(pre);
 	st->gen = gen_load(st, why, sizeof(why));
 	if (!st->gen) {
 		fprintf(stderr, "%s: configuration error: %s\n", def->name, why);
@@ -1161,6 +1183,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 		printf("%s: configuration OK\n", st->config_path);
 		return 0;
 	}
+
 	const struct server_config *sc = st->gen->sc;
 	log_set_level((enum log_level)st->gen->g.log_level);
 	log_set_syslog(st->gen->g.log_syslog);
@@ -1270,6 +1293,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	gen_unref(st, st->gen);
 	tls_ctx_free(st->tls);
 	tls_ctx_free(st->client_tls);
+	dns_free(st->dns);
 	event_free(st->sig_hup);
 	event_free(st->sig_term);
 	event_free(st->sig_int);

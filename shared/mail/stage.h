@@ -57,6 +57,7 @@ struct global_config {
 	int log_level;
 	bool log_syslog;
 	char *dns_local_data;
+	bool dns_local_only;
 };
 
 extern const struct param_set global_param_set;

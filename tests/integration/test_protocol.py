@@ -100,6 +100,11 @@ def test_malformed_addresses():
             code, text, _ = r.cmd(bad)
             check(code in (501, 553), "%r: %d %s" % (bad, code, text))
         check(r.cmd("RCPT TO:<alice@example.test>")[0] == 250, "good RCPT after bad ones")
+        # With SMTPUTF8, UTF-8 addresses are fine (RFC 6531).
+        check(r.cmd("RSET")[0] == 250, "RSET")
+        code, text, _ = r.cmd("MAIL FROM:<\u00e9l\u00e8ve@\u00e9cole.example> SMTPUTF8")
+        check(code == 250, "UTF-8 sender with SMTPUTF8: %d %s" % (code, text))
+        check(r.cmd("RCPT TO:<alice@example.test>")[0] == 250, "RCPT in an SMTPUTF8 transaction")
         r.cmd("QUIT")
     finally:
         lab.close()
