@@ -144,6 +144,7 @@ static bool decided(struct check_call *call)
 	const struct chain_item *it = &c->items[call->next - 1];
 	if (call->v.kind == V_CONTINUE)
 		return true;
+	call->v.check = it->def->name;
 	const char *vn = verdict_names[call->v.kind];
 	log_info(call->ctx->sid, call->ctx->qid, "check.verdict",
 		 "check=%s phase=%s verdict=%s code=%d enh=%s reason=%s client=%s",

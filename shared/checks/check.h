@@ -47,6 +47,7 @@ struct verdict {
 	int code;           /* SMTP code for TEMPFAIL/REJECT (default 451/550) */
 	char enh[16];       /* enhanced status code, e.g. "5.7.1" */
 	char reason[256];   /* reply text and log reason */
+	const char *check;  /* name of the deciding check (set by the chain) */
 };
 
 /* What the stage tells every check at start-up. */

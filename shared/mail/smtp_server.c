@@ -197,6 +197,12 @@ static bool ip_in(const struct strlist *nets, const char *ip)
 	return nets && nets->n && cidr_list_match(nets, ip);
 }
 
+static void note(struct smtp_server *srv, struct smtp_session *s, const char *name)
+{
+	if (srv->hooks.event)
+		srv->hooks.event(srv->hooks.arg, s, name);
+}
+
 /* ---- transactions ------------------------------------------------------ */
 
 static void txn_end(struct smtp_session *s)
@@ -454,7 +460,10 @@ struct command {
 static void bad_command(struct smtp_session *s, int code, const char *enh, const char *text)
 {
 	reply_v(s, code, enh, text);
+	note(s->srv, s, code == 503 ? "bad_sequence" : strstr(text, "not recognized") ? "unknown_command" :
+	     strstr(text, "too long") ? "line_too_long" : strstr(text, "NUL") ? "nul_byte" : "syntax");
 	if (++s->errors >= s->srv->opts.max_errors) {
+		note(s->srv, s, "too_many_errors");
 		reply(s, 421, "4.7.0", "%s Too many errors, closing connection", s->srv->opts.hostname);
 		log_warn(s->id, NULL, "smtp.too_many_errors", "errors=%u client=%s", s->errors, s->client.addr);
 		close_after_flush(s, "too many errors");
@@ -583,6 +592,7 @@ static void cmd_rcpt(struct smtp_session *s, char *arg)
 		return;
 	}
 	if (t->env->nrcpt >= s->srv->opts.max_recipients) {
+		note(s->srv, s, "too_many_recipients");
 		reply(s, 452, "4.5.3", "Error: too many recipients");
 		return;
 	}
@@ -677,6 +687,7 @@ static void cmd_http(struct smtp_session *s, char *arg)
 {
 	(void)arg;
 	log_warn(s->id, NULL, "smtp.http_command", "client=%s", s->client.addr);
+	note(s->srv, s, "http_command");
 	reply(s, 521, "5.7.0", "Error: this is an SMTP server, not a web proxy");
 	close_after_flush(s, "HTTP command");
 }
@@ -711,6 +722,7 @@ static void cmd_starttls(struct smtp_session *s, char *arg)
 	size_t junk = evbuffer_get_length(in);
 	if (junk) {
 		log_warn(s->id, NULL, "smtp.starttls_injection", "discarded=%zu client=%s", junk, s->client.addr);
+		note(s->srv, s, "starttls_injection");
 		evbuffer_drain(in, junk);
 	}
 	struct bufferevent *tb = bufferevent_openssl_filter_new(
@@ -1065,13 +1077,16 @@ static void data_complete(struct smtp_session *s)
 	int code = 0;
 	const char *enh = NULL;
 	if (s->bare_lf || s->bare_cr) {
+		note(s->srv, s, s->bare_lf ? "bare_lf" : "bare_cr");
 		code = 550; enh = "5.5.2";
 		why = s->bare_lf ? "Message contains bare LF (RFC 5321 2.3.8); rejected"
 				 : "Message contains bare CR (RFC 5321 2.3.8); rejected";
 	} else if (t->data.overflow) {
+		note(s->srv, s, "message_too_big");
 		code = 552; enh = "5.3.4";
 		why = "Message size exceeds fixed maximum message size";
 	} else if (s->header_overflow) {
+		note(s->srv, s, "header_limit");
 		code = 552; enh = "5.3.4";
 		why = "Message header section exceeds limits";
 	}
@@ -1146,6 +1161,7 @@ static void on_read(struct bufferevent *bev, void *arg)
 	if (s->state == ST_GREET_PAUSE) {
 		/* Talked before the banner: a bot that does not wait. */
 		log_warn(s->id, NULL, "smtp.pregreet", "client=%s", s->client.addr);
+		note(s->srv, s, "pregreet");
 		struct evbuffer *in = bufferevent_get_input(s->bev);
 		evbuffer_drain(in, evbuffer_get_length(in));
 		event_del(s->timer);
@@ -1192,6 +1208,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		}
 	}
 	if ((what & BEV_EVENT_TIMEOUT) && s->state != ST_CLOSING) {
+		note(s->srv, s, "timeout");
 		reply(s, 421, "4.4.2", "%s Error: timeout exceeded", s->srv->opts.hostname);
 		log_info(s->id, s->txn ? s->txn->qid : NULL, "smtp.timeout", "state=%s", state_names[s->state]);
 		close_after_flush(s, "timeout");
@@ -1256,6 +1273,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		ssize_t w = write(fd, msg, sizeof(msg) - 1);
 		(void)w;
 		log_warn(NULL, NULL, "smtp.connection_limit", "sessions=%zu", srv->nsessions);
+		note(srv, NULL, "connection_limit");
 		close(fd);
 		return;
 	}

@@ -57,6 +57,13 @@ struct smtp_server_hooks {
 	void (*txn_end)(void *arg, struct smtp_session *s);
 	/* Session ends (always called once, for any reason). */
 	void (*session_end)(void *arg, struct smtp_session *s);
+	/* Something the engine itself refused or noticed, for counting:
+	 * "syntax", "bad_sequence", "unknown_command", "line_too_long",
+	 * "nul_byte", "too_many_errors", "pregreet", "timeout", "bare_lf",
+	 * "bare_cr", "message_too_big", "header_limit", "too_many_recipients",
+	 * "http_command", "starttls_injection", "connection_limit".  s may be
+	 * NULL (connection_limit).  Optional. */
+	void (*event)(void *arg, struct smtp_session *s, const char *name);
 };
 
 struct smtp_server_opts {

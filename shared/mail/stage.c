@@ -147,10 +147,12 @@ struct stage {
 	struct queue *queue;
 	struct metrics *metrics;
 	struct dns *dns;
+	struct metric *m_events;
 	struct metric *m_sessions, *m_messages, *m_rejects, *m_deliveries, *m_deferrals, *m_bounces;
 	struct event *sig_hup, *sig_term, *sig_int, *sig_usr1;
 	struct event *drain_timer;
 	long drain_left_ms;
+	char pidfile[1100];
 	struct idle_conn *idle;         /* next-hop connections kept for reuse */
 	unsigned clients;               /* next-hop clients alive (QUIT in progress included) */
 	size_t nidle;
@@ -300,8 +302,8 @@ static void reply_verdict(struct sess *x, const struct verdict *v)
 	case V_TEMPFAIL:
 	case V_REJECT:
 		if (x->st->m_rejects) {
-			char l[96];
-			snprintf(l, sizeof(l), "code=\"%d\"", v->code);
+			char l[160];
+			snprintf(l, sizeof(l), "check=\"%s\",code=\"%d\"", v->check ? v->check : "", v->code);
 			metric_inc(x->st->m_rejects, l);
 		}
 		smtp_session_reply(x->s, v->code, v->enh, v->reason);
@@ -732,6 +734,15 @@ static void on_txn_end(void *arg, struct smtp_session *s)
 	x->client_failed = false;
 }
 
+static void on_event(void *arg, struct smtp_session *s, const char *name)
+{
+	(void)s;
+	struct stage *st = arg;
+	char l[96];
+	snprintf(l, sizeof(l), "event=\"%s\"", name);
+	metric_inc(st->m_events, l);
+}
+
 static void on_session_end(void *arg, struct smtp_session *s)
 {
 	struct stage *st = arg;
@@ -1098,19 +1109,35 @@ static void drop_privileges(const char *user)
 }
 
 /* state_dir/run/INSTANCE.pid, so rampartctl can signal a flush. */
-static void write_pidfile(const char *state_dir, const char *instance)
+static void write_pidfile(struct stage *st, const char *state_dir)
 {
-	char path[1024];
-	snprintf(path, sizeof(path), "%s/run", state_dir);
-	fs_mkdir_p(path, 0755);
-	snprintf(path, sizeof(path), "%s/run/%s.pid", state_dir, instance);
-	FILE *f = fopen(path, "w");
+	char dir[1024];
+	snprintf(dir, sizeof(dir), "%s/run", state_dir);
+	fs_mkdir_p(dir, 0755);
+	snprintf(st->pidfile, sizeof(st->pidfile), "%s/%s.pid", dir, st->instance);
+	FILE *f = fopen(st->pidfile, "w");
 	if (!f) {
-		log_warn(NULL, NULL, "pidfile.write_failed", "path=%s error=%s", path, strerror(errno));
+		log_warn(NULL, NULL, "pidfile.write_failed", "path=%s error=%s", st->pidfile, strerror(errno));
+		st->pidfile[0] = '\0';
 		return;
 	}
 	fprintf(f, "%ld\n", (long)getpid());
 	fclose(f);
+}
+
+static void remove_pidfile(struct stage *st)
+{
+	if (!st->pidfile[0])
+		return;
+	FILE *f = fopen(st->pidfile, "r");
+	long pid = 0;
+	if (f) {
+		if (fscanf(f, "%ld", &pid) != 1)
+			pid = 0;
+		fclose(f);
+	}
+	if (pid == (long)getpid())
+		unlink(st->pidfile);
 }
 
 static void usage(const char *prog, const struct stage_def *def)
@@ -1198,7 +1225,9 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	st->m_sessions = metrics_counter(st->metrics, "rampart_sessions_total", "SMTP/LMTP sessions that sent a command.");
 	metrics_gauge_cb(st->metrics, "rampart_sessions_active", "Sessions open now.", NULL, gauge_sessions, st);
 	st->m_messages = metrics_counter(st->metrics, "rampart_messages_total", "Messages accepted, by result.");
-	st->m_rejects = metrics_counter(st->metrics, "rampart_rejects_total", "Commands refused by a check, by code.");
+	st->m_rejects = metrics_counter(st->metrics, "rampart_rejects_total", "Commands refused by a check, by check and code.");
+	st->m_events = metrics_counter(st->metrics, "rampart_smtp_events_total",
+				       "Protocol faults the SMTP engine refused or noticed, by kind.");
 	st->m_deliveries = metrics_counter(st->metrics, "rampart_deliveries_total", "Recipients delivered.");
 	st->m_deferrals = metrics_counter(st->metrics, "rampart_deferrals_total", "Recipients deferred (4xx or unreachable).");
 	st->m_bounces = metrics_counter(st->metrics, "rampart_failures_total", "Recipients failed permanently (5xx).");
@@ -1245,7 +1274,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 
 	struct smtp_server_opts so;
 	server_opts_from(sc, st, &so);
-	struct smtp_server_hooks hooks = { st, on_hook, on_txn_end, on_session_end };
+	struct smtp_server_hooks hooks = { st, on_hook, on_txn_end, on_session_end, on_event };
 	st->server = smtp_server_new(st->base, &so, &hooks);
 	for (size_t i = 0; i < sc->listen.n; i++) {
 		struct endpoint ep;
@@ -1268,7 +1297,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 			log_fatal(NULL, NULL, "metrics.listen_failed", "address=%s error=%s", sc->metrics_listen, why);
 		}
 	}
-	write_pidfile(st->gen->g.state_dir, st->instance);
+	write_pidfile(st, st->gen->g.state_dir);
 	drop_privileges(sc->user);
 
 	st->sig_hup = evsignal_new(st->base, SIGHUP, on_sighup, st);
@@ -1303,6 +1332,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	metrics_free(st->metrics);
 	event_base_free(st->base);
 	stage_param_set_free(st->set);
+	remove_pidfile(st);
 	log_info(NULL, NULL, "stage.stopped", "instance=%s", st->instance);
 	return 0;
 }

@@ -250,8 +250,16 @@ def test_metrics_endpoint():
             send_mail(lab.ports["mx"], "s@example.org", ["x@elsewhere.example"], message("relay"))
         except smtplib.SMTPRecipientsRefused:
             pass
+        r = Raw(lab.ports["mx"])
+        r.cmd("BOGUS")
+        r.cmd("QUIT")
         time.sleep(0.3)
         text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
+        check('rampart_smtp_events_total{stage="mx",instance="mx",event="unknown_command"} 1' in text,
+              "engine events counted: %s" % text[-1500:])
+        check('rampart_rejects_total{stage="mx",instance="mx",check="relay",code="554"} 1' in text,
+              "rejects by check and code")
+        check('rampart_queue_oldest_seconds' in text and 'rampart_sessions_active' in text, "queue age and sessions gauges")
         check('rampart_messages_total{' in text and 'result="queued"' in text, "queued count: %s" % text[:2000])
         check('check="relay",verdict="reject"' in text, "relay reject counted")
         check("rampart_queue_messages" in text, "queue gauge")
