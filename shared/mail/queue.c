@@ -151,13 +151,49 @@ static const uint32_t crc32c_table[256] = {
 	0xbe2da0a5u, 0x4c4623a6u, 0x5f16d052u, 0xad7d5351u,
 };
 
+static uint32_t crc32c_sw(uint32_t crc, const unsigned char *b, size_t n)
+{
+	while (n--)
+		crc = crc32c_table[(crc ^ *b++) & 0xffu] ^ (crc >> 8);
+	return crc;
+}
+
+#if defined(__x86_64__)
+/* The SSE4.2 CRC32 instruction computes CRC-32C eight bytes at a time:
+ * the message checksum is computed on every write and read of a queue
+ * file, so this is on the hot path. */
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hw(uint32_t crc, const unsigned char *b, size_t n)
+{
+	uint64_t c = crc;
+	while (n >= 8) {
+		uint64_t v;
+		memcpy(&v, b, 8);
+		c = __builtin_ia32_crc32di(c, v);
+		b += 8;
+		n -= 8;
+	}
+	uint32_t c32 = (uint32_t)c;
+	while (n--)
+		c32 = __builtin_ia32_crc32qi(c32, *b++);
+	return c32;
+}
+#endif
+
 static uint32_t crc32c(uint32_t crc, const void *p, size_t n)
 {
 	const unsigned char *b = p;
 	crc = ~crc;
-	while (n--)
-		crc = crc32c_table[(crc ^ *b++) & 0xffu] ^ (crc >> 8);
-	return ~crc;
+#if defined(__x86_64__)
+	if (__builtin_cpu_supports("sse4.2"))
+		return ~crc32c_hw(crc, b, n);
+#endif
+	return ~crc32c_sw(crc, b, n);
+}
+
+uint32_t queue_crc32c(const void *p, size_t n)
+{
+	return crc32c(0, p, n);
 }
 
 static void put16(unsigned char *p, uint32_t v)

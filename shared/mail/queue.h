@@ -38,6 +38,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -131,6 +132,9 @@ struct queue_stats {
 	unsigned long long syncs;   /* sync calls made by the commit thread */
 };
 void queue_get_stats(struct queue *q, struct queue_stats *st);
+
+/* CRC-32C (Castagnoli) as the queue files use it; exposed for tests. */
+uint32_t queue_crc32c(const void *p, size_t n);
 
 /* ---- offline administration (rampartctl), safe while the daemon runs ----
  *

@@ -902,6 +902,22 @@ static void test_invalid_qid_rejected(void **state)
 	assert_int_equal(queue_list(nodir, list_cb, NULL), -1);
 }
 
+/* Known answers for CRC-32C (RFC 3720 B.4 and the "123456789" check value),
+ * across the eight-byte and the byte-wise paths. */
+static void test_crc32c_known_answers(void **state)
+{
+	(void)state;
+	assert_int_equal(queue_crc32c("123456789", 9), 0xe3069283u);
+	unsigned char zeros[32] = { 0 }, ones[32], inc[32];
+	memset(ones, 0xff, sizeof(ones));
+	for (int i = 0; i < 32; i++)
+		inc[i] = (unsigned char)i;
+	assert_int_equal(queue_crc32c(zeros, 32), 0x8a9136aau);
+	assert_int_equal(queue_crc32c(ones, 32), 0x62a8ab43u);
+	assert_int_equal(queue_crc32c(inc, 32), 0x46dd794eu);
+	assert_int_equal(queue_crc32c("", 0), 0u);
+}
+
 int main(void)
 {
 	evthread_use_pthreads();
@@ -910,6 +926,7 @@ int main(void)
 	 * LL_INFO macro (reported), which would silence everything */
 	log_set_level(LL_INFO);
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_crc32c_known_answers),
 		cmocka_unit_test_setup_teardown(test_submit_durable, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_recover_and_deliver, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_envelope_roundtrip, setup, teardown),
