@@ -25,6 +25,8 @@
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -33,6 +35,11 @@
 #include <event2/listener.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+
+/* A client that pipelines without reading its replies is not served
+ * further until the replies it has are under OUT_LOW bytes. */
+#define OUT_HIGH (64 * 1024)
+#define OUT_LOW (16 * 1024)
 
 enum state {
 	ST_GREET_PAUSE,     /* connected, banner not yet sent */
@@ -81,6 +88,7 @@ struct smtp_session {
 	bool hook_answered;
 	bool processing;                    /* inside process_input() */
 	bool helo_seen;
+	bool banner_sent;
 	bool esmtp;
 	bool tls;
 	bool xforward_ok, xclient_ok;
@@ -108,10 +116,14 @@ struct smtp_session {
 	struct env_client xf;
 	bool xf_set;
 	bool discarding;                    /* dropping the rest of an over-long line */
+	bool out_blocked;                   /* replies piled up: wait for the client to read */
+	bool eof;                           /* the client will send no more (half-close) */
 	void *user;                         /* the hooks' per-session data */
 };
 
 /* ---- small helpers ----------------------------------------------------- */
+
+static void set_deadlines(struct smtp_session *s);
 
 static void enter_state(struct smtp_session *s, enum state st, const char *why)
 {
@@ -120,9 +132,24 @@ static void enter_state(struct smtp_session *s, enum state st, const char *why)
 	log_debug(s->id, s->txn ? s->txn->qid : NULL, "smtp.state", "from=%s to=%s why=%s",
 		  state_names[s->state], state_names[st], why);
 	s->state = st;
+	set_deadlines(s);
 }
 
 static void session_free(struct smtp_session *s);
+
+/* Deadlines: reading a command or message data has its own; while a hook
+ * runs the client is waiting for us, so there is no read deadline then
+ * (the hook's own work has deadlines of its own); writing always has one. */
+static void set_deadlines(struct smtp_session *s)
+{
+	if (!s->bev)
+		return;
+	const struct smtp_server_opts *o = &s->srv->opts;
+	long long rms = s->state == ST_DATA ? o->data_timeout_ms : o->command_timeout_ms;
+	struct timeval r = { rms / 1000, (rms % 1000) * 1000 };
+	struct timeval w = { o->command_timeout_ms / 1000, (o->command_timeout_ms % 1000) * 1000 };
+	bufferevent_set_timeouts(s->bev, s->state == ST_HOOK ? NULL : &r, &w);
+}
 
 void smtp_session_ref(struct smtp_session *s)
 {
@@ -184,6 +211,7 @@ static void close_after_flush(struct smtp_session *s, const char *why)
 		return;
 	enter_state(s, ST_CLOSING, why);
 	bufferevent_disable(s->bev, EV_READ);
+	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	if (evbuffer_get_length(out) == 0) {
 		s->closed = true;
@@ -209,6 +237,7 @@ static void txn_end(struct smtp_session *s)
 {
 	if (!s->txn)
 		return;
+	s->xf_set = false;     /* XFORWARD applies to one transaction */
 	if (s->srv->hooks.txn_end)
 		s->srv->hooks.txn_end(s->srv->hooks.arg, s);
 	envelope_free(s->txn->env);
@@ -258,6 +287,8 @@ static void resume_reading(struct smtp_session *s)
 		return;
 	if (!s->processing)
 		process_input(s);
+	if (s->eof && !s->processing && (s->state == ST_COMMAND || s->state == ST_DATA))
+		close_after_flush(s, "client half-closed");
 }
 
 static void run_hook(struct smtp_session *s, enum smtp_hook_kind kind, enum pending p)
@@ -299,6 +330,8 @@ static void answer(struct smtp_session *s)
 
 void smtp_session_reply(struct smtp_session *s, int code, const char *enh, const char *text)
 {
+	if (s->closed || s->state == ST_CLOSING)
+		return;     /* the client is gone or being sent away */
 	if (s->pending == PEND_NONE || s->hook_answered)
 		log_panic(s->id, NULL, "smtp.hook_reply_unexpected", "code=%d", code);
 	s->reply_code = code;
@@ -310,11 +343,17 @@ void smtp_session_reply(struct smtp_session *s, int code, const char *enh, const
 
 void smtp_session_replies(struct smtp_session *s, const struct smtp_reply_line *r, size_t n)
 {
+	if (s->closed || s->state == ST_CLOSING)
+		return;
 	if (s->pending != PEND_MESSAGE || s->hook_answered)
 		log_panic(s->id, NULL, "smtp.hook_reply_unexpected", "n=%zu", n);
 	s->replies = xmemdup(r, n * sizeof(*r));
 	s->nreplies = n;
 	s->reply_code = n ? r[0].code : 451;
+	if (n) {
+		snprintf(s->reply_enh, sizeof(s->reply_enh), "%s", r[0].enh);
+		snprintf(s->reply_text, sizeof(s->reply_text), "%s", r[0].text);
+	}
 	s->hook_answered = true;
 	answer(s);
 }
@@ -325,8 +364,17 @@ static bool hook_objected(struct smtp_session *s)
 	if (s->reply_code == 0 || (s->reply_code >= 200 && s->reply_code < 300))
 		return false;
 	reply_v(s, s->reply_code, s->reply_enh, s->reply_text[0] ? s->reply_text : "Rejected");
-	if (s->reply_code == 421)
+	if (s->reply_code == 421) {
 		close_after_flush(s, "hook 421");
+	} else if (++s->errors >= s->srv->opts.max_errors) {
+		/* A client that keeps being refused (a dictionary attack on
+		 * RCPT, a spammer retrying senders) is sent away. */
+		note(s->srv, s, "too_many_errors");
+		reply(s, 421, "4.7.0", "%s Too many errors, closing connection", s->srv->opts.hostname);
+		log_warn(s->id, s->txn ? s->txn->qid : NULL, "smtp.too_many_errors", "errors=%u client=%s", s->errors,
+			 s->client.addr);
+		close_after_flush(s, "too many errors");
+	}
 	return true;
 }
 
@@ -340,6 +388,7 @@ static void default_or_hook(struct smtp_session *s, int code, const char *enh, c
 
 static void send_banner(struct smtp_session *s)
 {
+	s->banner_sent = true;
 	const struct smtp_server_opts *o = &s->srv->opts;
 	reply(s, 220, NULL, "%s %s", o->hostname, o->banner_text ? o->banner_text : (o->lmtp ? "LMTP" : "ESMTP"));
 }
@@ -415,23 +464,38 @@ static void finish_pending(struct smtp_session *s)
 		s->cur_header = 0;
 		s->header_overflow = false;
 		enter_state(s, ST_DATA, "354");
-		if (s->bev)
-			bufferevent_set_timeouts(s->bev, &(struct timeval){ s->srv->opts.data_timeout_ms / 1000,
-					(s->srv->opts.data_timeout_ms % 1000) * 1000 }, NULL);
 		break;
 	case PEND_MESSAGE:
-		if (s->srv->opts.lmtp && s->nreplies) {
-			for (size_t i = 0; i < s->nreplies; i++)
-				reply_v(s, s->replies[i].code, s->replies[i].enh, s->replies[i].text);
-		} else if (s->srv->opts.lmtp) {
-			/* One reply per recipient even when the hook gave one. */
-			for (size_t i = 0; i < t->env->nrcpt; i++)
-				reply_v(s, s->reply_code ? s->reply_code : 250, s->reply_enh,
-					s->reply_text[0] ? s->reply_text : "Ok");
+		if (s->srv->opts.lmtp) {
+			/* Exactly one reply per accepted recipient, in order. */
+			bool close = false;
+			for (size_t i = 0; i < t->env->nrcpt; i++) {
+				int code;
+				const char *enh, *text;
+				if (s->nreplies) {
+					if (i < s->nreplies) {
+						code = s->replies[i].code;
+						enh = s->replies[i].enh;
+						text = s->replies[i].text;
+					} else {
+						code = 451; enh = "4.3.0"; text = "Internal error: no outcome for this recipient";
+					}
+				} else if (s->reply_code) {
+					code = s->reply_code;
+					enh = s->reply_enh;
+					text = s->reply_text[0] ? s->reply_text : "Ok";
+				} else {
+					code = 451; enh = "4.3.0"; text = "Internal error: message not handled";
+				}
+				reply_v(s, code, enh, text);
+				close |= code == 421;
+			}
+			if (close)
+				close_after_flush(s, "hook 421");
 		} else if (s->reply_code == 0) {
 			reply(s, 451, "4.3.0", "Internal error: message not handled");
 		} else {
-			reply_v(s, s->reply_code, s->reply_enh, s->reply_text);
+			reply_v(s, s->reply_code, s->reply_enh, s->reply_text[0] ? s->reply_text : "Ok");
 			if (s->reply_code == 421)
 				close_after_flush(s, "hook 421");
 		}
@@ -461,7 +525,8 @@ static void bad_command(struct smtp_session *s, int code, const char *enh, const
 {
 	reply_v(s, code, enh, text);
 	note(s->srv, s, code == 503 ? "bad_sequence" : strstr(text, "not recognized") ? "unknown_command" :
-	     strstr(text, "too long") ? "line_too_long" : strstr(text, "NUL") ? "nul_byte" : "syntax");
+	     strstr(text, "too long") ? "line_too_long" : strstr(text, "NUL") ? "nul_byte" :
+	     strstr(text, "control character") ? "control_character" : "syntax");
 	if (++s->errors >= s->srv->opts.max_errors) {
 		note(s->srv, s, "too_many_errors");
 		reply(s, 421, "4.7.0", "%s Too many errors, closing connection", s->srv->opts.hostname);
@@ -484,7 +549,7 @@ static void do_helo_common(struct smtp_session *s, char *arg, bool esmtp)
 	}
 	reset_session_for_helo(s);
 	snprintf(s->helo_arg, sizeof(s->helo_arg), "%s", arg);
-	s->client.helo = pool_strdup(s->pool, s->helo_arg);
+	s->client.helo = s->helo_arg;
 	s->helo_seen = true;
 	s->esmtp = esmtp;
 	run_hook(s, SMTP_HOOK_HELO, PEND_HELO);
@@ -641,8 +706,10 @@ static void cmd_data(struct smtp_session *s, char *arg)
 		return;
 	}
 	if (t->env->nrcpt == 0) {
-		if (t->nrcpt_rejected)
+		if (t->nrcpt_rejected && !s->srv->opts.lmtp)
 			reply(s, 554, "5.5.1", "Error: no valid recipients");
+		else if (t->nrcpt_rejected)
+			reply(s, 503, "5.5.1", "Error: no valid recipients");
 		else
 			bad_command(s, 503, "5.5.1", "Error: need RCPT command");
 		return;
@@ -896,6 +963,13 @@ static void dispatch(struct smtp_session *s, char *line, size_t len)
 		bad_command(s, 500, "5.5.2", "Error: NUL byte in command");
 		return;
 	}
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)line[i];
+		if ((c < 0x20 && c != '\t') || c == 0x7f) {
+			bad_command(s, 500, "5.5.2", "Error: control character in command");
+			return;
+		}
+	}
 	char *sp = line;
 	while (*sp && *sp != ' ')
 		sp++;
@@ -937,12 +1011,10 @@ enum dstate { D_LINE_START, D_IN_LINE, D_CR, D_DOT, D_DOT_CR };
 static void data_line_end(struct smtp_session *s)
 {
 	struct smtp_txn *t = s->txn;
-	if (s->in_headers) {
-		if (s->line_len == 0) {
-			s->in_headers = false;
-			t->header_bytes = t->data.len;
-		}
-	}
+	if (s->line_len == 0 && s->in_headers)
+		s->in_headers = false;      /* blank line (bare-LF path) */
+	if (!s->in_headers && !t->header_bytes)
+		t->header_bytes = t->data.len;
 	s->line_len = 0;
 }
 
@@ -984,12 +1056,12 @@ static bool data_scan(struct smtp_session *s, const unsigned char *p, size_t n, 
 		unsigned char c = p[i];
 		switch (s->dstate) {
 		case D_LINE_START:
-			header_line_start(s, c);
-			if (c == '.') {
+			if (c == '.') {     /* the end, or a dot-stuffed line: decided next */
 				s->dstate = D_DOT;
 				i++;
 				continue;
 			}
+			header_line_start(s, c);
 			s->dstate = D_IN_LINE;
 			continue;   /* reprocess c */
 		case D_IN_LINE: {
@@ -1017,6 +1089,8 @@ static bool data_scan(struct smtp_session *s, const unsigned char *p, size_t n, 
 		}
 		case D_CR:
 			if (c == '\n') {
+				if (s->in_headers && s->line_len == 0)
+					s->in_headers = false;   /* the blank line: header section done */
 				data_put(s, "\r\n", 2);
 				data_line_end(s);
 				s->dstate = D_LINE_START;
@@ -1036,6 +1110,7 @@ static bool data_scan(struct smtp_session *s, const unsigned char *p, size_t n, 
 				continue;
 			}
 			/* Dot-stuffed line: drop the first dot. */
+			header_line_start(s, c);
 			s->dstate = D_IN_LINE;
 			continue;
 		case D_DOT_CR:
@@ -1070,9 +1145,6 @@ static void data_complete(struct smtp_session *s)
 	if (s->in_headers)
 		t->header_bytes = t->data.len;
 	enter_state(s, ST_COMMAND, "end of data");
-	if (s->bev)
-		bufferevent_set_timeouts(s->bev, &(struct timeval){ s->srv->opts.command_timeout_ms / 1000,
-				(s->srv->opts.command_timeout_ms % 1000) * 1000 }, NULL);
 	const char *why = NULL;
 	int code = 0;
 	const char *enh = NULL;
@@ -1111,7 +1183,12 @@ static void process_input(struct smtp_session *s)
 	s->processing = true;
 	smtp_session_ref(s);
 	struct evbuffer *in = bufferevent_get_input(s->bev);
+	struct evbuffer *out = bufferevent_get_output(s->bev);
 	while (!s->closed && (s->state == ST_COMMAND || s->state == ST_DATA)) {
+		if (s->state == ST_COMMAND && evbuffer_get_length(out) > OUT_HIGH) {
+			s->out_blocked = true;
+			break;
+		}
 		if (s->state == ST_DATA) {
 			struct evbuffer_iovec v;
 			if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
@@ -1136,7 +1213,7 @@ static void process_input(struct smtp_session *s)
 			break;
 		}
 		size_t len = (size_t)eol.pos;
-		if (s->discarding || len > max) {
+		if (s->discarding || len > max + 1) {
 			evbuffer_drain(in, len + 1);
 			s->discarding = false;
 			bad_command(s, 500, "5.5.2", "Error: line too long");
@@ -1147,7 +1224,10 @@ static void process_input(struct smtp_session *s)
 		line[len] = '\0';
 		if (len && line[len - 1] == '\r')
 			line[--len] = '\0';
-		dispatch(s, line, len);
+		if (len > max)
+			bad_command(s, 500, "5.5.2", "Error: line too long");
+		else
+			dispatch(s, line, len);
 		free(line);
 	}
 	s->processing = false;
@@ -1158,13 +1238,16 @@ static void on_read(struct bufferevent *bev, void *arg)
 {
 	(void)bev;
 	struct smtp_session *s = arg;
-	if (s->state == ST_GREET_PAUSE) {
+	bool early = s->state == ST_GREET_PAUSE ||
+		     (s->state == ST_HOOK && s->pending == PEND_CONNECT && !s->banner_sent && s->srv->opts.greet_pause_ms > 0);
+	if (early) {
 		/* Talked before the banner: a bot that does not wait. */
 		log_warn(s->id, NULL, "smtp.pregreet", "client=%s", s->client.addr);
 		note(s->srv, s, "pregreet");
 		struct evbuffer *in = bufferevent_get_input(s->bev);
 		evbuffer_drain(in, evbuffer_get_length(in));
-		event_del(s->timer);
+		if (s->timer)
+			event_del(s->timer);
 		reply(s, 554, "5.5.1", "%s Error: talked before the greeting", s->srv->opts.hostname);
 		close_after_flush(s, "pregreet");
 		return;
@@ -1177,10 +1260,17 @@ static void on_read(struct bufferevent *bev, void *arg)
 static void on_write(struct bufferevent *bev, void *arg)
 {
 	struct smtp_session *s = arg;
-	if (s->state == ST_CLOSING && !s->closed &&
-	    evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
-		s->closed = true;
-		smtp_session_unref(s);
+	size_t pending = evbuffer_get_length(bufferevent_get_output(bev));
+	if (s->state == ST_CLOSING && !s->closed) {
+		if (pending == 0) {
+			s->closed = true;
+			smtp_session_unref(s);
+		}
+		return;
+	}
+	if (s->out_blocked && pending <= OUT_LOW) {
+		s->out_blocked = false;
+		process_input(s);
 	}
 }
 
@@ -1214,6 +1304,22 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		close_after_flush(s, "timeout");
 		return;
 	}
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->state != ST_DATA &&
+	    s->state != ST_CLOSING) {
+		/* Half-close: the client sent all it will send.  Answer what
+		 * it sent (a hook may still be running), then close. */
+		s->eof = true;
+		bufferevent_disable(s->bev, EV_READ);
+		if (s->state == ST_COMMAND || s->state == ST_GREET_PAUSE) {
+			smtp_session_ref(s);
+			if (s->state == ST_COMMAND)
+				process_input(s);
+			if (s->state == ST_COMMAND || s->state == ST_GREET_PAUSE)
+				close_after_flush(s, "client half-closed");
+			smtp_session_unref(s);
+		}
+		return;
+	}
 	log_info(s->id, s->txn ? s->txn->qid : NULL, "smtp.lost_connection", "why=%s state=%s", why,
 		 state_names[s->state]);
 	s->closed = true;
@@ -1226,9 +1332,8 @@ static void install_callbacks(struct smtp_session *s)
 {
 	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, 256 * 1024);
-	long long ms = s->state == ST_DATA ? s->srv->opts.data_timeout_ms : s->srv->opts.command_timeout_ms;
-	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	bufferevent_setwatermark(s->bev, EV_WRITE, OUT_LOW, 0);
+	set_deadlines(s);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
 
@@ -1300,6 +1405,11 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		s->next->prev = s;
 	srv->sessions = s;
 	srv->nsessions++;
+	/* Replies are small and often answer pipelined commands: send them
+	 * at once instead of waiting for the client's delayed ACK. */
+	int one = 1;
+	if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	s->state = ST_GREET_PAUSE;
 	install_callbacks(s);
