@@ -111,8 +111,15 @@ static int config_check(const char *path, bool doc)
 			set = stage_param_set(d);
 		}
 		void *target = xcalloc(1, set->size);
+		char why[1024];
 		if (!config_bind(cfg, secs[i], set, target, &err)) {
 			fprintf(stderr, "rampartctl: %s\n", err.msg);
+			rc = 1;
+		} else if (strcmp(stage, "check") != 0 && !stage_config_check(find_stage(stage), path, secs[i], why,
+									    sizeof(why))) {
+			/* The parameters parse, but the stage would not start. */
+			fprintf(stderr, "rampartctl: %s\n", why);
+			config_release(set, target);
 			rc = 1;
 		} else {
 			printf("\n");
@@ -197,9 +204,23 @@ static void poke(const char *state_dir, const char *instance)
 	if (!f)
 		return;
 	long pid = 0;
-	if (fscanf(f, "%ld", &pid) == 1 && pid > 1)
-		kill((pid_t)pid, SIGUSR1);
+	if (fscanf(f, "%ld", &pid) != 1 || pid <= 1) {
+		fclose(f);
+		return;
+	}
 	fclose(f);
+	/* A stale pid file (after kill -9) may name another program now: only
+	 * a rampart process gets the signal. */
+	char exe[64], target[4096];
+	snprintf(exe, sizeof(exe), "/proc/%ld/exe", pid);
+	ssize_t n = readlink(exe, target, sizeof(target) - 1);
+	if (n <= 0)
+		return;
+	target[n] = '\0';
+	const char *base = strrchr(target, '/');
+	base = base ? base + 1 : target;
+	if (strncmp(base, "rampart-", 8) == 0)
+		kill((pid_t)pid, SIGUSR1);
 }
 
 static int queue_cmd(const char *path, const char *instance, int argc, char **argv)

@@ -205,9 +205,10 @@ void check_done(struct check_call *call, const struct verdict *v)
 	if (call->answered)
 		log_panic(call->ctx->sid, call->ctx->qid, "check.double_answer", "phase=%s", phase_names[call->phase]);
 	call->v = *v;
-	if (call->v.kind == V_TEMPFAIL && !call->v.code)
+	/* A verdict's kind decides its class: a tempfail is never a 5xx. */
+	if (call->v.kind == V_TEMPFAIL && (call->v.code < 400 || call->v.code > 499))
 		call->v.code = 451;
-	if (call->v.kind == V_REJECT && !call->v.code)
+	if (call->v.kind == V_REJECT && (call->v.code < 500 || call->v.code > 599))
 		call->v.code = 550;
 	call->answered = true;
 	if (call->running)

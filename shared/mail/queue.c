@@ -367,14 +367,14 @@ static int rename_noreplace(int from, const char *name, int to, const char *newn
 /* ---- spool directories --------------------------------------------------- */
 
 struct spool {
-	int root, tmp, active, hold, corrupt;
+	int root, tmp, active, hold, corrupt, failed;
 };
 
-static const char *const spool_subdirs[] = { "tmp", "active", "hold", "corrupt" };
+static const char *const spool_subdirs[] = { "tmp", "active", "hold", "corrupt", "failed" };
 
 static void spool_close(struct spool *sp)
 {
-	int *fds[] = { &sp->root, &sp->tmp, &sp->active, &sp->hold, &sp->corrupt };
+	int *fds[] = { &sp->root, &sp->tmp, &sp->active, &sp->hold, &sp->corrupt, &sp->failed };
 	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
 		if (*fds[i] >= 0)
 			close(*fds[i]);
@@ -384,9 +384,9 @@ static void spool_close(struct spool *sp)
 
 static bool spool_open(const char *dir, bool create, struct spool *sp, char *why, size_t whylen)
 {
-	int *fds[] = { &sp->tmp, &sp->active, &sp->hold, &sp->corrupt };
+	int *fds[] = { &sp->tmp, &sp->active, &sp->hold, &sp->corrupt, &sp->failed };
 	bool made = false;
-	sp->root = sp->tmp = sp->active = sp->hold = sp->corrupt = -1;
+	sp->root = sp->tmp = sp->active = sp->hold = sp->corrupt = sp->failed = -1;
 	if (create && mkdir(dir, 0700) < 0 && errno != EEXIST) {
 		snprintf(why, whylen, "mkdir %s: %s", dir, strerror(errno));
 		return false;
@@ -396,7 +396,7 @@ static bool spool_open(const char *dir, bool create, struct spool *sp, char *why
 		snprintf(why, whylen, "open %s: %s", dir, strerror(errno));
 		return false;
 	}
-	for (size_t i = 0; i < 4; i++) {
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
 		if (create) {
 			if (mkdirat(sp->root, spool_subdirs[i], 0700) == 0)
 				made = true;
@@ -935,6 +935,7 @@ struct job {
 	void *cb_arg;
 	/* JOB_SAVE */
 	bool remove;                /* unlink instead of saving */
+	bool keep_failed;           /* ... but move it to failed/: a recipient failed */
 	unsigned char *img;         /* retry block + recipient records */
 	struct seg *segs;
 	size_t nsegs;
@@ -1142,6 +1143,18 @@ static void write_segments(struct job *j)
 /* Write a delivery result in place, or remove a finished message. */
 static void prepare_save(struct queue *q, struct job *j)
 {
+	if (j->remove && j->keep_failed) {
+		/* A recipient failed: until a delivery status notification
+		 * has been queued for it, the message itself is the only
+		 * record, so it moves to failed/ instead of going away. */
+		write_segments(j);
+		if (j->err)
+			return;
+		int e = rename_noreplace(q->sp.active, j->qid, q->sp.failed, j->qid);
+		if (e)
+			job_fail(j, "move to failed", e);
+		return;
+	}
 	if (j->remove) {
 		if (unlinkat(q->sp.active, j->qid, 0) == 0)
 			return;
@@ -1181,7 +1194,19 @@ static unsigned long long run_batch(struct queue *q, struct job **batch, size_t 
 			}
 		} else if (ok == 1) {
 			syncs++;
-			e = one->remove ? sync_fd(q->sp.active, false) : sync_fd(one->fd, true);
+			if (one->remove && one->keep_failed) {
+				e = sync_fd(one->fd, true);
+				if (!e) {
+					syncs++;
+					e = sync_fd(q->sp.failed, false);
+				}
+				if (!e) {
+					syncs++;
+					e = sync_fd(q->sp.active, false);
+				}
+			} else {
+				e = one->remove ? sync_fd(q->sp.active, false) : sync_fd(one->fd, true);
+			}
 		} else {
 			syncs++;
 			e = syncfs(q->sp.root) < 0 ? errno : 0;
@@ -1508,6 +1533,9 @@ static void finish(struct queue *q, struct queue_item *it, bool attempted)
 	j->fd = it->fd;
 	memcpy(j->qid, it->qid, sizeof(j->qid));
 	j->remove = pending == 0;
+	for (size_t i = 0; i < env->nrcpt; i++)
+		if (env->rcpts[i].state == RCPT_FAILED)
+			j->keep_failed = true;
 	if (pending > 0) {
 		if (it->defer_reason)
 			snprintf(f->retry.err, sizeof(f->retry.err), "%s", it->defer_reason);
@@ -2019,6 +2047,7 @@ void queue_get_stats(struct queue *q, struct queue_stats *st)
 			st->oldest = it->arrival;
 	}
 	st->held = count_dir(q->sp.hold);
+	st->failed_msgs = count_dir(q->sp.failed);
 	pthread_mutex_lock(&q->mu);
 	st->syncs = q->syncs;
 	pthread_mutex_unlock(&q->mu);
@@ -2031,20 +2060,22 @@ struct place {
 	int fd;
 };
 
-static void places(const struct spool *sp, struct place out[3])
+#define NPLACES 4
+static void places(const struct spool *sp, struct place out[NPLACES])
 {
 	out[0] = (struct place){ "active", sp->active };
 	out[1] = (struct place){ "hold", sp->hold };
 	out[2] = (struct place){ "corrupt", sp->corrupt };
+	out[3] = (struct place){ "failed", sp->failed };
 }
 
 /* Which directory holds qid (validated by the caller); -1 if none. */
 static int locate(const struct spool *sp, const char *qid, const char **where)
 {
-	struct place pl[3];
+	struct place pl[NPLACES];
 	struct stat st;
 	places(sp, pl);
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < NPLACES; i++)
 		if (fstatat(pl[i].fd, qid, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)) {
 			*where = pl[i].where;
 			return pl[i].fd;
@@ -2105,7 +2136,7 @@ static bool read_unlocked(int dirfd, const char *name, bool check_qid, struct qf
 		return false;
 	}
 	*size = fstat(fd, &st) == 0 ? st.st_size : 0;
-	for (int i = 0; i < 3; i++) {
+	for (int i = 0; i < NPLACES; i++) {
 		if (qf_read(fd, check_qid ? name : NULL, false, f, why, whylen)) {
 			close(fd);
 			return true;
@@ -2160,13 +2191,13 @@ static int list_dir(const struct place *pl, queue_list_cb cb, void *arg)
 int queue_list(const char *dir, queue_list_cb cb, void *arg)
 {
 	struct spool sp;
-	struct place pl[3];
+	struct place pl[NPLACES];
 	char why[WHY_MAX];
 	int n = 0;
 	if (!spool_open(dir, false, &sp, why, sizeof(why)))
 		return -1;
 	places(&sp, pl);
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < NPLACES; i++)
 		n += list_dir(&pl[i], cb, arg);
 	spool_close(&sp);
 	return n;

@@ -12,6 +12,8 @@
  *     active/    accepted messages, due or waiting for retry
  *     hold/      messages put on hold by an administrator
  *     corrupt/   unreadable queue files, moved aside and logged
+ *     failed/    messages with a permanently failed recipient, kept until a
+ *                delivery status notification has been sent (later: DSN)
  * A queue file holds the envelope (with one status per recipient, updated
  * in place and synced after each delivery attempt, so a recipient that was
  * delivered is never delivered again) followed by the message bytes and an
@@ -127,6 +129,7 @@ void queue_item_done(struct queue *q, struct queue_item *it);
 struct queue_stats {
 	size_t messages;            /* in active/ */
 	size_t held;
+	size_t failed_msgs;         /* in failed/: a recipient failed, no DSN sent yet */
 	time_t oldest;              /* arrival of the oldest message, 0 if none */
 	unsigned long long accepted, delivered, deferred, failed, expired, corrupt;
 	unsigned long long syncs;   /* sync calls made by the commit thread */
@@ -145,7 +148,7 @@ uint32_t queue_crc32c(const void *p, size_t n);
 
 struct queue_entry {
 	char qid[64];
-	const char *where;          /* "active", "hold" or "corrupt" */
+	const char *where;          /* "active", "hold", "corrupt" or "failed" */
 	time_t arrival;
 	time_t next_try;
 	unsigned attempts;

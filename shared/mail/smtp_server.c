@@ -112,6 +112,7 @@ struct smtp_session {
 	size_t line_len;
 	size_t cur_header;
 	bool header_overflow;
+	bool line_overflow;
 	/* XFORWARD attributes for the next transaction */
 	struct env_client xf;
 	bool xf_set;
@@ -422,7 +423,7 @@ static void finish_pending(struct smtp_session *s)
 		if (s->esmtp) {
 			const struct smtp_server_opts *o = &s->srv->opts;
 			struct buf b = BUF_INIT;
-			buf_printf(&b, "%s\nPIPELINING\nSIZE %lld\n8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8\nDSN",
+			buf_printf(&b, "%s\nPIPELINING\nSIZE %lld\n8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8",
 				   o->hostname, o->max_message_size);
 			if (o->tls && !s->tls)
 				buf_puts(&b, "\nSTARTTLS");
@@ -463,6 +464,7 @@ static void finish_pending(struct smtp_session *s)
 		s->line_len = 0;
 		s->cur_header = 0;
 		s->header_overflow = false;
+		s->line_overflow = false;
 		enter_state(s, ST_DATA, "354");
 		break;
 	case PEND_MESSAGE:
@@ -578,6 +580,10 @@ static void cmd_mail(struct smtp_session *s, char *arg)
 	}
 	if (!path.domain && path.addr[0]) {
 		bad_command(s, 501, "5.1.7", "Sender address must have a domain");
+		return;
+	}
+	if (path.nparams && !s->esmtp) {
+		bad_command(s, 555, "5.5.4", "MAIL parameters need EHLO");
 		return;
 	}
 	long long size = -1;
@@ -1072,6 +1078,8 @@ static bool data_scan(struct smtp_session *s, const unsigned char *p, size_t n, 
 			if (j > i) {
 				data_put(s, (const char *)p + i, j - i);
 				s->line_len += j - i;
+				if (s->line_len > s->srv->opts.max_data_line)
+					s->line_overflow = true;
 				i = j;
 				continue;
 			}
@@ -1161,6 +1169,10 @@ static void data_complete(struct smtp_session *s)
 		note(s->srv, s, "header_limit");
 		code = 552; enh = "5.3.4";
 		why = "Message header section exceeds limits";
+	} else if (s->line_overflow) {
+		note(s->srv, s, "line_too_long");
+		code = 554; enh = "5.6.0";
+		why = "Message contains a line longer than the limit";
 	}
 	if (code) {
 		log_warn(s->id, t->qid, "smtp.message_rejected", "reason=%s size=%zu", why, t->data.len);
@@ -1442,6 +1454,8 @@ static void set_defaults(struct smtp_server_opts *o)
 		o->max_recipients = 1000;
 	if (!o->max_line)
 		o->max_line = 2048;
+	if (!o->max_data_line)
+		o->max_data_line = 64 * 1024;
 	if (!o->max_header_size)
 		o->max_header_size = 64 * 1024;
 	if (!o->max_headers)
@@ -1535,6 +1549,11 @@ void smtp_server_free(struct smtp_server *srv)
 /* ---- accessors --------------------------------------------------------- */
 
 const char *smtp_session_id(const struct smtp_session *s) { return s->id; }
+bool smtp_session_trusted(const struct smtp_session *s)
+{
+	return s->xforward_ok;
+}
+
 const char *smtp_session_proto(const struct smtp_session *s)
 {
 	if (s->srv->opts.lmtp)

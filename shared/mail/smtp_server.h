@@ -73,6 +73,7 @@ struct smtp_server_opts {
 	long long max_message_size;     /* hard bound and SIZE advertised */
 	unsigned max_recipients;        /* hard bound per transaction */
 	size_t max_line;                /* command line bound (default 2048) */
+	size_t max_data_line;           /* message text line bound (default 64 KiB) */
 	size_t max_header_size;         /* one header field incl. folding (default 64 KiB) */
 	size_t max_headers;             /* header fields per message (default 1000) */
 	long long command_timeout_ms;   /* each command read (default 300 s) */
@@ -106,6 +107,9 @@ struct smtp_txn *smtp_session_txn(struct smtp_session *s);        /* NULL outsid
 /* The connected client (after XCLIENT, the presented one); XFORWARD
  * attributes are in the transaction's envelope instead. */
 const struct env_client *smtp_session_client(const struct smtp_session *s);
+/* The client is a previous stage (in xforward_hosts): what it says about
+ * the message (XFORWARD, the correlation id) is believed. */
+bool smtp_session_trusted(const struct smtp_session *s);
 /* "SMTP", "ESMTP", "ESMTPS" or "LMTP": how this session talks. */
 const char *smtp_session_proto(const struct smtp_session *s);
 bool smtp_session_tls(const struct smtp_session *s);

@@ -58,6 +58,9 @@ const struct param_def server_param_defs[] = {
 	{ "spool_dir", PT_STR, "", 0, 0, NULL, SRV(spool_dir), "queue directory (default: state_dir/spool/INSTANCE)" },
 	{ "metrics_listen", PT_STR, "", 0, 0, NULL, SRV(metrics_listen), "host:port for Prometheus /metrics (empty: off)" },
 	{ "max_message_size", PT_SIZE, "25m", 1024, 1LL << 32, NULL, SRV(max_message_size), "largest message accepted (SIZE)" },
+	{ "max_line_length", PT_SIZE, "64k", 1000, 1 << 20, NULL, SRV(max_line_length), "longest text line in a message (RFC 5321 says 1000; real mail is sloppier)" },
+	{ "max_header_size", PT_SIZE, "64k", 1000, 1 << 20, NULL, SRV(max_header_size), "largest header field, folded lines included" },
+	{ "max_headers", PT_INT, "1000", 10, 100000, NULL, SRV(max_headers), "most header fields in a message" },
 	{ "max_recipients", PT_INT, "1000", 1, 100000, NULL, SRV(max_recipients), "most recipients per transaction" },
 	{ "max_connections", PT_INT, "1000", 1, 1000000, NULL, SRV(max_connections), "most concurrent client connections" },
 	{ "max_errors", PT_INT, "10", 1, 1000, NULL, SRV(max_errors), "bad commands before 421 and disconnect" },
@@ -152,6 +155,7 @@ struct stage {
 	struct event *sig_hup, *sig_term, *sig_int, *sig_usr1;
 	struct event *drain_timer;
 	long drain_left_ms;
+	struct event *tick_timer;
 	char pidfile[1100];
 	struct idle_conn *idle;         /* next-hop connections kept for reuse */
 	unsigned clients;               /* next-hop clients alive (QUIT in progress included) */
@@ -173,7 +177,7 @@ static void gen_unref(struct stage *st, struct generation *g)
 	free(g);
 }
 
-static struct generation *gen_load(struct stage *st, char *why, size_t whylen)
+static struct generation *gen_load(struct stage *st, bool dry, char *why, size_t whylen)
 {
 	struct config_error err;
 	struct config *cfg = config_parse_file(st->config_path, &err);
@@ -228,7 +232,14 @@ static struct generation *gen_load(struct stage *st, char *why, size_t whylen)
 	g->env.max_recipients = (unsigned)sc->max_recipients;
 	g->env.metrics = st->metrics;
 	g->env.dns = st->dns;
-	if (st->def->init) {
+	if (dry && st->def->validate) {
+		char swhy[512] = "";
+		if (!st->def->validate(g->conf, &g->g, swhy, sizeof(swhy))) {
+			snprintf(why, whylen, "%s: [%s] %s", st->config_path, st->instance, swhy);
+			gen_unref(st, g);
+			return NULL;
+		}
+	} else if (!dry && st->def->init) {
 		char swhy[512] = "";
 		g->state = st->def->init(g->conf, &g->g, st->instance, swhy, sizeof(swhy));
 		if (!g->state) {
@@ -313,6 +324,19 @@ static void reply_verdict(struct sess *x, const struct verdict *v)
 	}
 }
 
+/* A value for a header: control characters (an XCLIENT NAME of "a+0Db")
+ * must not start a header line of their own. */
+static const char *header_safe(char *out, size_t outlen, const char *in)
+{
+	size_t i = 0;
+	for (; in && in[i] && i + 1 < outlen; i++) {
+		unsigned char c = (unsigned char)in[i];
+		out[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+	}
+	out[i] = '\0';
+	return out;
+}
+
 /* The Received header and the correlation id, then the message. */
 static char *build_outgoing(struct sess *x, size_t *len)
 {
@@ -330,7 +354,9 @@ static char *build_outgoing(struct sess *x, size_t *len)
 	const char *hdr = t->data.data;
 	size_t hlen = t->header_bytes;
 	char cidbuf[64] = "";
-	for (size_t i = 0; hdr && i + sizeof(hname) - 1 < hlen; ) {
+	/* Only a previous stage's id is believed; from the Internet it is
+	 * just another header. */
+	for (size_t i = 0; hdr && smtp_session_trusted(x->s) && i + sizeof(hname) - 1 < hlen; ) {
 		if (strncasecmp(hdr + i, hname, sizeof(hname) - 1) == 0) {
 			size_t j = i + sizeof(hname) - 1, k = 0;
 			while (j < hlen && hdr[j] == ' ')
@@ -350,7 +376,9 @@ static char *build_outgoing(struct sess *x, size_t *len)
 	t->env->correlation_id = pool_strdup(t->env->pool, cid ? cid : t->qid);
 	/* Received describes this hop: the connected client (XFORWARD's
 	 * original client is in the previous stage's header and the logs). */
-	buf_printf(&b, "Received: from %s (%s [%s])\r\n", *conn->helo ? conn->helo : "unknown", conn->name, conn->addr);
+	char h1[300], h2[300], h3[80];
+	buf_printf(&b, "Received: from %s (%s [%s])\r\n", header_safe(h1, sizeof(h1), *conn->helo ? conn->helo : "unknown"),
+		   header_safe(h2, sizeof(h2), conn->name), header_safe(h3, sizeof(h3), conn->addr));
 	buf_printf(&b, "\tby %s (Rampart) with %s id %s", x->gen->sc->hostname, smtp_session_proto(x->s), t->qid);
 	if (smtp_session_tls(x->s) && *smtp_session_tls_info(x->s))
 		buf_printf(&b, "\r\n\t(%s)", smtp_session_tls_info(x->s));
@@ -394,11 +422,16 @@ static void queued(void *arg, bool ok, const char *qid)
 
 /* -- proxy mode -- */
 
+/* A next hop's refusal is passed on as it is (it means something: unknown
+ * user, mailbox full ...), except a 421: that closes the next hop's
+ * connection, not the client's, and says nothing the client needs. */
 static void proxy_fail_reply(struct sess *x, const struct smtp_reply *r)
 {
-	char text[600];
-	snprintf(text, sizeof(text), "%s", r->text);
-	smtp_session_reply(x->s, r->code, r->enh, text);
+	if (r->code == 421) {
+		smtp_session_reply(x->s, 451, "4.4.1", "Next hop unavailable, try again later");
+		return;
+	}
+	smtp_session_reply(x->s, r->code, r->enh, r->text);
 }
 
 static void proxy_rcpt_done(void *arg, const struct smtp_reply *r)
@@ -521,7 +554,7 @@ static void proxy_data_done(void *arg, const struct smtp_reply *r, size_t n)
 				 x->client ? smtp_client_peer(x->client) : "", r[0].text);
 			if (x->st->m_messages)
 				metric_inc(x->st->m_messages, r[0].code < 300 ? "result=\"relayed\"" : "result=\"next_hop_refused\"");
-			smtp_session_reply(x->s, r[0].code, r[0].enh, r[0].text);
+			proxy_fail_reply(x, &r[0]);
 		}
 		smtp_session_unref(x->s);
 		return;
@@ -536,7 +569,15 @@ static void proxy_data_done(void *arg, const struct smtp_reply *r, size_t n)
 	if (okn == 0 || okn == n) {
 		if (x->st->m_messages)
 			metric_inc(x->st->m_messages, okn ? "result=\"relayed\"" : "result=\"next_hop_refused\"");
-		smtp_session_reply(x->s, r[0].code, r[0].enh, r[0].text);
+		/* None accepted: any temporary failure makes the whole answer
+		 * temporary, so no recipient is failed for good by mistake. */
+		const struct smtp_reply *pick = &r[0];
+		for (size_t i = 0; i < n && !okn; i++)
+			if (r[i].code >= 400 && r[i].code < 500) {
+				pick = &r[i];
+				break;
+			}
+		proxy_fail_reply(x, pick);
 		smtp_session_unref(x->s);
 		return;
 	}
@@ -998,6 +1039,9 @@ static void server_opts_from(const struct server_config *sc, struct stage *st, s
 	o->hostname = sc->hostname;
 	o->max_message_size = sc->max_message_size;
 	o->max_recipients = (unsigned)sc->max_recipients;
+	o->max_data_line = (size_t)sc->max_line_length;
+	o->max_header_size = (size_t)sc->max_header_size;
+	o->max_headers = (size_t)sc->max_headers;
 	o->command_timeout_ms = sc->command_timeout;
 	o->data_timeout_ms = sc->data_timeout;
 	o->greet_pause_ms = sc->greet_pause;
@@ -1013,13 +1057,23 @@ static void on_sighup(evutil_socket_t fd, short what, void *arg)
 	(void)fd; (void)what;
 	struct stage *st = arg;
 	char why[1024];
-	struct generation *g = gen_load(st, why, sizeof(why));
+	struct generation *g = gen_load(st, false, why, sizeof(why));
 	if (!g) {
 		log_error(NULL, NULL, "config.reload_failed", "error=%s", why);
 		return;
 	}
-	/* Listen addresses and the spool are fixed at start-up. */
+	/* Listen addresses, the spool and the certificate paths are fixed at
+	 * start-up (the certificate files themselves are re-read below). */
 	struct generation *old = st->gen;
+	const struct server_config *a = old->sc, *b = g->sc;
+	if (strcmp(a->spool_dir, b->spool_dir) || strcmp(a->tls_cert, b->tls_cert) || strcmp(a->tls_key, b->tls_key) ||
+	    strcmp(a->metrics_listen, b->metrics_listen) || a->listen.n != b->listen.n ||
+	    strcmp(old->g.state_dir, g->g.state_dir) || old->g.log_syslog != g->g.log_syslog)
+		log_warn(NULL, NULL, "config.restart_needed",
+			 "reason=%s", "listen, spool_dir, state_dir, tls_cert/tls_key paths, metrics_listen or log_syslog changed; they take effect at the next start");
+	for (size_t i = 0; i < a->listen.n && i < b->listen.n; i++)
+		if (strcmp(a->listen.v[i], b->listen.v[i]))
+			log_warn(NULL, NULL, "config.restart_needed", "reason=%s", "listen changed");
 	st->gen = g;
 	enum log_level lv = (enum log_level)g->g.log_level;
 	log_set_level(lv);
@@ -1077,6 +1131,14 @@ static void on_sigusr1(evutil_socket_t fd, short what, void *arg)
 		queue_flush_now(st->queue);
 }
 
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what;
+	struct stage *st = arg;
+	if (st->def->tick && st->gen->state)
+		st->def->tick(st->gen->state);
+}
+
 static double gauge_sessions(void *arg)
 {
 	return (double)smtp_server_sessions(((struct stage *)arg)->server);
@@ -1094,6 +1156,13 @@ static double gauge_queue_age(void *arg)
 	struct queue_stats qs;
 	queue_get_stats(((struct stage *)arg)->queue, &qs);
 	return qs.oldest ? difftime(time(NULL), qs.oldest) : 0;
+}
+
+static double gauge_queue_failed(void *arg)
+{
+	struct queue_stats qs;
+	queue_get_stats(((struct stage *)arg)->queue, &qs);
+	return (double)qs.failed_msgs;
 }
 
 static void drop_privileges(const char *user)
@@ -1138,6 +1207,21 @@ static void remove_pidfile(struct stage *st)
 	}
 	if (pid == (long)getpid())
 		unlink(st->pidfile);
+}
+
+bool stage_config_check(const struct stage_def *def, const char *path, const char *instance, char *why,
+			size_t whylen)
+{
+	struct stage st = { 0 };
+	st.def = def;
+	st.set = stage_param_set(def);
+	st.config_path = path;
+	st.instance = instance;
+	struct generation *g = gen_load(&st, true, why, whylen);
+	bool ok = g != NULL;
+	gen_unref(&st, g);
+	stage_param_set_free(st.set);
+	return ok;
 }
 
 static void usage(const char *prog, const struct stage_def *def)
@@ -1200,15 +1284,20 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 		}
 	}
 	config_free(pre);
-	st->gen = gen_load(st, why, sizeof(why));
-	if (!st->gen) {
-		fprintf(stderr, "%s: configuration error: %s\n", def->name, why);
-		log_error(NULL, NULL, "config.error", "error=%s", why);
-		return 1;
-	}
-	if (test_only) {
-		printf("%s: configuration OK\n", st->config_path);
-		return 0;
+	st->gen = gen_load(st, test_only, why, sizeof(why));
+	if (!st->gen || test_only) {
+		if (!st->gen) {
+			fprintf(stderr, "%s: configuration error: %s\n", def->name, why);
+			log_error(NULL, NULL, "config.error", "error=%s", why);
+		} else {
+			printf("%s: configuration OK\n", st->config_path);
+		}
+		gen_unref(st, st->gen);
+		dns_free(st->dns);
+		metrics_free(st->metrics);
+		event_base_free(st->base);
+		stage_param_set_free(st->set);
+		return st->gen ? 0 : 1;
 	}
 
 	const struct server_config *sc = st->gen->sc;
@@ -1268,6 +1357,9 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 			log_fatal(NULL, NULL, "queue.open_failed", "dir=%s error=%s", spool, why);
 		}
 		metrics_gauge_cb(st->metrics, "rampart_queue_messages", "Messages in the queue.", NULL, gauge_queue_size, st);
+		metrics_gauge_cb(st->metrics, "rampart_queue_failed_messages",
+				 "Messages kept in failed/: a recipient failed permanently (see rampartctl queue list).",
+				 NULL, gauge_queue_failed, st);
 		metrics_gauge_cb(st->metrics, "rampart_queue_oldest_seconds", "Age of the oldest queued message.", NULL,
 				 gauge_queue_age, st);
 	}
@@ -1311,14 +1403,21 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 
 	if (st->queue)
 		queue_start(st->queue, deliver_item, st);
+	if (def->tick) {
+		st->tick_timer = event_new(st->base, -1, EV_PERSIST, on_tick, st);
+		struct timeval one = { 1, 0 };
+		event_add(st->tick_timer, &one);
+	}
 	log_info(NULL, NULL, "stage.started", "mode=%s config=%s", def->deliver ? "deliver" : sc->mode == MODE_PROXY ? "proxy" : "queue",
 		 st->config_path);
 	event_base_dispatch(st->base);
 
-	smtp_server_free(st->server);
-	idle_close_all(st);
+	/* Pending commits answer their sessions first; then sessions go. */
 	if (st->queue)
 		queue_close(st->queue);
+	st->queue = NULL;
+	smtp_server_free(st->server);
+	idle_close_all(st);
 	gen_unref(st, st->gen);
 	tls_ctx_free(st->tls);
 	tls_ctx_free(st->client_tls);
@@ -1329,6 +1428,8 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	event_free(st->sig_usr1);
 	if (st->drain_timer)
 		event_free(st->drain_timer);
+	if (st->tick_timer)
+		event_free(st->tick_timer);
 	metrics_free(st->metrics);
 	event_base_free(st->base);
 	stage_param_set_free(st->set);

@@ -37,6 +37,9 @@ struct server_config {
 	char *spool_dir;
 	char *metrics_listen;
 	long long max_message_size;
+	long long max_line_length;
+	long long max_header_size;
+	long long max_headers;
 	long long max_recipients;
 	long long max_connections;
 	long long max_errors;
@@ -86,6 +89,11 @@ struct stage_def {
 	void (*free)(void *state);
 	/* Local delivery (the store); NULL: forward by mode. */
 	void (*deliver)(void *state, struct stage_delivery *d);
+	/* Called about once a second (housekeeping: re-reading files). */
+	void (*tick)(void *state);
+	/* What init would refuse, without its side effects (rampart-X -t,
+	 * rampartctl config check).  NULL: nothing beyond the parameters. */
+	bool (*validate)(const void *config, const struct global_config *g, char *why, size_t whylen);
 };
 
 /* Merged parameter table for a stage (server params + its own), for the
@@ -94,5 +102,10 @@ const struct param_set *stage_param_set(const struct stage_def *def);
 void stage_param_set_free(const struct param_set *set);
 
 int stage_main(const struct stage_def *def, int argc, char **argv);
+
+/* Everything start-up checks (parameters, next hops, networks, checks and
+ * their files, the stage's own validation), with no side effect. */
+bool stage_config_check(const struct stage_def *def, const char *path, const char *instance, char *why,
+			size_t whylen);
 
 #endif

@@ -292,6 +292,26 @@ def test_bad_config_stops_startup():
         lab.write_config()
         out = lab.ctl("config", "check")
         check(out.returncode == 0 and "max_message_size = 20m" in out.stdout, "config check prints values: %s %s" % (out.stdout, out.stderr))
+        # Values that parse but would not start: the same verdict from
+        # rampart-mx -t and rampartctl config check, naming the problem.
+        for key, val, word in (("checks", "relay nosuch", "nosuch"), ("next_hops", "127.0.0.1:99999", "next_hops"),
+                               ("xforward_hosts", "banana", "banana")):
+            saved = lab.sections["mx"].get(key)
+            lab.sections["mx"][key] = val
+            lab.write_config()
+            t = subprocess.run([BUILD + "/rampart-mx", "-t", "-c", lab.path("rampart.conf"), "-n", "mx"],
+                               capture_output=True, text=True, timeout=30)
+            out = lab.ctl("config", "check")
+            check(t.returncode != 0 and word in t.stderr, "rampart-mx -t, %s: %s" % (key, t.stderr))
+            check(out.returncode != 0 and word in out.stderr, "config check, %s: %s" % (key, out.stderr))
+            if saved is None:
+                del lab.sections["mx"][key]
+            else:
+                lab.sections["mx"][key] = saved
+        lab.write_config()
+        t = subprocess.run([BUILD + "/rampart-mx", "-t", "-c", lab.path("rampart.conf"), "-n", "mx"],
+                           capture_output=True, text=True, timeout=30)
+        check(t.returncode == 0, "a good file passes -t: %s" % t.stderr)
         env = dict(os.environ, RAMPART_MX_MAX_MESSAGE_SIZE="30m")
         out = subprocess.run([BUILD + "/rampartctl", "-c", lab.path("rampart.conf"), "config", "check"],
                              capture_output=True, text=True, timeout=30, env=env)
@@ -315,5 +335,101 @@ def test_next_hop_opportunistic_starttls():
         m = lab.wait_mail("alice", 1)[0]
         check(b"by store.example.test (Rampart) with LMTPS" in m and b"TLSv1." in m,
               "MX -> store must use STARTTLS when offered: %r" % m[:700])
+    finally:
+        lab.close()
+
+
+def test_failure_after_250_is_kept_not_dropped():
+    """A next hop's 5xx after our 250 must not lose the message: it is kept
+    in failed/ (until DSNs exist), counted, and listed by rampartctl."""
+    lab = Lab("failed")
+    with open(lab.path("users"), "w") as f:
+        f.write("alice@example.test 1k\nbob@example.test\n")
+    lab.add_store()
+    lab.start("store")
+    lab.add_mx(checks="relay limits")      # no recipient check at the MX
+    lab.start("mx")
+    try:
+        send_mail(lab.ports["mx"], "s@example.org", ["alice@example.test", "bob@example.test"],
+                  message("too big for alice", "x" * 3000 + "\r\n"))
+        lab.wait_mail("bob", 1)
+        for _ in range(100):
+            out = lab.ctl("queue", "list").stdout
+            if "failed" in out:
+                break
+            time.sleep(0.1)
+        check(" failed " in out and "<s@example.org>" in out, "kept in failed/: %s" % out)
+        qid = out.split()[0]
+        show = lab.ctl("queue", "show", qid).stdout
+        check("552" in show and "5.2.2" in show, "the store's refusal is recorded: %s" % show)
+        check(len(lab.maildir("bob")) == 1 and lab.maildir("alice") == [], "bob delivered once, alice refused")
+    finally:
+        lab.close()
+
+
+def test_store_republishes_users_and_postmaster():
+    lab = Lab("users")
+    lab.add_store(valid_users_file=lab.path("valid-users"), postmaster="bob@example.test")
+    lab.sections["check.users"]["users_file"] = lab.path("valid-users")
+    lab.start("store")
+    lab.add_mx()
+    lab.start("mx")
+    try:
+        r = Raw(lab.ports["mx"])
+        r.cmd("EHLO client.example.org")
+        r.cmd("MAIL FROM:<s@example.org>")
+        check(r.cmd("RCPT TO:<carol@example.test>")[0] == 550, "carol unknown at first")
+        r.cmd("QUIT")
+        with open(lab.path("users"), "a") as f:
+            f.write("carol@example.test\n")
+        time.sleep(2.5)      # the store re-reads about once a second, the MX on use
+        with open(lab.path("valid-users")) as f:
+            check("carol@example.test" in f.read(), "store republished the list")
+        send_mail(lab.ports["mx"], "s@example.org", ["carol@example.test"], message("for carol"))
+        lab.wait_mail("carol", 1)
+        # postmaster, bare and at the local domain, reaches the configured user.
+        with open(lab.path("users"), "w") as f:
+            f.write("alice@example.test\nbob@example.test\ncarol@example.test\n")
+        time.sleep(2.5)
+        send_mail(lab.ports["mx"], "s@example.org", ["postmaster@example.test"], message("to postmaster"))
+        r = Raw(lab.ports["mx"])
+        r.cmd("EHLO client.example.org")
+        r.cmd("MAIL FROM:<s@example.org>")
+        check(r.cmd("RCPT TO:<postmaster>")[0] == 250, "bare postmaster accepted")
+        r.cmd("DATA")
+        r.send(message("bare postmaster") + ".\r\n")
+        check(r.reply()[0] == 250, "queued")
+        r.cmd("QUIT")
+        msgs = lab.wait_mail("bob", 2)
+        check(all(b"Delivered-To: bob@example.test" in m for m in msgs), "postmaster mail delivered to bob")
+    finally:
+        lab.close()
+
+
+def test_proxy_lmtp_mixed_temporary_failures_stay_temporary():
+    lab = Lab("proxy-mixed")
+    with open(lab.path("users"), "w") as f:
+        f.write("alice@example.test 1k\nbob@example.test 2k\n")
+    lab.add_store(checks="")
+    lab.start("store")
+    lab.add_mx(mode="proxy", checks="relay limits")
+    lab.start("mx")
+    try:
+        # Fill bob's mailbox so the next message is 452 4.2.2 (temporary)
+        # while alice's is 552 5.2.2 (larger than her whole quota).
+        send_mail(lab.ports["mx"], "s@example.org", ["bob@example.test"], message("fill", "f" * 1100 + "\r\n"))
+        lab.wait_mail("bob", 1)
+        r = Raw(lab.ports["mx"])
+        r.cmd("EHLO client.example.org")
+        r.cmd("MAIL FROM:<s@example.org>")
+        r.cmd("RCPT TO:<alice@example.test>")
+        r.cmd("RCPT TO:<bob@example.test>")
+        r.cmd("DATA")
+        r.send(message("mixed", "m" * 1200 + "\r\n") + ".\r\n")
+        code, text, _ = r.reply()
+        check(400 <= code < 500, "no recipient accepted and one temporary failure: the answer is 4xx, got %d %s"
+              % (code, text))
+        check(r.cmd("NOOP")[0] == 250, "session continues")
+        r.cmd("QUIT")
     finally:
         lab.close()

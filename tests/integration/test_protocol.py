@@ -2,6 +2,7 @@
 the session goes on (or ends cleanly), and nothing is half-delivered."""
 
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -266,5 +267,72 @@ def test_timeout_gives_421():
         code, text, _ = r.reply()
         check(code == 421 and text.startswith("4.4.2"), "idle client: %d %s" % (code, text))
         check(r.closed() and time.time() - t0 < 5, "closed after the deadline")
+    finally:
+        lab.close()
+
+
+def test_message_bounds_lines_and_headers():
+    lab = _lab(max_line_length="2000", max_headers="20", max_header_size="1k")
+    try:
+        for name, payload, code, enh in (
+            ("long line", "Subject: a\r\n\r\n" + "x" * 3000 + "\r\n", 554, "5.6.0"),
+            ("many headers", "".join("X-H%d: v\r\n" % i for i in range(25)) + "\r\nbody\r\n", 552, "5.3.4"),
+            ("big header", "Subject: " + "y" * 600 + "\r\n " + "z" * 600 + "\r\n\r\nbody\r\n", 552, "5.3.4"),
+        ):
+            r = Raw(lab.ports["mx"])
+            _start_txn(r)
+            r.send(payload + ".\r\n")
+            c, text, _ = r.reply()
+            check(c == code and text.startswith(enh), "%s: %d %s" % (name, c, text))
+            check(r.cmd("NOOP")[0] == 250, "%s: session continues" % name)
+            r.cmd("QUIT")
+        # Just under every bound passes.
+        r = Raw(lab.ports["mx"])
+        _start_txn(r)
+        r.send("".join("X-H%d: v\r\n" % i for i in range(19)) + "Subject: ok\r\n\r\n" + "w" * 1990 + "\r\n.\r\n")
+        check(r.reply()[0] == 250, "within bounds")
+        r.cmd("QUIT")
+        lab.wait_mail("alice", 1)
+    finally:
+        lab.close()
+
+
+def test_half_close_still_gets_its_reply():
+    lab = _lab()
+    try:
+        r = Raw(lab.ports["mx"])
+        r.cmd("EHLO client.example.org")
+        r.send("MAIL FROM:<s@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        check([r.reply()[0] for _ in range(3)] == [250, 250, 354], "transaction")
+        r.send(message("half close") + ".\r\nQUIT\r\n")
+        r.s.shutdown(socket.SHUT_WR)
+        code, text, _ = r.reply()
+        check(code == 250 and "queued" in text, "the message's reply after a half-close: %d %s" % (code, text))
+        check(r.reply()[0] == 221, "QUIT answered")
+        check(r.closed(), "then closed")
+        lab.wait_mail("alice", 1)
+    finally:
+        lab.close()
+
+
+def test_client_not_reading_is_not_served_without_bound():
+    lab = _lab()
+    try:
+        s = socket.create_connection(("127.0.0.1", lab.ports["mx"]))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(5)
+        chunk = b"NOOP\r\n" * 10000
+        sent = 0
+        try:
+            for _ in range(400):        # up to 24 MB of NOOPs, never reading a reply
+                sent += s.send(chunk)
+        except (socket.timeout, BlockingIOError):
+            pass
+        pid = lab.procs["mx"].pid
+        with open("/proc/%d/status" % pid) as f:
+            rss = int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+        check(sent < 24 * 1000 * 1000, "the server must stop reading from a client that does not read (sent %d)" % sent)
+        check(rss < 200 * 1024, "resident memory bounded: %d kB" % rss)
+        s.close()
     finally:
         lab.close()

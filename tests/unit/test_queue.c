@@ -485,6 +485,9 @@ static void test_5xx_fails(void **state)
 	assert_true(log_contains(c, "\"level\":\"error\""));
 	assert_true(log_contains(c, "\"event\":\"bounce\""));
 	assert_true(log_contains(c, "5.1.1 no such user"));
+	/* Kept in failed/ (the only record until a DSN exists), not deleted. */
+	assert_int_equal(count_files(c, "failed"), 1);
+	assert_int_equal(st.failed_msgs, 1);
 }
 
 static void test_backoff_grows_and_caps(void **state)
