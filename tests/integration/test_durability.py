@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 
-from lib import Lab, Raw, check, message
+from lib import Lab, Raw, check, message, send_mail
 
 
 def _sender(port, prefix, acked, errors, stop):
@@ -167,5 +167,43 @@ def test_full_disk_tempfails_and_corrupts_nothing():
             lab.close()
         finally:
             subprocess.run(["umount", "-l", spool], capture_output=True)
+            import shutil
+            shutil.rmtree(lab.dir, ignore_errors=True)
+
+
+def test_store_full_disk_defers_and_delivers_later():
+    lab = Lab("storefull")
+    mail = lab.path("mail")
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", mail], capture_output=True, text=True)
+    check(p.returncode == 0, "cannot mount a small tmpfs for the full-disk test (needs root): %s" % p.stderr)
+    try:
+        lab.add_store()
+        lab.start("store")
+        lab.add_mx(retry_min="1s", retry_max="1s")
+        lab.start("mx")
+        big = "x" * 998 + "\r\n"
+        for i in range(8):
+            send_mail(lab.ports["mx"], "s@example.org", ["bob@example.test"], message("big-%d" % i, big * 50))
+        time.sleep(2)
+        delivered = len(lab.maildir("bob"))
+        check(0 < delivered < 8, "the small disk holds some, not all: %d" % delivered)
+        out = lab.ctl("queue", "list").stdout
+        check("4.3.0" in out or "451" in out, "the rest wait in the MX queue with a temporary error: %s" % out)
+        check(lab.procs["store"].poll() is None, "the store survives a full disk")
+        tmpdir = os.path.join(mail, "example.test", "bob", "Maildir", "tmp")
+        check(os.listdir(tmpdir) == [], "no half-written files left in tmp/")
+        # Make room: the rest arrive on the next retries, each once.
+        newdir = os.path.join(mail, "example.test", "bob", "Maildir", "new")
+        for n in os.listdir(newdir):
+            os.remove(os.path.join(newdir, n))
+        end = time.time() + 30
+        while time.time() < end and len(lab.maildir("bob")) + delivered < 8:
+            time.sleep(0.2)
+        check(len(lab.maildir("bob")) + delivered == 8, "all eight delivered exactly once")
+    finally:
+        try:
+            lab.close()
+        finally:
+            subprocess.run(["umount", "-l", mail], capture_output=True)
             import shutil
             shutil.rmtree(lab.dir, ignore_errors=True)
