@@ -11,6 +11,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -72,20 +74,10 @@ struct fx {
 
 static struct fx *g_fx;        /* the running test's fixture, for the test checks */
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
 static int setup(void **state)
 {
 	struct fx *f = calloc(1, sizeof(*f));
-	const char *tmp = getenv("TMPDIR");
-	snprintf(f->dir, sizeof(f->dir), "%s/rampart-chain-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	if (!mkdtemp(f->dir))
+	if (tu_mkdtemp(f->dir, sizeof(f->dir), "chain") != 0)
 		return -1;
 	snprintf(f->confpath, sizeof(f->confpath), "%s/rampart.conf", f->dir);
 	snprintf(f->logpath, sizeof(f->logpath), "%s/log", f->dir);
@@ -138,7 +130,7 @@ static int teardown(void **state)
 	metrics_free(f->metrics);
 	log_set_fd(2);
 	close(f->logfd);
-	nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	tu_rmtree(f->dir);
 	g_fx = NULL;
 	free(f);
 	return 0;

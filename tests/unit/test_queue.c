@@ -8,6 +8,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -66,20 +68,10 @@ static int fault_hook(void *arg, const char *step)
 	return c->fault_step && strcmp(c->fault_step, step) == 0 ? c->fault_err : 0;
 }
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
 static int setup(void **state)
 {
 	struct ctx *c = calloc(1, sizeof(*c));
-	const char *tmp = getenv("TMPDIR");
-	snprintf(c->dir, sizeof(c->dir), "%s/rampart-queue-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	if (!mkdtemp(c->dir))
+	if (tu_mkdtemp(c->dir, sizeof(c->dir), "queue") != 0)
 		return -1;
 	snprintf(c->logpath, sizeof(c->logpath), "%s.log", c->dir);
 	c->logfd = open(c->logpath, O_RDWR | O_CREAT | O_TRUNC | O_APPEND, 0600);
@@ -103,7 +95,7 @@ static int teardown(void **state)
 	log_set_fd(2);
 	close(c->logfd);
 	unlink(c->logpath);
-	nftw(c->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	tu_rmtree(c->dir);
 	free(c->data_seen);
 	free(c);
 	return 0;

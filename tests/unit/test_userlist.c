@@ -11,6 +11,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -35,20 +37,10 @@ struct fx {
 	struct userlist *u;
 };
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
 static int setup(void **state)
 {
 	struct fx *f = calloc(1, sizeof(*f));
-	const char *tmp = getenv("TMPDIR");
-	snprintf(f->dir, sizeof(f->dir), "%s/rampart-userlist-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	if (!mkdtemp(f->dir))
+	if (tu_mkdtemp(f->dir, sizeof(f->dir), "userlist") != 0)
 		return -1;
 	snprintf(f->path, sizeof(f->path), "%s/users", f->dir);
 	*state = f;
@@ -59,7 +51,7 @@ static int teardown(void **state)
 {
 	struct fx *f = *state;
 	userlist_free(f->u);
-	nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	tu_rmtree(f->dir);
 	free(f);
 	return 0;
 }
