@@ -508,6 +508,8 @@ static struct smtp_client_opts client_opts(struct stage *st, const struct server
 	o.data_timeout_ms = 600000;
 	o.log_sid = sid;
 	o.live = &st->clients;
+	if (st->def->client_opts && st->gen && st->gen->state)
+		st->def->client_opts(st->gen->state, &o);
 	return o;
 }
 
@@ -714,6 +716,23 @@ static void after_chain(void *arg, const struct verdict *v)
 		break;
 	case SMTP_HOOK_MESSAGE: {
 		x->out_data = build_outgoing(x, &x->out_len);
+		if (x->st->def->prepare) {
+			struct buf add = BUF_INIT;
+			char why[256] = "";
+			struct smtp_txn *t = smtp_session_txn(s);
+			if (!x->st->def->prepare(x->gen->state, t->env, x->out_data, x->out_len, &add, why, sizeof(why))) {
+				log_error(smtp_session_id(s), t->qid, "message.prepare_failed", "error=%s", why);
+				buf_free(&add);
+				smtp_session_reply(s, 451, "4.3.0", "Temporary local problem, try again later");
+				break;
+			}
+			if (add.len) {
+				buf_append(&add, x->out_data, x->out_len);
+				free(x->out_data);
+				x->out_data = buf_steal(&add, &x->out_len);
+			}
+			buf_free(&add);
+		}
 		if (x->st->def->deliver) {
 			deliver_local(x);
 		} else if (sc->mode == MODE_PROXY) {

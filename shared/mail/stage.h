@@ -17,6 +17,7 @@
 
 #include "../util/config.h"
 #include "envelope.h"
+#include "smtp_client.h"
 #include "smtp_server.h"
 
 enum forward_mode { MODE_QUEUE, MODE_PROXY };
@@ -91,6 +92,15 @@ struct stage_def {
 	void (*deliver)(void *state, struct stage_delivery *d);
 	/* Called about once a second (housekeeping: re-reading files). */
 	void (*tick)(void *state);
+	/* Last look at an accepted message before it is queued or relayed
+	 * (the outgoing stage signs it with DKIM here): the complete message
+	 * as it will be stored is msg; headers to put on top go to add (CRLF
+	 * lines).  false: the message cannot be taken now (why; 451). */
+	bool (*prepare)(void *state, const struct envelope *env, const char *msg, size_t len, struct buf *add,
+			char *why, size_t whylen);
+	/* Adjust the client options for a connection to the next hops (AUTH,
+	 * TLS policy of the outgoing stage). */
+	void (*client_opts)(void *state, struct smtp_client_opts *o);
 	/* What init would refuse, without its side effects (rampart-X -t,
 	 * rampartctl config check).  NULL: nothing beyond the parameters. */
 	bool (*validate)(const void *config, const struct global_config *g, char *why, size_t whylen);
