@@ -27,8 +27,9 @@
 
 extern const struct stage_def mx_stage;
 extern const struct stage_def store_stage;
+extern const struct stage_def out_stage;
 
-static const struct stage_def *const stages[] = { &mx_stage, &store_stage, NULL };
+static const struct stage_def *const stages[] = { &mx_stage, &store_stage, &out_stage, NULL };
 
 static const struct stage_def *find_stage(const char *name)
 {
@@ -103,7 +104,7 @@ static int config_check(const char *path, bool doc)
 		} else {
 			const struct stage_def *d = find_stage(stage);
 			if (!d) {
-				fprintf(stderr, "rampartctl: %s: [%s]: unknown stage '%s' (known: mx, store; checks as [check.NAME])\n",
+				fprintf(stderr, "rampartctl: %s: [%s]: unknown stage '%s' (known: mx, store, out; checks as [check.NAME])\n",
 					path, secs[i], stage);
 				rc = 1;
 				continue;

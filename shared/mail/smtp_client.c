@@ -1,8 +1,9 @@
 /*
  * smtp_client.c — asynchronous SMTP/LMTP client on libevent bufferevents:
- * hop failover, EHLO/LHLO (HELO fallback), opportunistic STARTTLS,
- * XFORWARD, pipelined commands matched to replies in order, dot-stuffed
- * DATA, LMTP per-recipient replies.
+ * hop failover, EHLO/LHLO (HELO fallback), STARTTLS or implicit TLS under
+ * a TLS policy (may, none, encrypt, verify), AUTH PLAIN/LOGIN, XFORWARD,
+ * pipelined commands matched to replies in order, dot-stuffed DATA, LMTP
+ * per-recipient replies.
  *
  * Every answer, local or from the server, reaches the caller from the
  * event loop, never from inside an API call.  A busy count held around
@@ -32,8 +33,11 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #define REPLY_LINE_MAX   2048          /* bytes of one reply line, CRLF excluded */
 #define REPLY_LINES_MAX  100           /* lines of one multi-line reply */
@@ -47,6 +51,7 @@
 #define DEF_CONNECT_MS   10000LL
 #define DEF_COMMAND_MS   300000LL
 #define DEF_DATA_MS      600000LL
+#define CRED_MAX         1024          /* bytes of a user name or password */
 
 enum {
 	EXT_PIPELINING = 1 << 0,
@@ -56,6 +61,21 @@ enum {
 	EXT_STARTTLS = 1 << 4,
 	EXT_XFORWARD = 1 << 5,
 	EXT_ENHANCED = 1 << 6,
+	EXT_AUTH = 1 << 7,
+};
+
+/* SASL mechanisms we can use, as offered in the EHLO reply. */
+enum {
+	MECH_PLAIN = 1 << 0,
+	MECH_LOGIN = 1 << 1,
+};
+
+/* Where an AUTH exchange stands (phase PH_AUTH). */
+enum auth_step {
+	AUTH_PLAIN_SENT,    /* AUTH PLAIN <initial response>: 235 expected */
+	AUTH_LOGIN_SENT,    /* AUTH LOGIN: 334 (user name) expected */
+	AUTH_USER_SENT,     /* 334 (password) expected */
+	AUTH_PASS_SENT,     /* 235 expected */
 };
 
 /* XFORWARD attributes we can send, in the order we send them. */
@@ -69,7 +89,8 @@ enum phase {
 	PH_EHLO,         /* EHLO or LHLO sent */
 	PH_HELO,         /* fallback HELO sent */
 	PH_STARTTLS,     /* STARTTLS sent */
-	PH_TLS,          /* handshake running */
+	PH_TLS,          /* handshake running (after STARTTLS, or implicit TLS) */
+	PH_AUTH,         /* AUTH exchange running */
 	PH_READY,        /* commands flow */
 	PH_DEAD,         /* connection gone (after ready) or all hops failed */
 };
@@ -118,6 +139,13 @@ struct smtp_client {
 	bool lmtp;
 	char *helo_name;
 	struct tls_ctx *tls;
+	enum smtp_tls_policy policy;
+	char *verify_name;          /* NULL: the hop's host */
+	bool tls_on_connect;
+	char *auth_user;            /* NULL: no AUTH */
+	char *auth_pass;            /* wiped before it is freed */
+	bool auth_plaintext_ok;
+	char config_err[256];       /* set: every hop fails with it (451 4.3.5) */
 	bool xforward;
 	long long connect_ms, command_ms, data_ms;
 	char *sid;
@@ -151,7 +179,10 @@ struct smtp_client {
 	unsigned ext;
 	unsigned long long size_max;
 	unsigned xfwd_attrs;        /* bit i: xfwd_names[i] offered */
+	unsigned mechs;             /* MECH_* offered with AUTH */
 	struct buf ext_words;       /* " PIPELINING SIZE ... " (upper case) */
+	enum auth_step auth_step;
+	const char *auth_mech;      /* "PLAIN", "LOGIN", or NULL before AUTH */
 
 	/* commands */
 	struct cmd *head, **tailp;
@@ -221,6 +252,7 @@ static const char *phase_name(enum phase p)
 	case PH_HELO: return "HELO";
 	case PH_STARTTLS: return "STARTTLS";
 	case PH_TLS: return "TLS handshake";
+	case PH_AUTH: return "AUTH";
 	case PH_READY: return "ready";
 	case PH_DEAD: return "dead";
 	}
@@ -277,6 +309,15 @@ static void cmd_free(struct cmd *e)
 	free(e);
 }
 
+/* Credentials are wiped before their memory goes back to the allocator. */
+static void free_secret(char *s)
+{
+	if (s) {
+		OPENSSL_cleanse(s, strlen(s));
+		free(s);
+	}
+}
+
 static void destroy(struct smtp_client *c)
 {
 	if (c->live)
@@ -293,6 +334,9 @@ static void destroy(struct smtp_client *c)
 		free(c->hops[i]);
 	free(c->hops);
 	free(c->helo_name);
+	free(c->verify_name);
+	free_secret(c->auth_user);
+	free_secret(c->auth_pass);
 	free(c->sid);
 	buf_free(&c->failures);
 	buf_free(&c->line);
@@ -320,6 +364,25 @@ static void send_text(struct smtp_client *c, const char *fmt, ...)
 	buf_puts(&b, "\r\n");
 	send_line(c, &b);
 	buf_free(&b);
+}
+
+/* prefix + base64(raw) + CRLF, sent without the secret ever reaching a log
+ * line (shown stands for it) or a buffer that is not wiped. */
+static void send_secret(struct smtp_client *c, const char *prefix, const unsigned char *raw, size_t rawlen,
+			const char *shown)
+{
+	size_t plen = strlen(prefix);
+	size_t cap = plen + 4 * ((rawlen + 2) / 3) + 3;    /* base64, then NUL or CRLF */
+	unsigned char *line = xmalloc(cap);
+	memcpy(line, prefix, plen);
+	int n = EVP_EncodeBlock(line + plen, raw, (int)rawlen);
+	size_t len = plen + (size_t)(n > 0 ? n : 0);
+	memcpy(line + len, "\r\n", 2);
+	len += 2;
+	log_debug(c->sid, NULL, "smtp_client_send", "peer=%s cmd=%s", c->peer, shown);
+	bufferevent_write(c->bev, line, len);
+	OPENSSL_cleanse(line, cap);
+	free(line);
 }
 
 /* Address text safe on a command line: no controls, no angle brackets. */
@@ -534,6 +597,8 @@ static bool start_hop(struct smtp_client *c)
 	c->ext = 0;
 	c->size_max = 0;
 	c->xfwd_attrs = 0;
+	c->mechs = 0;
+	c->auth_mech = NULL;
 	buf_reset(&c->ext_words);
 	arm(c, c->connect_ms);
 	log_debug(c->sid, NULL, "smtp_client_connecting", "hop=%s peer=%s tls_retry=%d", hop, c->peer,
@@ -570,9 +635,35 @@ static void hop_fail(struct smtp_client *c, const struct smtp_reply *r, const ch
 	try_hops(c);
 }
 
-/* STARTTLS handshake failed: once per hop, reconnect without TLS. */
+static const char *policy_name(enum smtp_tls_policy p)
+{
+	switch (p) {
+	case TLS_MAY: return "may";
+	case TLS_NONE: return "none";
+	case TLS_ENCRYPT: return "encrypt";
+	case TLS_VERIFY: return "verify";
+	}
+	return "?";
+}
+
+/* No plaintext session may follow a TLS problem. */
+static bool tls_required(const struct smtp_client *c)
+{
+	return c->tls_on_connect || c->policy == TLS_ENCRYPT || c->policy == TLS_VERIFY;
+}
+
+/* The TLS handshake failed or could not start.  When TLS is required
+ * (implicit TLS, policy encrypt or verify) the hop fails with a 4xx;
+ * opportunistic TLS reconnects to the same hop once, without STARTTLS. */
 static void tls_failed(struct smtp_client *c, const char *why)
 {
+	if (tls_required(c)) {
+		struct smtp_reply r;
+		reply_set(&r, 454, "4.7.5", "TLS handshake failed");
+		hop_fail(c, &r, "TLS required (%s) but the handshake failed: %s",
+			 c->tls_on_connect ? "implicit TLS" : policy_name(c->policy), why);
+		return;
+	}
 	log_warn(c->sid, NULL, "smtp_client_starttls_failed", "peer=%s reason=%s action=%s", c->peer, why,
 		 "reconnect_without_tls");
 	conn_close(c);
@@ -596,6 +687,7 @@ static void send_ehlo(struct smtp_client *c)
 	c->ext = 0;
 	c->size_max = 0;
 	c->xfwd_attrs = 0;
+	c->mechs = 0;
 	buf_reset(&c->ext_words);
 	send_text(c, "%s %s", c->lmtp ? "LHLO" : "EHLO", helo_name(c));
 	c->phase = PH_EHLO;
@@ -653,6 +745,23 @@ static void parse_ehlo(struct smtp_client *c)
 				while (v < le && *v >= '0' && *v <= '9' && n < (1ULL << 60))
 					n = n * 10 + (unsigned)(*v++ - '0');
 				c->size_max = n;
+			} else if (strcmp(kw, "AUTH") == 0) {
+				/* "AUTH PLAIN LOGIN" or the old "AUTH=PLAIN LOGIN" */
+				c->ext |= EXT_AUTH;
+				const char *v = ke;
+				while (v < le) {
+					while (v < le && (*v == ' ' || *v == '='))
+						v++;
+					const char *ve = v;
+					while (ve < le && *ve != ' ')
+						ve++;
+					size_t vl = (size_t)(ve - v);
+					if (vl == 5 && strncasecmp(v, "PLAIN", 5) == 0)
+						c->mechs |= MECH_PLAIN;
+					else if (vl == 5 && strncasecmp(v, "LOGIN", 5) == 0)
+						c->mechs |= MECH_LOGIN;
+					v = ve;
+				}
 			} else if (strcmp(kw, "XFORWARD") == 0) {
 				c->ext |= EXT_XFORWARD;
 				const char *v = ke;
@@ -679,9 +788,9 @@ static void become_ready(struct smtp_client *c)
 	c->phase = PH_READY;
 	c->srv_txn = false;
 	disarm(c);
-	log_info(c->sid, NULL, "smtp_client_connected", "peer=%s proto=%s tls=%s pipelining=%d", c->peer,
-		 c->lmtp ? "LMTP" : (c->ext_words.len ? "ESMTP" : "SMTP"), c->tls_on ? c->tls_desc : "none",
-		 (c->ext & EXT_PIPELINING) ? 1 : 0);
+	log_info(c->sid, NULL, "smtp_client_connected", "peer=%s proto=%s tls=%s tls_policy=%s auth=%s pipelining=%d",
+		 c->peer, c->lmtp ? "LMTP" : (c->ext_words.len ? "ESMTP" : "SMTP"), c->tls_on ? c->tls_desc : "none",
+		 policy_name(c->policy), c->auth_mech ? c->auth_mech : "none", (c->ext & EXT_PIPELINING) ? 1 : 0);
 	smtp_client_ready_cb cb = c->ready;
 	c->ready = NULL;
 	if (cb)
@@ -694,7 +803,9 @@ static void start_tls(struct smtp_client *c)
 	size_t extra = evbuffer_get_length(in);
 	if (extra) {
 		/* a reply injected before the handshake must not be believed */
-		log_warn(c->sid, NULL, "smtp_client_plaintext_after_starttls", "peer=%s bytes=%zu", c->peer, extra);
+		log_warn(c->sid, NULL, c->tls_on_connect ? "smtp_client_plaintext_before_tls"
+							 : "smtp_client_plaintext_after_starttls",
+			 "peer=%s bytes=%zu", c->peer, extra);
 		evbuffer_drain(in, extra);
 	}
 	SSL *ssl = SSL_new(tls_ctx_ssl(c->tls));
@@ -702,9 +813,36 @@ static void start_tls(struct smtp_client *c)
 		tls_failed(c, "SSL_new failed");
 		return;
 	}
-	if (!c->ep.is_unix && !net_is_ip(c->ep.host)) {
-		SSL_set_tlsext_host_name(ssl, c->ep.host);
-		SSL_set1_host(ssl, c->ep.host);
+	/* The name the certificate must carry, also sent as SNI (not for an
+	 * address).  Only the verify policy checks it, whatever the context
+	 * says: the others never refuse a certificate. */
+	const char *name = c->verify_name ? c->verify_name : c->ep.is_unix ? NULL : c->ep.host;
+	bool ip = name && net_is_ip(name);
+	if (name && !ip)
+		SSL_set_tlsext_host_name(ssl, name);
+	if (c->policy == TLS_VERIFY) {
+		SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+		bool ok = false;
+		if (!name) {
+			SSL_free(ssl);
+			tls_failed(c, "no host name to check the certificate against (unix socket hop)");
+			return;
+		}
+		if (ip) {
+			ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) == 1;
+		} else {
+			SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+			ok = SSL_set1_host(ssl, name) == 1;
+		}
+		if (!ok) {
+			SSL_free(ssl);
+			tls_failed(c, "cannot set the name to check the certificate against");
+			return;
+		}
+	} else {
+		SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
+		if (name && !ip)
+			SSL_set1_host(ssl, name);   /* reported in the log, not enforced */
 	}
 	struct bufferevent *f = bufferevent_openssl_filter_new(c->base, c->bev, ssl, BUFFEREVENT_SSL_CONNECTING,
 							       BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
@@ -723,6 +861,118 @@ static void start_tls(struct smtp_client *c)
 	arm(c, c->command_ms);
 }
 
+/* AUTH refused (anything but the expected 235 or 334): the hop fails with
+ * a 4xx carrying the server's reply, so the caller defers -- an expired or
+ * wrong key at the smarthost must never turn mail into bounces. */
+static void auth_failed(struct smtp_client *c, const struct smtp_reply *r)
+{
+	struct smtp_reply e;
+	char enh[16] = "4.7.0";
+	if (r->enh[0] && r->enh[1] == '.')
+		snprintf(enh, sizeof(enh), "4%s", r->enh + 1);
+	reply_set(&e, r->code / 100 == 4 ? r->code : 454, enh, "AUTH %s refused", c->auth_mech);
+	log_warn(c->sid, NULL, "smtp_client_auth_failed", "peer=%s mech=%s code=%d enh=%s text=%s", c->peer,
+		 c->auth_mech, r->code, r->enh, r->text);
+	hop_fail(c, &e, "AUTH %s failed: %d %s%s%s", c->auth_mech, r->code, r->enh, r->enh[0] ? " " : "", r->text);
+}
+
+/* Credentials, when configured, go only over TLS (unless plaintext is
+ * allowed): AUTH PLAIN with an initial response when offered, else AUTH
+ * LOGIN.  Without credentials: ready. */
+static void start_auth(struct smtp_client *c)
+{
+	struct smtp_reply r;
+	if (!c->auth_user) {
+		become_ready(c);
+		return;
+	}
+	if (!c->tls_on && !c->auth_plaintext_ok) {
+		reply_set(&r, 454, "4.7.0", "refusing to send credentials in clear text");
+		hop_fail(c, &r, "refusing to send credentials in clear text (no TLS with this server)");
+		return;
+	}
+	if (c->mechs & MECH_PLAIN) {
+		/* RFC 4616: authzid (empty) NUL authcid NUL passwd */
+		size_t ul = strlen(c->auth_user), pl = strlen(c->auth_pass);
+		size_t rl = ul + pl + 2;
+		unsigned char *raw = xmalloc(rl);
+		raw[0] = '\0';
+		memcpy(raw + 1, c->auth_user, ul);
+		raw[1 + ul] = '\0';
+		memcpy(raw + 2 + ul, c->auth_pass, pl);
+		c->auth_mech = "PLAIN";
+		c->auth_step = AUTH_PLAIN_SENT;
+		send_secret(c, "AUTH PLAIN ", raw, rl, "AUTH PLAIN [credentials]");
+		OPENSSL_cleanse(raw, rl);
+		free(raw);
+	} else if (c->mechs & MECH_LOGIN) {
+		c->auth_mech = "LOGIN";
+		c->auth_step = AUTH_LOGIN_SENT;
+		send_text(c, "AUTH LOGIN");
+	} else {
+		reply_set(&r, 454, "4.7.0", "no usable AUTH mechanism");
+		hop_fail(c, &r, "credentials configured but the server offers %s",
+			 (c->ext & EXT_AUTH) ? "neither AUTH PLAIN nor AUTH LOGIN" : "no AUTH");
+		return;
+	}
+	c->phase = PH_AUTH;
+	arm(c, c->command_ms);
+}
+
+static void auth_reply(struct smtp_client *c, const struct smtp_reply *r)
+{
+	switch (c->auth_step) {
+	case AUTH_PLAIN_SENT:
+	case AUTH_PASS_SENT:
+		if (r->code == 235) {
+			log_info(c->sid, NULL, "smtp_client_auth", "peer=%s mech=%s code=%d", c->peer, c->auth_mech,
+				 r->code);
+			become_ready(c);
+			return;
+		}
+		break;
+	case AUTH_LOGIN_SENT:
+		if (r->code == 334) {
+			send_secret(c, "", (const unsigned char *)c->auth_user, strlen(c->auth_user), "[user name]");
+			c->auth_step = AUTH_USER_SENT;
+			arm(c, c->command_ms);
+			return;
+		}
+		break;
+	case AUTH_USER_SENT:
+		if (r->code == 334) {
+			send_secret(c, "", (const unsigned char *)c->auth_pass, strlen(c->auth_pass), "[password]");
+			c->auth_step = AUTH_PASS_SENT;
+			arm(c, c->command_ms);
+			return;
+		}
+		break;
+	}
+	auth_failed(c, r);
+}
+
+/* EHLO (or HELO) answered: STARTTLS as the policy says, then AUTH, then
+ * ready.  A required TLS that is not offered fails the hop. */
+static void setup_next(struct smtp_client *c)
+{
+	if (!c->tls_on) {
+		if (c->tls && c->policy != TLS_NONE && !c->notls && (c->ext & EXT_STARTTLS)) {
+			send_text(c, "STARTTLS");
+			c->phase = PH_STARTTLS;
+			arm(c, c->command_ms);
+			return;
+		}
+		if (tls_required(c)) {
+			struct smtp_reply r;
+			reply_set(&r, 454, "4.7.4", "TLS required but not offered");
+			hop_fail(c, &r, "TLS required (policy %s) but not offered by the server%s",
+				 policy_name(c->policy), c->phase == PH_HELO ? " (EHLO refused)" : "");
+			return;
+		}
+	}
+	start_auth(c);
+}
+
 static void setup_reply(struct smtp_client *c, const struct smtp_reply *r)
 {
 	switch (c->phase) {
@@ -736,13 +986,7 @@ static void setup_reply(struct smtp_client *c, const struct smtp_reply *r)
 	case PH_EHLO:
 		if (r->code / 100 == 2) {
 			parse_ehlo(c);
-			if (c->tls && !c->tls_on && !c->notls && (c->ext & EXT_STARTTLS)) {
-				send_text(c, "STARTTLS");
-				c->phase = PH_STARTTLS;
-				arm(c, c->command_ms);
-				return;
-			}
-			become_ready(c);
+			setup_next(c);
 			return;
 		}
 		if (r->code / 100 == 5 && !c->lmtp && !c->tls_on) {
@@ -761,8 +1005,9 @@ static void setup_reply(struct smtp_client *c, const struct smtp_reply *r)
 			return;
 		}
 		c->ext = 0;
+		c->mechs = 0;
 		buf_reset(&c->ext_words);
-		become_ready(c);
+		setup_next(c);
 		return;
 	case PH_STARTTLS:
 		if (r->code == 220) {
@@ -773,10 +1018,20 @@ static void setup_reply(struct smtp_client *c, const struct smtp_reply *r)
 			hop_fail(c, r, "STARTTLS: %d %s", r->code, r->text);
 			return;
 		}
+		if (tls_required(c)) {
+			struct smtp_reply e;
+			reply_set(&e, 454, "4.7.4", "TLS required but STARTTLS refused");
+			hop_fail(c, &e, "TLS required (policy %s) but STARTTLS refused: %d %s%s%s",
+				 policy_name(c->policy), r->code, r->enh, r->enh[0] ? " " : "", r->text);
+			return;
+		}
 		/* opportunistic: carry on in plaintext with what EHLO said */
 		log_warn(c->sid, NULL, "smtp_client_starttls_refused", "peer=%s code=%d text=%s", c->peer, r->code,
 			 r->text);
-		become_ready(c);
+		start_auth(c);
+		return;
+	case PH_AUTH:
+		auth_reply(c, r);
 		return;
 	default:
 		return;
@@ -1224,22 +1479,47 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 			struct timeval tv = { (time_t)(c->command_ms / 1000),
 					      (suseconds_t)((c->command_ms % 1000) * 1000) };
 			bufferevent_set_timeouts(bev, NULL, &tv);
-			c->phase = PH_GREETING;
-			arm(c, c->command_ms);
-			process_input(c, bev);  /* a greeting read before this event */
+			if (c->tls_on_connect) {
+				start_tls(c);   /* implicit TLS: the greeting comes inside */
+			} else {
+				c->phase = PH_GREETING;
+				arm(c, c->command_ms);
+				process_input(c, bev);  /* a greeting read before this event */
+			}
 		} else {
 			hop_fail(c, NULL, "connect: %s", err ? strerror(err) : "failed");
 		}
 	} else if (c->phase == PH_TLS) {
-		if (what & BEV_EVENT_CONNECTED) {
-			c->tls_on = true;
-			tls_describe(bufferevent_openssl_get_ssl(bev), c->tls_desc, sizeof(c->tls_desc));
-			log_debug(c->sid, NULL, "smtp_client_tls", "peer=%s tls=%s", c->peer, c->tls_desc);
-			send_ehlo(c);
-		} else {
-			char why[256];
-			tls_error_text(bev, why, sizeof(why), err);
+		SSL *ssl = bufferevent_openssl_get_ssl(bev);
+		long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_ERR_UNSPECIFIED;
+		if ((what & BEV_EVENT_CONNECTED) && c->policy == TLS_VERIFY &&
+		    (vr != X509_V_OK || !SSL_get0_peer_certificate(ssl))) {
+			/* cannot happen with SSL_VERIFY_PEER; never trust it anyway */
+			char why[300];
+			snprintf(why, sizeof(why), "certificate not verified: %s",
+				 vr != X509_V_OK ? X509_verify_cert_error_string(vr) : "no certificate");
 			tls_failed(c, why);
+		} else if (what & BEV_EVENT_CONNECTED) {
+			c->tls_on = true;
+			tls_describe(ssl, c->tls_desc, sizeof(c->tls_desc));
+			log_debug(c->sid, NULL, "smtp_client_tls", "peer=%s tls=%s policy=%s verify=%s", c->peer,
+				  c->tls_desc, policy_name(c->policy), X509_verify_cert_error_string(vr));
+			if (c->tls_on_connect) {
+				c->phase = PH_GREETING;
+				arm(c, c->command_ms);
+				process_input(c, bev);  /* a greeting read with the handshake */
+			} else {
+				send_ehlo(c);
+			}
+		} else {
+			char why[256], full[512];
+			tls_error_text(bev, why, sizeof(why), err);
+			if (c->policy == TLS_VERIFY && vr != X509_V_OK)
+				snprintf(full, sizeof(full), "%s (certificate: %s)", why,
+					 X509_verify_cert_error_string(vr));
+			else
+				snprintf(full, sizeof(full), "%s", why);
+			tls_failed(c, full);
 		}
 	} else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
 		const char *how = (what & BEV_EVENT_TIMEOUT) ? "write timeout"
@@ -1280,6 +1560,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	case PH_EHLO:
 	case PH_HELO:
 	case PH_STARTTLS:
+	case PH_AUTH:
 		hop_fail(c, NULL, "timeout after %lld ms waiting for %s reply", c->command_ms, phase_name(c->phase));
 		break;
 	case PH_READY: {
@@ -1302,7 +1583,12 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	hold(c);
-	if (c->phase == PH_START) {
+	if (c->phase == PH_START && c->config_err[0]) {
+		c->last4xx = 451;
+		snprintf(c->last4xx_enh, sizeof(c->last4xx_enh), "4.3.5");
+		buf_printf(&c->failures, "configuration error: %s", c->config_err);
+		all_failed(c);
+	} else if (c->phase == PH_START) {
 		try_hops(c);
 	} else {
 		deliver_locals(c);
@@ -1346,6 +1632,24 @@ void smtp_client_connect_rotating(struct event_base *base, const struct smtp_cli
 			if ((unsigned char)*p <= ' ' || *p == 0x7f)
 				*p = '-';
 	c->tls = opts->tls;
+	c->policy = opts->tls_policy;
+	c->verify_name = opts->tls_verify_name && opts->tls_verify_name[0] ? xstrdup(opts->tls_verify_name) : NULL;
+	c->tls_on_connect = opts->tls_on_connect;
+	if (opts->auth_user && opts->auth_user[0]) {
+		c->auth_user = xstrdup(opts->auth_user);
+		c->auth_pass = xstrdup(opts->auth_pass ? opts->auth_pass : "");
+	}
+	c->auth_plaintext_ok = opts->auth_allow_plaintext;
+	if (c->policy != TLS_MAY && c->policy != TLS_NONE && c->policy != TLS_ENCRYPT && c->policy != TLS_VERIFY)
+		snprintf(c->config_err, sizeof(c->config_err), "unknown TLS policy %d", (int)c->policy);
+	else if (c->tls_on_connect && !c->tls)
+		snprintf(c->config_err, sizeof(c->config_err), "implicit TLS needs a TLS client context");
+	else if (tls_required(c) && !c->tls)
+		snprintf(c->config_err, sizeof(c->config_err), "TLS policy %s needs a TLS client context",
+			 policy_name(c->policy));
+	else if (c->auth_user && (strlen(c->auth_user) > CRED_MAX || strlen(c->auth_pass) > CRED_MAX))
+		snprintf(c->config_err, sizeof(c->config_err), "AUTH user name or password longer than %d bytes",
+			 CRED_MAX);
 	c->xforward = opts->xforward;
 	c->connect_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : DEF_CONNECT_MS;
 	c->command_ms = opts->command_timeout_ms > 0 ? opts->command_timeout_ms : DEF_COMMAND_MS;

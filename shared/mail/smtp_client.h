@@ -7,8 +7,14 @@
  * rotating index so several clients spread over equal hops, and fails over
  * to the next one when a connection is refused, times out, or the greeting
  * is not 2xx.  After the greeting it sends EHLO (LHLO for LMTP), does
- * opportunistic STARTTLS when offered and a TLS context is given, and
- * reports ready.
+ * STARTTLS as the TLS policy says (by default opportunistically, when
+ * offered and a TLS context is given), authenticates when credentials are
+ * configured, and reports ready.  With tls_on_connect the TLS handshake
+ * comes first, before the greeting (implicit TLS, port 465, RFC 8314).
+ *
+ * Every failure of a hop during setup -- TLS required but not offered or
+ * failed, certificate not verified, AUTH refused -- is a 4xx: the caller
+ * defers and retries, it never bounces because of the next hop's setup.
  *
  * Commands may be issued back to back: with PIPELINING they are written at
  * once and their replies matched in order; without it the client sends one
@@ -35,11 +41,52 @@ struct smtp_reply {
 	char text[512];         /* text of the last line (after code and enh), bounded */
 };
 
+/* Outbound TLS policy of a connection (zero is today's default, MAY).
+ *   TLS_MAY      STARTTLS when offered and a TLS context is given; a
+ *                failed handshake is retried once on the same hop in
+ *                plaintext; a refused STARTTLS carries on in plaintext.
+ *                The certificate is not checked.
+ *   TLS_NONE     never STARTTLS.
+ *   TLS_ENCRYPT  TLS is required: no STARTTLS in the EHLO reply, STARTTLS
+ *                refused, or a failed handshake fail the hop with
+ *                454 4.7.4 / 4.7.5, never a plaintext fallback.  The
+ *                certificate is not checked.
+ *   TLS_VERIFY   as ENCRYPT, and the chain must verify against the
+ *                context's trust anchors (tls_client_new(ca_file, ...)) and
+ *                the certificate must match tls_verify_name (default: the
+ *                hop's host; an IP literal is matched against IP SANs),
+ *                else 454 4.7.5.  SNI carries the name (not for an IP).
+ * ENCRYPT and VERIFY need opts.tls; without it every hop fails 451 4.3.5. */
+enum smtp_tls_policy {
+	TLS_MAY = 0,
+	TLS_NONE,
+	TLS_ENCRYPT,
+	TLS_VERIFY,
+};
+
 struct smtp_client_opts {
 	const struct strlist *hops;
 	bool lmtp;
 	const char *helo_name;
 	struct tls_ctx *tls;            /* NULL: no STARTTLS */
+	enum smtp_tls_policy tls_policy;
+	const char *tls_verify_name;    /* name to check the certificate against (and
+					 * SNI); NULL: the hop's host */
+	bool tls_on_connect;            /* implicit TLS (port 465): handshake before the
+					 * greeting; needs opts.tls; no plaintext fallback
+					 * whatever the policy (NONE and MAY then mean: TLS
+					 * without checking the certificate) */
+	/* AUTH (RFC 4954) after EHLO, after STARTTLS when TLS is used: PLAIN
+	 * (RFC 4616, initial response) when offered, else LOGIN.  NULL or ""
+	 * auth_user: no AUTH.  Credentials are never sent without TLS unless
+	 * auth_allow_plaintext is set (else the hop fails 454 4.7.0).  A server
+	 * without PLAIN or LOGIN, and any reply but 235 (535, 534, 454, ...),
+	 * fail the hop with a 4xx (the server's 4xx code, else 454; enhanced
+	 * code 4.x.y from the server's x.y, else 4.7.0) whose text has the
+	 * server's reply.  Credentials never appear in log lines. */
+	const char *auth_user;
+	const char *auth_pass;          /* NULL: "" */
+	bool auth_allow_plaintext;
 	bool xforward;                  /* send XFORWARD when the server offers it */
 	long long connect_timeout_ms;   /* default 10 s */
 	long long command_timeout_ms;   /* default 300 s */
@@ -73,7 +120,8 @@ void smtp_client_connect_rotating(struct event_base *base, const struct smtp_cli
 
 bool smtp_client_has_ext(const struct smtp_client *c, const char *ext);  /* "PIPELINING", ... */
 const char *smtp_client_peer(const struct smtp_client *c);               /* hop it reached */
-/* "TLSv1.3 TLS_AES_256_GCM_SHA384" after STARTTLS, NULL in plaintext. */
+/* "TLSv1.3 TLS_AES_256_GCM_SHA384" after STARTTLS or implicit TLS, NULL in
+ * plaintext. */
 const char *smtp_client_tls(const struct smtp_client *c);
 
 /* MAIL FROM (with SIZE, BODY=8BITMIME, SMTPUTF8 as the envelope and the

@@ -198,7 +198,7 @@ static struct generation *gen_load(struct stage *st, bool dry, char *why, size_t
 	}
 	g->sc = g->conf;
 	const struct server_config *sc = g->sc;
-	if (!st->def->deliver && sc->next_hops.n == 0) {
+	if (!st->def->deliver && !st->def->route && sc->next_hops.n == 0) {
 		snprintf(why, whylen, "%s: [%s] next_hops: expected at least one host:port for the next stage",
 			 st->config_path, st->instance);
 		gen_unref(st, g);
@@ -241,7 +241,8 @@ static struct generation *gen_load(struct stage *st, bool dry, char *why, size_t
 		}
 	} else if (!dry && st->def->init) {
 		char swhy[512] = "";
-		g->state = st->def->init(g->conf, &g->g, st->instance, swhy, sizeof(swhy));
+		struct stage_env senv = { &g->g, st->instance, st->base, st->dns };
+		g->state = st->def->init(g->conf, &senv, swhy, sizeof(swhy));
 		if (!g->state) {
 			snprintf(why, whylen, "%s: [%s] %s", st->config_path, st->instance, swhy);
 			gen_unref(st, g);
@@ -824,7 +825,8 @@ static void on_session_end(void *arg, struct smtp_session *s)
 
 struct idle_conn {
 	struct stage *st;
-	struct generation *gen;     /* the next hops it was opened for */
+	struct generation *gen;     /* the configuration it was opened with */
+	char key[512];              /* the hops it was opened for */
 	struct smtp_client *c;
 	struct event *timer;
 	struct idle_conn *next;
@@ -851,7 +853,14 @@ static void idle_expired(evutil_socket_t fd, short what, void *arg)
 	idle_remove(ic->st, ic);
 }
 
-static void idle_put(struct stage *st, struct generation *g, struct smtp_client *c)
+static void hops_key(const struct strlist *hops, char *out, size_t n)
+{
+	out[0] = '\0';
+	for (size_t i = 0; i < hops->n; i++)
+		snprintf(out + strlen(out), n - strlen(out), "%s%s", i ? " " : "", hops->v[i]);
+}
+
+static void idle_put(struct stage *st, struct generation *g, struct smtp_client *c, const struct strlist *hops)
 {
 	long long ms = g->sc->next_idle_timeout;
 	if (ms <= 0 || g != st->gen || st->drain_timer || !smtp_client_reusable(c) ||
@@ -864,6 +873,7 @@ static void idle_put(struct stage *st, struct generation *g, struct smtp_client 
 	ic->gen = g;
 	g->refs++;
 	ic->c = c;
+	hops_key(hops, ic->key, sizeof(ic->key));
 	ic->timer = evtimer_new(st->base, idle_expired, ic);
 	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
 	evtimer_add(ic->timer, &tv);
@@ -872,10 +882,14 @@ static void idle_put(struct stage *st, struct generation *g, struct smtp_client 
 	st->nidle++;
 }
 
-static struct smtp_client *idle_get(struct stage *st)
+static struct smtp_client *idle_get(struct stage *st, const struct strlist *hops)
 {
-	while (st->idle) {
-		struct idle_conn *ic = st->idle;
+	char key[512];
+	hops_key(hops, key, sizeof(key));
+	for (struct idle_conn *ic = st->idle, *next; ic; ic = next) {
+		next = ic->next;
+		if (strcmp(ic->key, key) != 0)
+			continue;
 		struct smtp_client *c = ic->c;
 		bool current = ic->gen == st->gen;
 		idle_remove(st, ic);
@@ -894,33 +908,67 @@ static void idle_close_all(struct stage *st)
 	}
 }
 
-/* -- one delivery attempt of one queued message -- */
+/* -- one delivery attempt of one queued message --
+ *
+ * The pending recipients are split into groups with one destination
+ * each: the next hops (or smarthost) as a whole, or, when the stage
+ * routes by domain, one group per recipient domain.  Groups are delivered
+ * one after the other, each in one transaction; every recipient gets its
+ * own result; then the queue is told. */
+
+struct dgroup {
+	size_t *rcpt;            /* envelope indexes */
+	size_t n;
+	char domain[256];        /* "" when not routed by domain */
+};
 
 struct delivery {
 	struct stage *st;
 	struct queue_item *it;
+	struct generation *gen;
+	const char *data;
+	size_t len;
+	struct dgroup *groups;
+	size_t ngroups, cur;
+	struct strlist hops;     /* of the current group (routed), else unused */
+	bool routed;
+	/* the current group's transaction */
 	struct smtp_client *c;
 	bool reused;             /* c came from the idle pool */
 	bool stale;              /* ... and turned out to be closed: start over */
-	size_t *idx;             /* envelope index of each RCPT sent */
 	size_t nsent, nreplied;
 	bool *accepted;
-	const char *data;
-	size_t len;
-	struct generation *gen;
 };
 
 static void dlv_ready(void *arg, struct smtp_client *c, const struct smtp_reply *err);
+static void group_start(struct delivery *d);
 
 static void delivery_finish(struct delivery *d)
 {
-	if (d->c)
-		idle_put(d->st, d->gen, d->c);
 	queue_item_done(d->st->queue, d->it);
 	gen_unref(d->st, d->gen);
-	free(d->idx);
+	for (size_t i = 0; i < d->ngroups; i++)
+		free(d->groups[i].rcpt);
+	free(d->groups);
+	strlist_free(&d->hops);
 	free(d->accepted);
 	free(d);
+}
+
+/* The current group is done: keep its connection for reuse, go on. */
+static void group_done(struct delivery *d)
+{
+	if (d->c)
+		idle_put(d->st, d->gen, d->c, d->routed ? &d->hops : &d->gen->sc->next_hops);
+	d->c = NULL;
+	d->reused = d->stale = false;
+	d->nsent = d->nreplied = 0;
+	strlist_free(&d->hops);
+	d->cur++;
+	if (d->cur < d->ngroups)
+		group_start(d);
+	else
+		delivery_finish(d);
 }
 
 static void dlv_reply_text(const struct smtp_reply *r, char *out, size_t n)
@@ -928,30 +976,47 @@ static void dlv_reply_text(const struct smtp_reply *r, char *out, size_t n)
 	snprintf(out, n, "%d %s%s%s", r->code, r->enh, *r->enh ? " " : "", r->text);
 }
 
+static void dlv_result(struct delivery *d, size_t ri, const struct smtp_reply *r, const char *relay)
+{
+	char text[600];
+	dlv_reply_text(r, text, sizeof(text));
+	queue_item_result(d->it, ri, r->code, text);
+	struct envelope *e = queue_item_envelope(d->it);
+	log_info(NULL, queue_item_id(d->it),
+		 r->code >= 200 && r->code < 300 ? "delivery.sent" : r->code >= 500 ? "delivery.failed" : "delivery.deferred",
+		 "rcpt=%s relay=%s code=%d reply=%s tls=%s", e->rcpts[ri].addr, relay ? relay : "",
+		 r->code, text, d->c && smtp_client_tls(d->c) ? smtp_client_tls(d->c) : "");
+	if (d->st->m_deliveries)
+		metric_inc(r->code >= 200 && r->code < 300 ? d->st->m_deliveries :
+			   r->code >= 500 ? d->st->m_bounces : d->st->m_deferrals, NULL);
+}
+
+/* The whole current group gets this reply (no connection, route failure). */
+static void group_fail(struct delivery *d, const struct smtp_reply *r)
+{
+	struct dgroup *g = &d->groups[d->cur];
+	for (size_t i = 0; i < g->n; i++)
+		dlv_result(d, g->rcpt[i], r, NULL);
+	group_done(d);
+}
+
 static void dlv_data_done(void *arg, const struct smtp_reply *r, size_t n)
 {
 	struct delivery *d = arg;
-	const char *qid = queue_item_id(d->it);
-	char text[600];
+	struct dgroup *g = &d->groups[d->cur];
 	for (size_t i = 0, k = 0; i < d->nsent; i++) {
 		if (!d->accepted[i])
 			continue;
 		const struct smtp_reply *ri = (n > 1 && k < n) ? &r[k++] : &r[0];
-		dlv_reply_text(ri, text, sizeof(text));
-		queue_item_result(d->it, d->idx[i], ri->code, text);
-		struct envelope *e = queue_item_envelope(d->it);
-		log_info(NULL, qid, ri->code < 300 ? "delivery.sent" : ri->code < 500 ? "delivery.deferred" : "delivery.failed",
-			 "rcpt=%s relay=%s code=%d reply=%s", e->rcpts[d->idx[i]].addr, smtp_client_peer(d->c), ri->code, text);
-		if (d->st->m_deliveries)
-			metric_inc(ri->code < 300 ? d->st->m_deliveries : ri->code < 500 ? d->st->m_deferrals : d->st->m_bounces,
-				   NULL);
+		dlv_result(d, g->rcpt[i], ri, smtp_client_peer(d->c));
 	}
-	delivery_finish(d);
+	group_done(d);
 }
 
 static void dlv_rcpt_done(void *arg, const struct smtp_reply *r)
 {
 	struct delivery *d = arg;
+	struct dgroup *g = &d->groups[d->cur];
 	size_t i = d->nreplied++;
 	/* A kept connection the next hop closed meanwhile: the first reply
 	 * is a 421; try once more on a fresh connection. */
@@ -964,32 +1029,22 @@ static void dlv_rcpt_done(void *arg, const struct smtp_reply *r)
 		d->c = NULL;
 		d->reused = d->stale = false;
 		d->nsent = d->nreplied = 0;
-		free(d->idx);
-		free(d->accepted);
-		d->idx = NULL;
-		d->accepted = NULL;
 		struct smtp_client_opts o = client_opts(d->st, d->gen->sc, queue_item_id(d->it));
+		if (d->routed)
+			o.hops = &d->hops;
 		smtp_client_connect(d->st->base, &o, dlv_ready, d);
 		return;
 	}
 	d->accepted[i] = r->code >= 200 && r->code < 300;
-	if (!d->accepted[i]) {
-		char text[600];
-		dlv_reply_text(r, text, sizeof(text));
-		queue_item_result(d->it, d->idx[i], r->code, text);
-		struct envelope *e = queue_item_envelope(d->it);
-		log_info(NULL, queue_item_id(d->it), r->code < 500 ? "delivery.deferred" : "delivery.failed",
-			 "rcpt=%s relay=%s code=%d reply=%s", e->rcpts[d->idx[i]].addr, smtp_client_peer(d->c), r->code, text);
-		if (d->st->m_deliveries)
-			metric_inc(r->code < 500 ? d->st->m_deferrals : d->st->m_bounces, NULL);
-	}
+	if (!d->accepted[i])
+		dlv_result(d, g->rcpt[i], r, smtp_client_peer(d->c));
 	if (d->nreplied < d->nsent)
 		return;
 	size_t ok = 0;
 	for (size_t k = 0; k < d->nsent; k++)
 		ok += d->accepted[k];
 	if (!ok) {
-		delivery_finish(d);
+		group_done(d);
 		return;
 	}
 	smtp_client_data(d->c, d->data, d->len, dlv_data_done, d);
@@ -1004,29 +1059,66 @@ static void dlv_ready(void *arg, struct smtp_client *c, const struct smtp_reply 
 {
 	struct delivery *d = arg;
 	if (!c) {
-		char text[600];
-		dlv_reply_text(err, text, sizeof(text));
-		queue_item_defer(d->it, text);
-		log_info(NULL, queue_item_id(d->it), "delivery.deferred", "reason=%s", text);
-		if (d->st->m_deferrals)
-			metric_inc(d->st->m_deferrals, NULL);
-		delivery_finish(d);
+		log_info(NULL, queue_item_id(d->it), "delivery.no_connection", "domain=%s code=%d reason=%s",
+			 d->groups[d->cur].domain, err->code, err->text);
+		group_fail(d, err);
 		return;
 	}
 	d->c = c;
+	struct dgroup *g = &d->groups[d->cur];
 	struct envelope *e = queue_item_envelope(d->it);
-	d->idx = xcalloc(e->nrcpt, sizeof(size_t));
-	d->accepted = xcalloc(e->nrcpt, sizeof(bool));
-	for (size_t i = 0; i < e->nrcpt; i++)
-		if (e->rcpts[i].state == RCPT_PENDING)
-			d->idx[d->nsent++] = i;
-	if (!d->nsent) {
-		delivery_finish(d);
+	d->nsent = g->n;
+	d->nreplied = 0;
+	memset(d->accepted, 0, g->n * sizeof(bool));
+	smtp_client_mail(c, e, d->len, dlv_mail_done, d);
+	for (size_t i = 0; i < g->n; i++)
+		smtp_client_rcpt(c, e->rcpts[g->rcpt[i]].addr, dlv_rcpt_done, d);
+}
+
+/* Connect for the current group: a kept connection to the same hops, or
+ * a new one. */
+static void group_connect(struct delivery *d)
+{
+	const struct strlist *hops = d->routed ? &d->hops : &d->gen->sc->next_hops;
+	struct smtp_client *c = idle_get(d->st, hops);
+	if (c) {
+		d->reused = true;
+		smtp_client_set_log_id(c, queue_item_id(d->it));
+		dlv_ready(d, c, NULL);
 		return;
 	}
-	smtp_client_mail(c, e, d->len, dlv_mail_done, d);
-	for (size_t i = 0; i < d->nsent; i++)
-		smtp_client_rcpt(c, e->rcpts[d->idx[i]].addr, dlv_rcpt_done, d);
+	struct smtp_client_opts o = client_opts(d->st, d->gen->sc, queue_item_id(d->it));
+	o.hops = hops;
+	if (d->routed) {
+		/* MX order matters: always from the best hop. */
+		struct smtp_rotor first = { 0 };
+		smtp_client_connect_rotating(d->st->base, &o, &first, dlv_ready, d);
+	} else {
+		smtp_client_connect(d->st->base, &o, dlv_ready, d);
+	}
+}
+
+static void routed(void *arg, const struct strlist *hops, const struct smtp_reply *err)
+{
+	struct delivery *d = arg;
+	if (!hops) {
+		group_fail(d, err);
+		return;
+	}
+	strlist_free(&d->hops);
+	d->hops.n = hops->n;
+	d->hops.v = xcalloc(hops->n ? hops->n : 1, sizeof(char *));
+	for (size_t i = 0; i < hops->n; i++)
+		d->hops.v[i] = xstrdup(hops->v[i]);
+	group_connect(d);
+}
+
+static void group_start(struct delivery *d)
+{
+	if (d->routed)
+		d->st->def->route(d->gen->state, d->groups[d->cur].domain, routed, d);
+	else
+		group_connect(d);
 }
 
 static void deliver_item(void *arg, struct queue_item *it)
@@ -1038,15 +1130,31 @@ static void deliver_item(void *arg, struct queue_item *it)
 	d->gen = st->gen;
 	d->gen->refs++;
 	d->data = queue_item_data(it, &d->len);
-	struct smtp_client *c = idle_get(st);
-	if (c) {
-		d->reused = true;
-		smtp_client_set_log_id(c, queue_item_id(it));
-		dlv_ready(d, c, NULL);
+	d->routed = st->def->route && !(st->def->route_all && st->def->route_all(d->gen->state));
+	struct envelope *e = queue_item_envelope(it);
+	d->groups = xcalloc(e->nrcpt ? e->nrcpt : 1, sizeof(*d->groups));
+	d->accepted = xcalloc(e->nrcpt ? e->nrcpt : 1, sizeof(bool));
+	for (size_t i = 0; i < e->nrcpt; i++) {
+		if (e->rcpts[i].state != RCPT_PENDING)
+			continue;
+		const char *at = strrchr(e->rcpts[i].addr, '@');
+		const char *dom = d->routed && at ? at + 1 : "";
+		struct dgroup *g = NULL;
+		for (size_t k = 0; k < d->ngroups && !g; k++)
+			if (strcasecmp(d->groups[k].domain, dom) == 0)
+				g = &d->groups[k];
+		if (!g) {
+			g = &d->groups[d->ngroups++];
+			snprintf(g->domain, sizeof(g->domain), "%s", dom);
+			g->rcpt = xcalloc(e->nrcpt, sizeof(size_t));
+		}
+		g->rcpt[g->n++] = i;
+	}
+	if (!d->ngroups) {
+		delivery_finish(d);
 		return;
 	}
-	struct smtp_client_opts o = client_opts(st, d->gen->sc, queue_item_id(it));
-	smtp_client_connect(st->base, &o, dlv_ready, d);
+	group_start(d);
 }
 
 /* ---- signals, start-up ------------------------------------------------- */

@@ -67,6 +67,16 @@ struct global_config {
 extern const struct param_set global_param_set;
 extern const struct param_def server_param_defs[];
 
+/* What a stage's init gets besides its parameters. */
+struct event_base;
+struct dns;
+struct stage_env {
+	const struct global_config *g;
+	const char *instance;
+	struct event_base *base;
+	struct dns *dns;                /* the process's resolver */
+};
+
 /* One message to deliver locally (the store): the stage answers every
  * recipient with stage_delivery_result(), then the skeleton replies. */
 struct stage_delivery {
@@ -85,8 +95,7 @@ struct stage_def {
 	size_t config_size;             /* sizeof its struct (begins with struct server_config) */
 	bool lmtp;                      /* serve LMTP instead of SMTP */
 	/* Start-up and reload: build the stage's state from its config. */
-	void *(*init)(const void *config, const struct global_config *g, const char *instance, char *why,
-		      size_t whylen);
+	void *(*init)(const void *config, const struct stage_env *env, char *why, size_t whylen);
 	void (*free)(void *state);
 	/* Local delivery (the store); NULL: forward by mode. */
 	void (*deliver)(void *state, struct stage_delivery *d);
@@ -101,6 +110,13 @@ struct stage_def {
 	/* Adjust the client options for a connection to the next hops (AUTH,
 	 * TLS policy of the outgoing stage). */
 	void (*client_opts)(void *state, struct smtp_client_opts *o);
+	/* Routing by recipient domain (the outgoing stage): the hops for a
+	 * domain, or NULL hops and a reply (4xx: retry later; 5xx: the
+	 * recipients fail).  NULL: every recipient goes to next_hops. */
+	void (*route)(void *state, const char *domain,
+		      void (*done)(void *arg, const struct strlist *hops, const struct smtp_reply *err), void *arg);
+	/* true: route is not used now (a smarthost is configured). */
+	bool (*route_all)(void *state);
 	/* What init would refuse, without its side effects (rampart-X -t,
 	 * rampartctl config check).  NULL: nothing beyond the parameters. */
 	bool (*validate)(const void *config, const struct global_config *g, char *why, size_t whylen);

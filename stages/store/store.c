@@ -49,10 +49,9 @@ struct store {
 	const struct strlist *local_domains;
 };
 
-static void *store_init(const void *config, const struct global_config *g, const char *instance, char *why,
-			size_t whylen)
+static void *store_init(const void *config, const struct stage_env *env, char *why, size_t whylen)
 {
-	(void)instance;
+	const struct global_config *g = env->g;
 	const struct store_config *c = config;
 	struct userlist *u = userlist_load(c->users_file, why, whylen);
 	if (!u)

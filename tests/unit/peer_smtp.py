@@ -11,10 +11,17 @@ it is killed.  It records what the client sent into --dir:
   raw.<conn>  every byte received on connection <conn> (after TLS)
   body.<n>    the n-th message exactly as on the wire, stuffing and the
               final ".\r\n" included
-  tls.<conn>  exists when connection <conn> completed STARTTLS
+  tls.<conn>  exists when connection <conn> completed STARTTLS (or the
+              implicit TLS handshake); it holds the TLS version
+  tlsfail.<conn>  the server's reason when that handshake failed
+  sni.<conn>  the server name the client sent (SNI), if any
+  auth.<conn> one line per AUTH exchange: "<mech> <user> <password> ok|fail"
 
 Behaviour is chosen with options (see --help).  Reply texts use "|" to
-separate the lines of a multi-line reply.  With --aiosmtpd it runs
+separate the lines of a multi-line reply.  AUTH PLAIN (with or without an
+initial response) and AUTH LOGIN are served when an --ext line starting
+with AUTH offers them; --auth-user/--auth-pass are the credentials that
+pass, --auth-reply forces the reply to every AUTH.  With --aiosmtpd it runs
 aiosmtpd instead (a third-party server, STARTTLS capable) and stores each
 message's envelope and content in aio.<n>.
 
@@ -22,6 +29,8 @@ Needs only the standard library, except for --aiosmtpd (Debian package
 python3-aiosmtpd; run with /usr/bin/python3).
 """
 import argparse
+import base64
+import binascii
 import os
 import signal
 import socket
@@ -29,6 +38,7 @@ import ssl
 import sys
 import threading
 import time
+import warnings
 
 ARGS = None
 LOCK = threading.Lock()
@@ -39,6 +49,33 @@ def record(name, data, mode="ab"):
     with LOCK:
         with open(os.path.join(ARGS.dir, name), mode) as f:
             f.write(data)
+
+
+def tls_context(num):
+    """Server context for connection num: --tls certificate, --tls-max cap,
+    SNI recorded."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(ARGS.tls[0], ARGS.tls[1])
+    if ARGS.tls_max:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if ARGS.tls_max == "1.1":
+                # TLS 1.1 needs the legacy ciphers and security level 0
+                ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+                ctx.minimum_version = ssl.TLSVersion.TLSv1_1
+                ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+            elif ARGS.tls_max == "1.2":
+                ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            else:
+                ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+
+    def sni(sock, name, c):
+        if name:
+            record("sni.%d" % num, name.encode(), "wb")
+        return None
+
+    ctx.sni_callback = sni
+    return ctx
 
 
 def parse_map(items):
@@ -69,7 +106,94 @@ class Conn:
         self.tls = False
         self.rcpts = []
         self.mail_ok = False
+        self.authed = False
         self.out = b""
+
+    def start_tls(self):
+        """Server side of a handshake; False (reason recorded) if it failed."""
+        try:
+            self.sock = tls_context(self.num).wrap_socket(self.sock, server_side=True)
+        except (OSError, ssl.SSLError) as e:
+            record("tlsfail.%d" % self.num, str(e).encode(), "wb")
+            return False
+        self.tls = True
+        record("tls.%d" % self.num, (self.sock.version() or "TLS").encode() + b"\n", "wb")
+        return True
+
+    def read_line(self):
+        """Next command line (recorded in cmds), None at end of input."""
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                line, self.buf = self.buf[:i], self.buf[i + 2:]
+                text = line.decode("utf-8", "replace")
+                record("cmds", ("%d\t%d\t%s\n" % (self.num, self.batch, text)).encode())
+                return text
+            self.flush()
+            data = self.recv()
+            if not data:
+                return None
+            self.buf += data
+
+    def auth_offered(self):
+        return any(e.upper().startswith("AUTH") for e in ARGS.ext)
+
+    def auth(self, text):
+        """AUTH PLAIN [initial-response] or AUTH LOGIN; False: connection gone."""
+        parts = text.split()
+        mech = parts[1].upper() if len(parts) > 1 else ""
+        if self.authed:
+            self.say("503 5.5.1 Error: already authenticated")
+            return True
+        if mech == "PLAIN":
+            if len(parts) > 2:
+                resp = parts[2]
+            else:
+                self.say("334 ")
+                resp = self.read_line()
+                if resp is None:
+                    return False
+            if resp == "*":
+                self.say("501 5.7.0 Authentication cancelled")
+                return True
+            try:
+                fields = base64.b64decode(resp, validate=True).split(b"\0")
+                if len(fields) != 3:
+                    raise ValueError("not authzid NUL authcid NUL passwd")
+                user, pw = fields[1], fields[2]
+            except (binascii.Error, ValueError):
+                self.say("501 5.5.2 Error: malformed AUTH PLAIN response")
+                return True
+        elif mech == "LOGIN":
+            got = []
+            for challenge in ("334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6"):
+                self.say(challenge)
+                resp = self.read_line()
+                if resp is None:
+                    return False
+                if resp == "*":
+                    self.say("501 5.7.0 Authentication cancelled")
+                    return True
+                try:
+                    got.append(base64.b64decode(resp, validate=True))
+                except binascii.Error:
+                    self.say("501 5.5.2 Error: malformed AUTH LOGIN response")
+                    return True
+            user, pw = got
+        else:
+            self.say("504 5.5.4 Error: unsupported mechanism")
+            return True
+        ok = (ARGS.auth_reply is None and ARGS.auth_user is not None and
+              user == ARGS.auth_user.encode() and pw == (ARGS.auth_pass or "").encode())
+        record("auth.%d" % self.num, b"%s %s %s %s\n" % (mech.encode(), user, pw, b"ok" if ok else b"fail"))
+        if ARGS.auth_reply:
+            self.say(ARGS.auth_reply)
+        elif ok:
+            self.authed = True
+            self.say("235 2.7.0 Authentication successful")
+        else:
+            self.say("535 5.7.8 Error: authentication failed")
+        return True
 
     def recv(self):
         if ARGS.batch_delay:
@@ -131,6 +255,8 @@ class Conn:
         return "|".join(lines)
 
     def serve(self):
+        if ARGS.implicit_tls and not self.start_tls():
+            return
         if ARGS.stall_on and ARGS.stall_on.upper() == "GREETING":
             self.sink_forever()
             return
@@ -177,22 +303,24 @@ class Conn:
                     except OSError:
                         pass
                     return
-                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                ctx.load_cert_chain(ARGS.tls[0], ARGS.tls[1])
-                try:
-                    self.sock = ctx.wrap_socket(self.sock, server_side=True)
-                except (OSError, ssl.SSLError):
+                if not self.start_tls():
                     return
-                self.tls = True
-                record("tls.%d" % self.num, b"TLS\n", "wb")
+                self.rcpts = []
+                self.mail_ok = False
+                self.authed = False
             elif verb == "STARTTLS":
                 self.say("454 4.7.0 TLS not available")
+            elif verb == "AUTH" and self.auth_offered():
+                if not self.auth(text):
+                    return
             elif verb == "XFORWARD":
                 self.say("250 2.0.0 Ok")
             elif verb == "MAIL":
                 self.rcpts = []
                 if self.mail_ok:
                     self.say("503 5.5.1 Error: nested MAIL command")
+                elif ARGS.auth_required and not self.authed:
+                    self.say("530 5.7.0 Authentication required")
                 elif ARGS.mail_reply:
                     self.say(ARGS.mail_reply)
                 else:
@@ -330,6 +458,14 @@ def main():
     ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"),
                     help="certificate for STARTTLS (offer it with --ext STARTTLS; without --tls it gets 454)")
     ap.add_argument("--tls-garbage", action="store_true", help="answer the handshake with garbage")
+    ap.add_argument("--implicit-tls", action="store_true",
+                    help="TLS handshake on connect, before the greeting (port 465 style; needs --tls)")
+    ap.add_argument("--tls-max", choices=("1.1", "1.2", "1.3"),
+                    help="highest TLS version (1.1: only TLS 1.1, legacy ciphers)")
+    ap.add_argument("--auth-user", help="user name AUTH accepts")
+    ap.add_argument("--auth-pass", help="password AUTH accepts")
+    ap.add_argument("--auth-reply", help="reply to every AUTH with this, whatever the credentials")
+    ap.add_argument("--auth-required", action="store_true", help="530 to MAIL before a successful AUTH")
     ap.add_argument("--batch-delay", type=float, default=0.0, help="seconds to sleep before each read")
     ap.add_argument("--always-354", action="store_true", help="354 to DATA even without recipients")
     ap.add_argument("--aiosmtpd", action="store_true", help="run aiosmtpd instead")

@@ -2,7 +2,10 @@
  * test_smtp_client.c — the SMTP/LMTP client against real peers on
  * 127.0.0.1: the scripted peer tests/unit/peer_smtp.py (records every
  * byte the client sends), Postfix's smtp-sink, and aiosmtpd for STARTTLS.
- * Peers that are not installed make their tests skip, not fail.
+ * Peers that are not installed make their tests skip, not fail.  TLS
+ * policy, implicit TLS and AUTH tests use a small PKI made once per run
+ * with the OpenSSL API: a CA, a server certificate it signed for
+ * peer.test and 127.0.0.1, and a self-signed one for the same names.
  *
  * Environment: RAMPART_TEST_PYTHON (default /usr/bin/python3),
  * RAMPART_TEST_PEER (path of peer_smtp.py; default found through $srcdir
@@ -37,6 +40,10 @@
 #include <arpa/inet.h>
 
 #include <event2/event.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "mail/envelope.h"
 #include "mail/smtp_client.h"
@@ -72,6 +79,7 @@ struct fixture {
 	struct strlist hops;
 	struct envelope *envs[16];      /* freed by teardown, even after a failed assert */
 	size_t nenv;
+	unsigned live;                  /* clients not yet freed (opts.live) */
 };
 
 /* ---- processes and files --------------------------------------------- */
@@ -460,6 +468,7 @@ static void tc_init(struct tc *t, struct fixture *f)
 	t->opts.command_timeout_ms = 5000;
 	t->opts.data_timeout_ms = 5000;
 	t->opts.log_sid = SID;
+	t->opts.live = &f->live;
 	t->quit_at_end = true;
 }
 
@@ -587,9 +596,10 @@ static void run(struct tc *t, int max_ms)
 	long long deadline = now_ms() + max_ms;
 	while (!t->done && now_ms() < deadline)
 		event_base_loop(t->f->base, EVLOOP_ONCE);
-	/* let QUIT go out and the client free itself */
-	long long drain = now_ms() + 300;
-	while (now_ms() < drain)
+	/* let QUIT go out and the client free itself (it has when the QUIT
+	 * reply came, so the peer has recorded everything by then) */
+	long long drain = now_ms() + 3000;
+	while (t->f->live > 0 && now_ms() < drain)
 		event_base_loop(t->f->base, EVLOOP_ONCE);
 	if (t->c) {             /* the test timed out: do not leak */
 		smtp_client_abort(t->c);
@@ -1657,6 +1667,650 @@ static void test_unix_socket_lmtp(void **state)
 	assert_int_equal(m->data.r[1].code, 250);
 }
 
+/* ---- TLS policy, implicit TLS, AUTH ------------------------------------ */
+
+static char g_pki[64];          /* made by pki_setup, removed by pki_teardown */
+
+static bool add_ext(X509 *x, X509V3_CTX *v3, int nid, const char *value)
+{
+	X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, v3, nid, value);
+	if (!e)
+		return false;
+	bool ok = X509_add_ext(x, e, -1) == 1;
+	X509_EXTENSION_free(e);
+	return ok;
+}
+
+/* A P-256 certificate for key: a CA when ca, else a server certificate
+ * with the given subjectAltName; signed by issuer/ikey, or self-signed. */
+static X509 *make_x509(EVP_PKEY *key, const char *cn, const char *san, bool ca, X509 *issuer, EVP_PKEY *ikey,
+		       long serial)
+{
+	X509 *x = X509_new();
+	if (!x)
+		return NULL;
+	bool ok = X509_set_version(x, 2) == 1 && ASN1_INTEGER_set(X509_get_serialNumber(x), serial) == 1 &&
+		  X509_gmtime_adj(X509_getm_notBefore(x), -3600) && X509_gmtime_adj(X509_getm_notAfter(x), 2 * 86400) &&
+		  X509_set_pubkey(x, key) == 1;
+	X509_NAME *name = X509_get_subject_name(x);
+	ok = ok && X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0) == 1;
+	ok = ok && X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : name) == 1;
+	X509V3_CTX v3;
+	X509V3_set_ctx_nodb(&v3);
+	X509V3_set_ctx(&v3, issuer ? issuer : x, x, NULL, NULL, 0);
+	ok = ok && add_ext(x, &v3, NID_basic_constraints, ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
+	ok = ok && add_ext(x, &v3, NID_subject_key_identifier, "hash");
+	if (ca) {
+		ok = ok && add_ext(x, &v3, NID_key_usage, "critical,keyCertSign,cRLSign");
+	} else {
+		ok = ok && add_ext(x, &v3, NID_key_usage, "critical,digitalSignature");
+		ok = ok && add_ext(x, &v3, NID_ext_key_usage, "serverAuth");
+		ok = ok && add_ext(x, &v3, NID_subject_alt_name, san);
+	}
+	if (issuer)
+		ok = ok && add_ext(x, &v3, NID_authority_key_identifier, "keyid:always");
+	ok = ok && X509_sign(x, ikey ? ikey : key, EVP_sha256()) > 0;
+	if (!ok) {
+		X509_free(x);
+		return NULL;
+	}
+	return x;
+}
+
+static bool write_pem(const char *name, X509 *x, EVP_PKEY *key)
+{
+	char path[128];
+	snprintf(path, sizeof(path), "%s/%s.pem", g_pki, name);
+	FILE *fp = fopen(path, "w");
+	bool ok = fp && PEM_write_X509(fp, x) == 1;
+	if (fp)
+		fclose(fp);
+	if (ok && key) {
+		snprintf(path, sizeof(path), "%s/%s.key", g_pki, name);
+		fp = fopen(path, "w");
+		ok = fp && PEM_write_PrivateKey(fp, key, NULL, NULL, 0, NULL, NULL) == 1;
+		if (fp)
+			fclose(fp);
+	}
+	return ok;
+}
+
+static int pki_setup(void **state)
+{
+	(void)state;
+	snprintf(g_pki, sizeof(g_pki), "/tmp/test_smtp_client_pki.XXXXXX");
+	if (!mkdtemp(g_pki))
+		return -1;
+	static const char san[] = "DNS:peer.test,IP:127.0.0.1";
+	EVP_PKEY *cakey = EVP_EC_gen("P-256"), *srvkey = EVP_EC_gen("P-256"), *selfkey = EVP_EC_gen("P-256");
+	X509 *ca = cakey ? make_x509(cakey, "Rampart Test CA", NULL, true, NULL, NULL, 1) : NULL;
+	X509 *srv = ca && srvkey ? make_x509(srvkey, "peer.test", san, false, ca, cakey, 2) : NULL;
+	X509 *self = selfkey ? make_x509(selfkey, "peer.test", san, false, NULL, NULL, 3) : NULL;
+	bool ok = ca && srv && self && write_pem("ca", ca, NULL) && write_pem("srv", srv, srvkey) &&
+		  write_pem("self", self, selfkey);
+	X509_free(ca);
+	X509_free(srv);
+	X509_free(self);
+	EVP_PKEY_free(cakey);
+	EVP_PKEY_free(srvkey);
+	EVP_PKEY_free(selfkey);
+	return ok ? 0 : -1;
+}
+
+static int pki_teardown(void **state)
+{
+	(void)state;
+	if (g_pki[0] && !getenv("RAMPART_TEST_KEEP"))
+		nftw(g_pki, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	return 0;
+}
+
+/* Path of a PKI file: "ca.pem", "srv.pem", "srv.key", "self.pem", ... */
+static const char *pki(const char *name, char *out, size_t len)
+{
+	snprintf(out, len, "%s/%s", g_pki, name);
+	return out;
+}
+
+static struct tls_ctx *client_ctx(bool verify)
+{
+	char why[256] = "", ca[128];
+	struct tls_ctx *t = tls_client_new(verify ? pki("ca.pem", ca, sizeof(ca)) : NULL, verify, why, sizeof(why));
+	if (!t)
+		fail_msg("tls_client_new: %s", why);
+	return t;
+}
+
+#define AUTH_USER "alice@example.org"
+#define AUTH_PASS "k3y-Secret+/=xyz"
+/* base64 of "\0" AUTH_USER "\0" AUTH_PASS, of AUTH_USER, of AUTH_PASS
+ * (computed outside the client) */
+#define AUTH_PLAIN_B64 "AGFsaWNlQGV4YW1wbGUub3JnAGszeS1TZWNyZXQrLz14eXo="
+#define AUTH_USER_B64 "YWxpY2VAZXhhbXBsZS5vcmc="
+#define AUTH_PASS_B64 "azN5LVNlY3JldCsvPXh5eg=="
+
+/* The client's log holds neither the password nor any encoding of the
+ * credentials. */
+static void assert_log_clean(struct fixture *f)
+{
+	char *log = read_file(f->log_path, NULL);
+	assert_non_null(log);
+	assert_null(strstr(log, AUTH_PASS));
+	assert_null(strstr(log, AUTH_PLAIN_B64));
+	assert_null(strstr(log, AUTH_PASS_B64));
+	assert_null(strstr(log, AUTH_USER_B64));
+	free(log);
+}
+
+static bool peer_has(struct fixture *f, int p, const char *name)
+{
+	char path[PATH_MAX + 64];
+	snprintf(path, sizeof(path), "%s/%s", f->peers[p].dir, name);
+	return file_exists(path);
+}
+
+/* STARTTLS, then AUTH PLAIN with an initial response, then the message;
+ * the server refuses MAIL before AUTH, so the 250 proves it passed. */
+static void test_auth_plain_starttls(void **state)
+{
+	struct fixture *f = *state;
+	char cert[128], key[128];
+	int p = peer_start(f, "--tls", pki("srv.pem", cert, sizeof(cert)), pki("srv.key", key, sizeof(key)), "--ext",
+			   "PIPELINING", "--ext", "STARTTLS", "--ext", "AUTH PLAIN LOGIN", "--auth-user", AUTH_USER,
+			   "--auth-pass", AUTH_PASS, "--auth-required", NULL);
+	NEED_PEER(p);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p, hop, sizeof(hop)));
+	struct tls_ctx *tls = client_ctx(false);
+	struct tc t;
+	tc_init(&t, f);
+	t.opts.tls = tls;
+	t.opts.auth_user = AUTH_USER;
+	t.opts.auth_pass = AUTH_PASS;
+	struct msg *m = add_msg(&t, "s@example.org", BODY_DOTS, "a@example.com", NULL);
+	run(&t, 10000);
+	tls_ctx_free(tls);
+	assert_false(t.ready_failed);
+	assert_true(t.tls[0] != '\0');
+	assert_int_equal(m->mail.r.code, 250);
+	assert_int_equal(m->data.r[0].code, 250);
+
+	char lines[16][600];
+	int b[16];
+	size_t n = cmds_of(f, p, 1, lines, b, 16);
+	assert_true(n >= 5);
+	assert_string_equal(lines[0], "EHLO client.test");
+	assert_string_equal(lines[1], "STARTTLS");
+	assert_string_equal(lines[2], "EHLO client.test");
+	assert_string_equal(lines[3], "AUTH PLAIN " AUTH_PLAIN_B64);
+	assert_true(strncmp(lines[4], "MAIL FROM:", 10) == 0);
+	char *a = peer_file(f, p, "auth.1", NULL);
+	assert_non_null(a);
+	assert_string_equal(a, "PLAIN " AUTH_USER " " AUTH_PASS " ok\n");
+	free(a);
+	assert_log_clean(f);
+	char *log = read_file(f->log_path, NULL);
+	assert_non_null(strstr(log, "AUTH PLAIN [credentials]"));
+	free(log);
+}
+
+/* Without PLAIN in the EHLO reply: AUTH LOGIN, user name and password in
+ * two base64 lines. */
+static void test_auth_login(void **state)
+{
+	struct fixture *f = *state;
+	char cert[128], key[128];
+	int p = peer_start(f, "--tls", pki("srv.pem", cert, sizeof(cert)), pki("srv.key", key, sizeof(key)), "--ext",
+			   "STARTTLS", "--ext", "AUTH CRAM-MD5 LOGIN", "--auth-user", AUTH_USER, "--auth-pass", AUTH_PASS,
+			   "--auth-required", NULL);
+	NEED_PEER(p);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p, hop, sizeof(hop)));
+	struct tls_ctx *tls = client_ctx(false);
+	struct tc t;
+	tc_init(&t, f);
+	t.opts.tls = tls;
+	t.opts.auth_user = AUTH_USER;
+	t.opts.auth_pass = AUTH_PASS;
+	struct msg *m = add_msg(&t, "s@example.org", "x\r\n", "a@example.com", NULL);
+	run(&t, 10000);
+	tls_ctx_free(tls);
+	assert_false(t.ready_failed);
+	assert_int_equal(m->data.r[0].code, 250);
+	char lines[16][600];
+	int b[16];
+	size_t n = cmds_of(f, p, 1, lines, b, 16);
+	int i = find_cmd(lines, n, "AUTH");
+	assert_true(i == 3 && (size_t)i + 3 < n);
+	assert_string_equal(lines[i], "AUTH LOGIN");
+	assert_string_equal(lines[i + 1], AUTH_USER_B64);
+	assert_string_equal(lines[i + 2], AUTH_PASS_B64);
+	assert_true(strncmp(lines[i + 3], "MAIL FROM:", 10) == 0);
+	char *a = peer_file(f, p, "auth.1", NULL);
+	assert_non_null(a);
+	assert_string_equal(a, "LOGIN " AUTH_USER " " AUTH_PASS " ok\n");
+	free(a);
+	assert_log_clean(f);
+}
+
+/* 535 from the smarthost (an expired key): ready fails with a 4xx that
+ * carries the server's reply -- the caller defers, never bounces -- and
+ * no MAIL is sent; logged at warn without the password. */
+static void test_auth_535_deferred(void **state)
+{
+	struct fixture *f = *state;
+	char cert[128], key[128];
+	int p = peer_start(f, "--tls", pki("srv.pem", cert, sizeof(cert)), pki("srv.key", key, sizeof(key)), "--ext",
+			   "STARTTLS", "--ext", "ENHANCEDSTATUSCODES", "--ext", "AUTH PLAIN LOGIN", "--auth-reply",
+			   "535 5.7.8 Authentication credentials invalid", NULL);
+	NEED_PEER(p);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p, hop, sizeof(hop)));
+	struct tls_ctx *tls = client_ctx(false);
+	struct tc t;
+	tc_init(&t, f);
+	t.opts.tls = tls;
+	t.opts.auth_user = AUTH_USER;
+	t.opts.auth_pass = AUTH_PASS;
+	add_msg(&t, "s@example.org", "x\r\n", "a@example.com", NULL);
+	run(&t, 10000);
+	tls_ctx_free(tls);
+	assert_true(t.ready_failed);
+	assert_int_equal(t.ready_err.code, 454);
+	assert_string_equal(t.ready_err.enh, "4.7.8");
+	assert_non_null(strstr(t.ready_err.text, "535 5.7.8 Authentication credentials invalid"));
+	assert_non_null(strstr(t.ready_err.text, hop));
+	assert_false(t.msgs[0].mail.got);
+	char lines[16][600];
+	int b[16];
+	size_t n = cmds_of(f, p, 1, lines, b, 16);
+	assert_true(find_cmd(lines, n, "AUTH PLAIN") >= 0);
+	assert_true(find_cmd(lines, n, "MAIL") < 0);
+	assert_log_clean(f);
+	char *log = read_file(f->log_path, NULL);
+	char *w = strstr(log, "smtp_client_auth_failed");
+	assert_non_null(w);
+	char *ls = w;
+	while (ls > log && ls[-1] != '\n')
+		ls--;
+	*strchr(w, '\n') = '\0';
+	assert_non_null(strstr(ls, "\"warn\""));
+	assert_non_null(strstr(ls, "535"));
+	free(log);
+}
+
+/* The server offers AUTH but no STARTTLS: the credentials are not sent
+ * (4xx, no AUTH line at the peer); with auth_allow_plaintext they are. */
+static void test_auth_never_in_clear(void **state)
+{
+	struct fixture *f = *state;
+	int p = peer_start(f, "--ext", "AUTH PLAIN LOGIN", "--auth-user", AUTH_USER, "--auth-pass", AUTH_PASS,
+			   "--auth-required", NULL);
+	NEED_PEER(p);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p, hop, sizeof(hop)));
+	struct tls_ctx *tls = client_ctx(false);
+	struct tc t;
+	tc_init(&t, f);
+	t.opts.tls = tls;
+	t.opts.auth_user = AUTH_USER;
+	t.opts.auth_pass = AUTH_PASS;
+	add_msg(&t, "s@example.org", "x\r\n", "a@example.com", NULL);
+	run(&t, 10000);
+	assert_true(t.ready_failed);
+	assert_int_equal(t.ready_err.code / 100, 4);
+	assert_string_equal(t.ready_err.enh, "4.7.0");
+	assert_non_null(strstr(t.ready_err.text, "refusing to send credentials in clear text"));
+	char lines[16][600];
+	int b[16];
+	size_t n = cmds_of(f, p, 1, lines, b, 16);
+	assert_int_equal(n, 1);
+	assert_string_equal(lines[0], "EHLO client.test");
+	char *raw = peer_file(f, p, "raw.1", NULL);
+	assert_non_null(raw);
+	assert_null(strstr(raw, "AUTH"));
+	assert_null(strstr(raw, AUTH_PLAIN_B64));
+	free(raw);
+	assert_false(peer_has(f, p, "auth.1"));
+
+	/* explicitly allowed: AUTH in plaintext, the message goes */
+	tc_init(&t, f);
+	t.opts.tls = tls;
+	t.opts.auth_user = AUTH_USER;
+	t.opts.auth_pass = AUTH_PASS;
+	t.opts.auth_allow_plaintext = true;
+	struct msg *m = add_msg(&t, "s@example.org", "x\r\n", "a@example.com", NULL);
+	run(&t, 10000);
+	tls_ctx_free(tls);
+	assert_false(t.ready_failed);
+	assert_string_equal(t.tls, "");
+	assert_int_equal(m->data.r[0].code, 250);
+	n = cmds_of(f, p, 2, lines, b, 16);
+	assert_int_equal(find_cmd(lines, n, "AUTH PLAIN " AUTH_PLAIN_B64), 1);
+	assert_log_clean(f);
+}
+
+/* TLS_ENCRYPT: no STARTTLS offered, STARTTLS refused, handshake failed --
+ * each a 4xx, no MAIL, no plaintext retry. */
+static void test_encrypt_required(void **state)
+{
+	struct fixture *f = *state;
+	char cert[128], key[128];
+	int p1 = peer_start(f, "--ext", "PIPELINING", NULL);
+	NEED_PEER(p1);
+	int p2 = peer_start(f, "--ext", "STARTTLS", NULL);   /* offered, then 454 */
+	NEED_PEER(p2);
+	int p3 = peer_start(f, "--tls", pki("srv.pem", cert, sizeof(cert)), pki("srv.key", key, sizeof(key)),
+			    "--tls-garbage", "--ext", "STARTTLS", NULL);
+	NEED_PEER(p3);
+	struct tls_ctx *tls = client_ctx(false);
+	struct {
+		int peer;
+		const char *enh, *text;
+	} cases[] = {
+		{ p1, "4.7.4", "TLS required (policy encrypt) but not offered" },
+		{ p2, "4.7.4", "STARTTLS refused: 454" },
+		{ p3, "4.7.5", "TLS required (encrypt) but the handshake failed" },
+	};
+	for (size_t i = 0; i < 3; i++) {
+		char hop[64];
+		set_hops(f, 1, hop_of(f, cases[i].peer, hop, sizeof(hop)));
+		struct tc t;
+		tc_init(&t, f);
+		t.opts.tls = tls;
+		t.opts.tls_policy = TLS_ENCRYPT;
+		add_msg(&t, "s@example.org", "x\r\n", "a@example.com", NULL);
+		run(&t, 10000);
+		assert_true(t.ready_failed);
+		assert_int_equal(t.ready_err.code, 454);
+		assert_string_equal(t.ready_err.enh, cases[i].enh);
+		if (!strstr(t.ready_err.text, cases[i].text))
+			fail_msg("case %zu: \"%s\" lacks \"%s\"", i, t.ready_err.text, cases[i].text);
+		char lines[16][600];
+		int b[16];
+		size_t n = cmds_of(f, cases[i].peer, 1, lines, b, 16);
+		assert_true(n >= 1);
+		assert_true(find_cmd(lines, n, "MAIL") < 0);
+		assert_int_equal(cmds_of(f, cases[i].peer, 2, lines, b, 16), 0);    /* no second connection */
+	}
+	tls_ctx_free(tls);
+}
+
+/* TLS_VERIFY against a self-signed certificate: 4xx, nothing sent after
+ * the handshake; TLS_ENCRYPT with the same context accepts it. */
+static void test_verify_self_signed(void **state)
+{
+	struct fixture *f = *state;
+	char cert[128], key[128];
+	int p = peer_start(f, "--tls", pki("self.pem", cert, sizeof(cert)), pki("self.key", key, sizeof(key)), "--ext",
+			   "STARTTLS", NULL);
+	NEED_PEER(p);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p, hop, sizeof(hop)));
+	struct tls_ctx *tls = client_ctx(true);
+	struct tc t;
+	tc_init(&t, f);
+	t.opts.tls = tls;
+	t.opts.tls_policy = TLS_VERIFY;
+	t.opts.tls_verify_name = "peer.test";
+	add_msg(&t, "s@example.org", "x\r\n", "a@example.com", NULL);
+	run(&t, 10000);
+	assert_true(t.ready_failed);
+	assert_int_equal(t.ready_err.code, 454);
+	assert_string_equal(t.ready_err.enh, "4.7.5");
+	assert_non_null(strstr(t.ready_err.text, "self-signed certificate"));
+	char lines[16][600];
+	int b[16];
+	size_t n = cmds_of(f, p, 1, lines, b, 16);
+	assert_int_equal(n, 2);         /* EHLO, STARTTLS */
+	assert_false(peer_has(f, p, "tls.1"));
+
+	tc_init(&t, f);
+	t.opts.tls = tls;
+	t.opts.tls_policy = TLS_ENCRYPT;
+	struct msg *m = add_msg(&t, "s@example.org", "x\r\n", "a@example.com", NULL);
+	run(&t, 10000);
+	tls_ctx_free(tls);
+	assert_false(t.ready_failed);
+	assert_true(t.tls[0] != '\0');
+	assert_int_equal(m->data.r[0].code, 250);
+}
+
+/* TLS_VERIFY with a certificate from the trusted CA: by the configured
+ * name (also sent as SNI), and by default by the hop's address (IP SAN). */
+static void test_verify_ca_signed(void **state)
+{
+	struct fixture *f = *state;
+	char cert[128], key[128];
+	int p = peer_start(f, "--tls", pki("srv.pem", cert, sizeof(cert)), pki("srv.key", key, sizeof(key)), "--ext",
+			   "STARTTLS", "--ext", "PIPELINING", NULL);
+	NEED_PEER(p);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p, hop, sizeof(hop)));
+	struct tls_ctx *tls = client_ctx(true);
+	for (int i = 0; i < 2; i++) {
+		struct tc t;
+		tc_init(&t, f);
+		t.opts.tls = tls;
+		t.opts.tls_policy = TLS_VERIFY;
+		t.opts.tls_verify_name = i == 0 ? "peer.test" : NULL;
+		struct msg *m = add_msg(&t, "s@example.org", BODY_DOTS, "a@example.com", NULL);
+		run(&t, 10000);
+		assert_false(t.ready_failed);
+		assert_true(t.tls[0] != '\0');
+		assert_int_equal(m->data.r[0].code, 250);
+	}
+	tls_ctx_free(tls);
+	char *sni = peer_file(f, p, "sni.1", NULL);
+	assert_non_null(sni);
+	assert_string_equal(sni, "peer.test");
+	free(sni);
+	assert_false(peer_has(f, p, "sni.2"));      /* no SNI for an address */
+	assert_true(peer_has(f, p, "tls.2"));
+}
+
+/* TLS_VERIFY, trusted CA, wrong name: 4xx, no MAIL. */
+static void test_verify_wrong_name(void **state)
+{
+	struct fixture *f = *state;
+	char cert[128], key[128];
+	int p = peer_start(f, "--tls", pki("srv.pem", cert, sizeof(cert)), pki("srv.key", key, sizeof(key)), "--ext",
+			   "STARTTLS", NULL);
+	NEED_PEER(p);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p, hop, sizeof(hop)));
+	struct tls_ctx *tls = client_ctx(true);
+	struct tc t;
+	tc_init(&t, f);
+	t.opts.tls = tls;
+	t.opts.tls_policy = TLS_VERIFY;
+	t.opts.tls_verify_name = "smtp.example.net";
+	add_msg(&t, "s@example.org", "x\r\n", "a@example.com", NULL);
+	run(&t, 10000);
+	tls_ctx_free(tls);
+	assert_true(t.ready_failed);
+	assert_int_equal(t.ready_err.code, 454);
+	assert_string_equal(t.ready_err.enh, "4.7.5");
+	assert_non_null(strstr(t.ready_err.text, "hostname mismatch"));
+	char lines[16][600];
+	int b[16];
+	size_t n = cmds_of(f, p, 1, lines, b, 16);
+	assert_true(find_cmd(lines, n, "MAIL") < 0);
+	assert_int_equal(cmds_of(f, p, 2, lines, b, 16), 0);
+	char *sni = peer_file(f, p, "sni.1", NULL);
+	assert_non_null(sni);
+	assert_string_equal(sni, "smtp.example.net");
+	free(sni);
+}
+
+/* Implicit TLS (port 465): handshake first, greeting inside, EHLO, AUTH,
+ * message; verified; smtp_client_tls() reports it.  Towards a plaintext
+ * server the same options fail with a 4xx and never speak in clear. */
+static void test_implicit_tls_auth(void **state)
+{
+	struct fixture *f = *state;
+	char cert[128], key[128];
+	int p = peer_start(f, "--implicit-tls", "--tls", pki("srv.pem", cert, sizeof(cert)),
+			   pki("srv.key", key, sizeof(key)), "--ext", "PIPELINING", "--ext", "AUTH PLAIN LOGIN",
+			   "--auth-user", AUTH_USER, "--auth-pass", AUTH_PASS, "--auth-required", NULL);
+	NEED_PEER(p);
+	int plain = peer_start(f, "--ext", "AUTH PLAIN LOGIN", NULL);
+	NEED_PEER(plain);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p, hop, sizeof(hop)));
+	struct tls_ctx *tls = client_ctx(true);
+	struct tc t;
+	tc_init(&t, f);
+	t.opts.tls = tls;
+	t.opts.tls_on_connect = true;
+	t.opts.tls_policy = TLS_VERIFY;
+	t.opts.tls_verify_name = "peer.test";
+	t.opts.auth_user = AUTH_USER;
+	t.opts.auth_pass = AUTH_PASS;
+	struct msg *m = add_msg(&t, "s@example.org", BODY_DOTS, "a@example.com", "b@example.com", NULL);
+	run(&t, 10000);
+	assert_false(t.ready_failed);
+	assert_true(strncmp(t.tls, "TLSv1.", 6) == 0);
+	assert_true(t.had_pipelining);
+	assert_int_equal(m->mail.r.code, 250);
+	assert_int_equal(m->data.r[0].code, 250);
+	char lines[16][600];
+	int b[16];
+	size_t n = cmds_of(f, p, 1, lines, b, 16);
+	assert_true(n >= 3);
+	assert_string_equal(lines[0], "EHLO client.test");
+	assert_string_equal(lines[1], "AUTH PLAIN " AUTH_PLAIN_B64);
+	assert_true(strncmp(lines[2], "MAIL FROM:", 10) == 0);
+	assert_true(find_cmd(lines, n, "STARTTLS") < 0);
+	assert_true(peer_has(f, p, "tls.1"));
+	char *body = peer_file(f, p, "body.1", NULL);
+	assert_non_null(body);
+	assert_non_null(strstr(body, "\r\n..starts with a dot\r\n"));
+	free(body);
+
+	/* a server that speaks plaintext on that port */
+	set_hops(f, 1, hop_of(f, plain, hop, sizeof(hop)));
+	tc_init(&t, f);
+	t.opts.tls = tls;
+	t.opts.tls_on_connect = true;       /* policy MAY: still no plaintext */
+	t.opts.auth_user = AUTH_USER;
+	t.opts.auth_pass = AUTH_PASS;
+	add_msg(&t, "s@example.org", "x\r\n", "a@example.com", NULL);
+	run(&t, 10000);
+	tls_ctx_free(tls);
+	assert_true(t.ready_failed);
+	assert_int_equal(t.ready_err.code, 454);
+	assert_string_equal(t.ready_err.enh, "4.7.5");
+	assert_non_null(strstr(t.ready_err.text, "implicit TLS"));
+	char *raw = peer_file(f, plain, "raw.1", NULL);
+	assert_true(!raw || (!strstr(raw, "EHLO") && !strstr(raw, "AUTH")));
+	free(raw);
+	assert_int_equal(cmds_of(f, plain, 2, lines, b, 16), 0);
+	assert_log_clean(f);
+}
+
+/* TLS 1.2 is the floor: a server that speaks only TLS 1.1 fails the
+ * handshake (4xx under TLS_ENCRYPT); one capped at 1.2 works. */
+static void test_tls12_minimum(void **state)
+{
+	struct fixture *f = *state;
+	char cert[128], key[128];
+	int p11 = peer_start(f, "--tls", pki("srv.pem", cert, sizeof(cert)), pki("srv.key", key, sizeof(key)),
+			     "--tls-max", "1.1", "--ext", "STARTTLS", NULL);
+	NEED_PEER(p11);
+	int p12 = peer_start(f, "--tls", cert, key, "--tls-max", "1.2", "--ext", "STARTTLS", NULL);
+	NEED_PEER(p12);
+	struct tls_ctx *tls = client_ctx(false);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p11, hop, sizeof(hop)));
+	struct tc t;
+	tc_init(&t, f);
+	t.opts.tls = tls;
+	t.opts.tls_policy = TLS_ENCRYPT;
+	add_msg(&t, "s@example.org", "x\r\n", "a@example.com", NULL);
+	run(&t, 10000);
+	assert_true(t.ready_failed);
+	assert_int_equal(t.ready_err.code, 454);
+	assert_string_equal(t.ready_err.enh, "4.7.5");
+	assert_non_null(strstr(t.ready_err.text, "handshake failed"));
+	assert_false(peer_has(f, p11, "tls.1"));
+	/* the server saw the handshake fail (it writes that after its alert) */
+	bool failed = false;
+	for (int i = 0; i < 40 && !failed; i++) {
+		failed = peer_has(f, p11, "tlsfail.1");
+		if (!failed)
+			usleep(50000);
+	}
+	assert_true(failed);
+	char lines[16][600];
+	int b[16];
+	size_t n = cmds_of(f, p11, 1, lines, b, 16);
+	assert_true(find_cmd(lines, n, "MAIL") < 0);
+
+	set_hops(f, 1, hop_of(f, p12, hop, sizeof(hop)));
+	tc_init(&t, f);
+	t.opts.tls = tls;
+	t.opts.tls_policy = TLS_ENCRYPT;
+	struct msg *m = add_msg(&t, "s@example.org", "x\r\n", "a@example.com", NULL);
+	run(&t, 10000);
+	tls_ctx_free(tls);
+	assert_false(t.ready_failed);
+	assert_true(strncmp(t.tls, "TLSv1.2 ", 8) == 0);
+	assert_int_equal(m->data.r[0].code, 250);
+}
+
+/* TLS_NONE never sends STARTTLS, even when offered and a context is set. */
+static void test_tls_none(void **state)
+{
+	struct fixture *f = *state;
+	char cert[128], key[128];
+	int p = peer_start(f, "--tls", pki("srv.pem", cert, sizeof(cert)), pki("srv.key", key, sizeof(key)), "--ext",
+			   "STARTTLS", NULL);
+	NEED_PEER(p);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p, hop, sizeof(hop)));
+	struct tls_ctx *tls = client_ctx(false);
+	struct tc t;
+	tc_init(&t, f);
+	t.opts.tls = tls;
+	t.opts.tls_policy = TLS_NONE;
+	struct msg *m = add_msg(&t, "s@example.org", "x\r\n", "a@example.com", NULL);
+	run(&t, 10000);
+	tls_ctx_free(tls);
+	assert_false(t.ready_failed);
+	assert_string_equal(t.tls, "");
+	assert_true(t.had_starttls);
+	assert_int_equal(m->data.r[0].code, 250);
+	char lines[16][600];
+	int b[16];
+	size_t n = cmds_of(f, p, 1, lines, b, 16);
+	assert_true(find_cmd(lines, n, "STARTTLS") < 0);
+}
+
+/* A policy that needs TLS without a TLS context: every hop fails at once
+ * with 451 4.3.5, nothing is connected. */
+static void test_tls_policy_without_context(void **state)
+{
+	struct fixture *f = *state;
+	char h1[64];
+	snprintf(h1, sizeof(h1), "127.0.0.1:%d", closed_port());
+	set_hops(f, 1, h1);
+	for (int i = 0; i < 3; i++) {
+		struct tc t;
+		tc_init(&t, f);
+		t.opts.tls_policy = i == 0 ? TLS_ENCRYPT : i == 1 ? TLS_VERIFY : TLS_MAY;
+		t.opts.tls_on_connect = i == 2;
+		run(&t, 10000);
+		assert_true(t.ready_failed);
+		assert_int_equal(t.ready_err.code, 451);
+		assert_string_equal(t.ready_err.enh, "4.3.5");
+		assert_non_null(strstr(t.ready_err.text, "TLS"));
+	}
+	char *log = read_file(f->log_path, NULL);
+	assert_null(strstr(log, "smtp_client_connecting"));
+	free(log);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1690,6 +2344,18 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_abort_in_callback, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rotor, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unix_socket_lmtp, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_auth_plain_starttls, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_auth_login, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_auth_535_deferred, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_auth_never_in_clear, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_encrypt_required, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_verify_self_signed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_verify_ca_signed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_verify_wrong_name, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_implicit_tls_auth, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tls12_minimum, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tls_none, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tls_policy_without_context, setup, teardown),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return cmocka_run_group_tests(tests, pki_setup, pki_teardown);
 }
