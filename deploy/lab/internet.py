@@ -35,7 +35,8 @@ class Catchall:
             name = "%d.%d.%d.eml" % (time.time() * 1000, os.getpid(), self.n)
             tmp = os.path.join(d, "." + name)
             with open(tmp, "wb") as f:
-                f.write(("X-Lab-Envelope-From: <%s>\r\n" % envelope.mail_from).encode())
+                sender = (envelope.mail_from or "").strip("<>")
+                f.write(("X-Lab-Envelope-From: <%s>\r\n" % sender).encode())
                 for r in envelope.rcpt_tos:
                     if r.rsplit("@", 1)[-1].lower() == dom:
                         f.write(("X-Lab-Envelope-To: <%s>\r\n" % r).encode())

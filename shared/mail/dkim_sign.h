@@ -50,7 +50,7 @@ bool dkim_signer_has_domain(const struct dkim_signer *s, const char *domain);
  * and the number of signatures is returned.  When the From domain is not
  * ours, or there is no usable From, 0 is returned, nothing is added and why
  * says which.  -1 on error (why set, headers_out unchanged): the caller
- * should defer the message rather than send it unsigned.
+ * should defer the message rather than send it unsigned.  s is not NULL.
  *
  * Signatures are relaxed/relaxed over From, To, Cc, Subject, Date,
  * Message-ID, Reply-To, MIME-Version, Content-Type,

@@ -1994,6 +1994,14 @@ void queue_item_result(struct queue_item *it, size_t rcpt_index, int code, const
 	}
 }
 
+void queue_item_bounced(struct queue_item *it, size_t rcpt_index)
+{
+	struct envelope *env = it->f.env;
+	if (it->st != IT_ACTIVE || rcpt_index >= env->nrcpt || env->rcpts[rcpt_index].state != RCPT_FAILED)
+		return;
+	env->rcpts[rcpt_index].state = RCPT_BOUNCED;
+}
+
 void queue_item_defer(struct queue_item *it, const char *reason)
 {
 	struct envelope *env = it->f.env;

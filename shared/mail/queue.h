@@ -117,6 +117,10 @@ unsigned queue_item_attempts(const struct queue_item *it);
  * code 2xx -> done, 5xx -> failed, anything else (4xx, 0 for a
  * connection-level fault) -> stays pending for retry. */
 void queue_item_result(struct queue_item *it, size_t rcpt_index, int code, const char *reply);
+/* The sender has been told (a DSN is queued) about a failed recipient:
+ * RCPT_FAILED becomes RCPT_BOUNCED, and the message no longer needs to be
+ * kept in failed/ for it. */
+void queue_item_bounced(struct queue_item *it, size_t rcpt_index);
 /* Whole-message temporary failure (connection refused, timeout, ...):
  * every pending recipient gets this reply and stays pending. */
 void queue_item_defer(struct queue_item *it, const char *reason);

@@ -801,16 +801,24 @@ static void start_tls(struct smtp_client *c)
 {
 	struct evbuffer *in = bufferevent_get_input(c->bev);
 	size_t extra = evbuffer_get_length(in);
-	if (extra) {
+	if (extra && !c->tls_on_connect) {
 		/* a reply injected before the handshake must not be believed */
-		log_warn(c->sid, NULL, c->tls_on_connect ? "smtp_client_plaintext_before_tls"
-							 : "smtp_client_plaintext_after_starttls",
-			 "peer=%s bytes=%zu", c->peer, extra);
+		log_warn(c->sid, NULL, "smtp_client_plaintext_after_starttls", "peer=%s bytes=%zu", c->peer, extra);
 		evbuffer_drain(in, extra);
 	}
+	/* With implicit TLS, bytes already here are the server's first TLS
+	 * records -- or a plaintext greeting, which then fails the handshake
+	 * at once instead of at the timeout. */
 	SSL *ssl = SSL_new(tls_ctx_ssl(c->tls));
 	if (!ssl) {
 		tls_failed(c, "SSL_new failed");
+		return;
+	}
+	/* TLS 1.2 is the floor, whatever context the caller made */
+	int minv = SSL_get_min_proto_version(ssl);
+	if ((minv == 0 || minv < TLS1_2_VERSION) && SSL_set_min_proto_version(ssl, TLS1_2_VERSION) != 1) {
+		SSL_free(ssl);
+		tls_failed(c, "cannot set TLS 1.2 as the minimum version");
 		return;
 	}
 	/* The name the certificate must carry, also sent as SNI (not for an
@@ -1453,13 +1461,40 @@ static void rearm(struct smtp_client *c, bool force)
 
 /* ---- events and timers -------------------------------------------------- */
 
+/* The OpenSSL errors libevent saw during the handshake, "; "-separated.
+ * Besides OpenSSL's error queue libevent records the bare SSL_get_error()
+ * code (library 0): it is put in words when there is nothing better. */
 static void tls_error_text(struct bufferevent *bev, char *out, size_t outlen, int sockerr)
 {
-	unsigned long e = bufferevent_get_openssl_error(bev);
-	if (e) {
-		ERR_error_string_n(e, out, outlen);
-		while (bufferevent_get_openssl_error(bev))
-			;
+	size_t used = 0;
+	unsigned long e;
+	const char *bare = NULL;
+	out[0] = '\0';
+	while ((e = bufferevent_get_openssl_error(bev)) != 0) {
+		char one[256];
+		if (ERR_GET_LIB(e) == 0) {
+			int code = ERR_GET_REASON(e);
+			bare = code == SSL_ERROR_SYSCALL ? (sockerr ? strerror(sockerr) : "connection closed during handshake")
+			       : code == SSL_ERROR_ZERO_RETURN ? "TLS connection closed by peer"
+			       : code == SSL_ERROR_SSL ? "TLS protocol error"
+			       : "TLS error";
+			continue;
+		}
+		ERR_error_string_n(e, one, sizeof(one));
+		if (strstr(out, one))
+			continue;
+		int n = snprintf(out + used, outlen - used, "%s%s", used ? "; " : "", one);
+		if (n < 0 || (size_t)n >= outlen - used) {
+			while (bufferevent_get_openssl_error(bev))
+				;
+			break;
+		}
+		used += (size_t)n;
+	}
+	if (out[0]) {
+		return;
+	} else if (bare) {
+		snprintf(out, outlen, "%s", bare);
 	} else if (sockerr) {
 		snprintf(out, outlen, "%s", strerror(sockerr));
 	} else {
@@ -1647,6 +1682,10 @@ void smtp_client_connect_rotating(struct event_base *base, const struct smtp_cli
 	else if (tls_required(c) && !c->tls)
 		snprintf(c->config_err, sizeof(c->config_err), "TLS policy %s needs a TLS client context",
 			 policy_name(c->policy));
+	else if (c->auth_user && !c->auth_plaintext_ok && !c->tls_on_connect && (!c->tls || c->policy == TLS_NONE))
+		snprintf(c->config_err, sizeof(c->config_err),
+			 "AUTH credentials need TLS (a TLS context and a policy other than none) "
+			 "or auth_allow_plaintext");
 	else if (c->auth_user && (strlen(c->auth_user) > CRED_MAX || strlen(c->auth_pass) > CRED_MAX))
 		snprintf(c->config_err, sizeof(c->config_err), "AUTH user name or password longer than %d bytes",
 			 CRED_MAX);

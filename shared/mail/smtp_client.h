@@ -56,7 +56,9 @@ struct smtp_reply {
  *                the certificate must match tls_verify_name (default: the
  *                hop's host; an IP literal is matched against IP SANs),
  *                else 454 4.7.5.  SNI carries the name (not for an IP).
- * ENCRYPT and VERIFY need opts.tls; without it every hop fails 451 4.3.5. */
+ * ENCRYPT and VERIFY need opts.tls; without it every hop fails 451 4.3.5
+ * at once (configuration error, nothing connected).  Whatever the context,
+ * TLS 1.2 is the lowest version offered. */
 enum smtp_tls_policy {
 	TLS_MAY = 0,
 	TLS_NONE,
@@ -83,7 +85,10 @@ struct smtp_client_opts {
 	 * without PLAIN or LOGIN, and any reply but 235 (535, 534, 454, ...),
 	 * fail the hop with a 4xx (the server's 4xx code, else 454; enhanced
 	 * code 4.x.y from the server's x.y, else 4.7.0) whose text has the
-	 * server's reply.  Credentials never appear in log lines. */
+	 * server's reply.  Credentials with no way to TLS (no opts.tls or policy
+	 * NONE, no tls_on_connect) and no auth_allow_plaintext are a
+	 * configuration error: 451 4.3.5, nothing connected.  Credentials never
+	 * appear in log lines. */
 	const char *auth_user;
 	const char *auth_pass;          /* NULL: "" */
 	bool auth_allow_plaintext;
@@ -96,7 +101,8 @@ struct smtp_client_opts {
 					 * QUIT included), so a caller can wait for all to end */
 };
 
-/* ready: c is non-NULL when connected and greeted; otherwise err says why
+/* ready: c is non-NULL when connected, greeted (and authenticated, with
+ * credentials); otherwise err says why
  * every hop failed (always a 4xx code) and nothing needs freeing. */
 typedef void (*smtp_client_ready_cb)(void *arg, struct smtp_client *c, const struct smtp_reply *err);
 typedef void (*smtp_client_cb)(void *arg, const struct smtp_reply *r);

@@ -12,6 +12,7 @@
  * It may reach: its listen sockets, its spool, its next hops.
  */
 #include "stage.h"
+#include "dsn.h"
 #include "queue.h"
 #include "smtp_client.h"
 #include "../checks/chain.h"
@@ -70,6 +71,7 @@ const struct param_def server_param_defs[] = {
 	{ "retry_min", PT_TIME, "60s", 10, 86400000, NULL, SRV(retry_min), "first retry delay of a deferred message" },
 	{ "retry_max", PT_TIME, "1h", 10, 604800000, NULL, SRV(retry_max), "longest retry delay (exponential backoff)" },
 	{ "queue_lifetime", PT_TIME, "5d", 60000, 7776000000LL, NULL, SRV(queue_lifetime), "maximum time a message stays queued" },
+	{ "dsn", PT_BOOL, "yes", 0, 0, NULL, SRV(dsn), "send a delivery status notification (RFC 3464) to the sender when a recipient fails for good" },
 	{ "max_deliveries", PT_INT, "20", 1, 10000, NULL, SRV(max_deliveries), "concurrent deliveries from the queue" },
 	{ "tls_cert", PT_STR, "", 0, 0, NULL, SRV(tls_cert), "PEM certificate chain for STARTTLS (empty: no STARTTLS)" },
 	{ "tls_key", PT_STR, "", 0, 0, NULL, SRV(tls_key), "PEM private key for STARTTLS" },
@@ -943,7 +945,7 @@ struct delivery {
 static void dlv_ready(void *arg, struct smtp_client *c, const struct smtp_reply *err);
 static void group_start(struct delivery *d);
 
-static void delivery_finish(struct delivery *d)
+static void delivery_release(struct delivery *d)
 {
 	queue_item_done(d->st->queue, d->it);
 	gen_unref(d->st, d->gen);
@@ -953,6 +955,77 @@ static void delivery_finish(struct delivery *d)
 	strlist_free(&d->hops);
 	free(d->accepted);
 	free(d);
+}
+
+/* -- telling the sender about failed recipients -- */
+
+static void dsn_queued(void *arg, bool ok, const char *qid)
+{
+	struct delivery *d = arg;
+	struct envelope *e = queue_item_envelope(d->it);
+	for (size_t i = 0; i < e->nrcpt; i++) {
+		if (e->rcpts[i].state != RCPT_FAILED)
+			continue;
+		if (ok)
+			queue_item_bounced(d->it, i);
+	}
+	if (ok)
+		log_info(NULL, queue_item_id(d->it), "dsn.queued", "dsn_queue_id=%s to=%s", qid, e->sender);
+	else
+		log_error(NULL, queue_item_id(d->it), "dsn.queue_failed", "reason=%s",
+			  "the report could not be queued; the message stays in failed/");
+	delivery_release(d);
+}
+
+/* Recipients that failed for good get one report to the sender, queued
+ * durably like any message before the original lets go of them. */
+static void delivery_finish(struct delivery *d)
+{
+	struct envelope *e = queue_item_envelope(d->it);
+	size_t *failed = xcalloc(e->nrcpt ? e->nrcpt : 1, sizeof(size_t));
+	size_t nf = 0;
+	for (size_t i = 0; i < e->nrcpt; i++)
+		if (e->rcpts[i].state == RCPT_FAILED)
+			failed[nf++] = i;
+	if (!nf || !d->gen->sc->dsn) {
+		free(failed);
+		delivery_release(d);
+		return;
+	}
+	struct dsn_input in = { 0 };
+	in.kind = DSN_FAILED;
+	in.reporting_mta = d->gen->sc->hostname;
+	in.env = e;
+	in.rcpts = failed;
+	in.nrcpts = nf;
+	in.message = d->data;
+	in.len = d->len;
+	in.now = time(NULL);
+	struct buf report = BUF_INIT;
+	char why[256] = "";
+	bool built = dsn_build(&in, &report, why, sizeof(why));
+	free(failed);
+	if (!built) {
+		/* No report is due (null sender: never bounce a bounce; NOTIFY). */
+		log_info(NULL, queue_item_id(d->it), "dsn.not_sent", "reason=%s sender=%s", why, e->sender);
+		for (size_t i = 0; i < e->nrcpt; i++)
+			queue_item_bounced(d->it, i);
+		buf_free(&report);
+		delivery_release(d);
+		return;
+	}
+	struct envelope *de = envelope_new();
+	de->sender = pool_strdup(de->pool, "");
+	de->body_8bit = dsn_is_8bit(report.data, report.len);
+	de->smtputf8 = e->smtputf8;
+	de->client.addr = pool_strdup(de->pool, "127.0.0.1");
+	de->client.name = pool_strdup(de->pool, "localhost");
+	de->client.proto = pool_strdup(de->pool, "DSN");
+	envelope_add_rcpt(de, e->sender);
+	de->rcpts[0].notify = DSN_NOTIFY_NEVER;
+	queue_submit(d->st->queue, de, report.data, report.len, dsn_queued, d);
+	envelope_free(de);
+	buf_free(&report);
 }
 
 /* The current group is done: keep its connection for reuse, go on. */
@@ -1151,6 +1224,21 @@ static void deliver_item(void *arg, struct queue_item *it)
 		g->rcpt[g->n++] = i;
 	}
 	if (!d->ngroups) {
+		delivery_finish(d);
+		return;
+	}
+	/* Past the maximum lifetime: no more tries; the sender is told. */
+	long long age_ms = ((long long)time(NULL) - (long long)e->arrival) * 1000;
+	if (age_ms >= d->gen->sc->queue_lifetime) {
+		for (size_t k = 0; k < d->ngroups; k++)
+			for (size_t i = 0; i < d->groups[k].n; i++) {
+				struct env_rcpt *r = &e->rcpts[d->groups[k].rcpt[i]];
+				char text[600];
+				snprintf(text, sizeof(text), "554 5.4.7 Delivery time expired (last attempt: %s)",
+					 r->last_reply ? r->last_reply : "none");
+				queue_item_result(it, d->groups[k].rcpt[i], 554, text);
+			}
+		log_warn(NULL, queue_item_id(it), "delivery.expired", "age_s=%lld", age_ms / 1000);
 		delivery_finish(d);
 		return;
 	}

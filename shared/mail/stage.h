@@ -49,6 +49,7 @@ struct server_config {
 	long long greet_pause;
 	long long retry_min, retry_max, queue_lifetime;
 	long long max_deliveries;
+	bool dsn;
 	char *tls_cert, *tls_key;
 	struct strlist xforward_hosts;
 	struct strlist xclient_hosts;

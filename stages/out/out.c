@@ -22,12 +22,15 @@
 struct out_config {
 	struct server_config srv;
 	int mx_family;
+	long long smtp_port;
 };
 
 #define P(f) offsetof(struct out_config, f)
 static const struct param_def out_params[] = {
 	{ "mx_address_family", PT_ENUM, "ipv4-first", 0, 0, "ipv4-first|ipv6-first|ipv4-only|ipv6-only", P(mx_family),
 	  "which addresses of an MX host to try first (or only)" },
+	{ "smtp_port", PT_INT, "25", 1, 65535, NULL, P(smtp_port),
+	  "port of the MX hosts found by DNS (25; labs and tests use another)" },
 	PARAM_END
 };
 
@@ -36,6 +39,7 @@ struct out {
 	struct dns *dns;
 	const struct server_config *sc;
 	struct route_opts ropts;
+	int port;
 };
 
 static void *out_init(const void *config, const struct stage_env *env, char *why, size_t whylen)
@@ -51,6 +55,7 @@ static void *out_init(const void *config, const struct stage_env *env, char *why
 	o->sc = &c->srv;
 	o->ropts.family = (enum route_family)c->mx_family;
 	o->ropts.self_names = NULL;
+	o->port = (int)c->smtp_port;
 	return o;
 }
 
@@ -101,7 +106,7 @@ static void out_route(void *state, const char *domain,
 	struct route_req *q = xcalloc(1, sizeof(*q));
 	q->done = done;
 	q->arg = arg;
-	route_lookup(o->base, o->dns, domain, 25, &o->ropts, routed, q);
+	route_lookup(o->base, o->dns, domain, o->port, &o->ropts, routed, q);
 }
 
 /* A smarthost list (next_hops) replaces MX routing. */

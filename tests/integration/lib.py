@@ -11,8 +11,8 @@ import subprocess
 import tempfile
 import time
 
-BUILD = os.environ.get("RAMPART_BUILD") or os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "build")
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+BUILD = os.environ.get("RAMPART_BUILD") or os.path.join(REPO, "build")
 
 
 class TestFailure(AssertionError):
@@ -106,6 +106,64 @@ class Lab:
         self.sections[name] = sec
         return port
 
+    def add_out(self, name="out", **kw):
+        port = free_port()
+        self.ports[name] = port
+        sec = {
+            "listen": "127.0.0.1:%d" % port,
+            "hostname": "out.example.test",
+            "local_domains": "example.test",
+            "checks": "relay limits",
+            "mode": "queue",
+            "retry_min": "1s",
+            "retry_max": "2s",
+        }
+        sec.update(kw)
+        self.sections[name] = sec
+        return port
+
+    def add_internet(self, name="internet"):
+        """The lab's Internet: a catch-all receiver (deploy/lab/internet.py)."""
+        port = free_port()
+        self.ports[name] = port
+        os.makedirs(self.path("outbound"), exist_ok=True)
+        log = self.path("log", name + ".log")
+        p = subprocess.Popen(["/usr/bin/python3", os.path.join(REPO, "deploy", "lab", "internet.py"),
+                              "--listen", "127.0.0.1:%d" % port, "--dir", self.path("outbound")],
+                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+        self.procs[name] = p
+        wait_port(port, proc=p, log=log)
+        return port
+
+    def dns(self, records):
+        path = self.path("dns.txt")
+        with open(path, "w") as f:
+            f.write("\n".join(records) + "\n")
+        self.sections["global"]["dns_local_data"] = path
+        self.sections["global"]["dns_local_only"] = "yes"
+
+    def outbound(self, domain):
+        d = self.path("outbound", domain)
+        if not os.path.isdir(d):
+            return []
+        out = []
+        for n in sorted(os.listdir(d)):
+            if n.startswith("."):
+                continue
+            with open(os.path.join(d, n), "rb") as f:
+                out.append(f.read())
+        return out
+
+    def wait_outbound(self, domain, count, timeout=20.0):
+        end = time.time() + timeout
+        while time.time() < end:
+            m = self.outbound(domain)
+            if len(m) >= count:
+                return m
+            time.sleep(0.05)
+        raise TestFailure("%s received %d messages, expected %d; logs:\n%s" %
+                          (domain, len(self.outbound(domain)), count, self.all_logs()))
+
     def write_config(self, extra=""):
         with open(self.path("rampart.conf"), "w") as f:
             for sec, kv in self.sections.items():
@@ -153,7 +211,7 @@ class Lab:
         for name in list(self.procs):
             p = self.stop(name)
             # A sanitizer report or a crash makes the test fail.
-            if p is not None and p.returncode not in (0, None, -signal.SIGKILL):
+            if p is not None and p.returncode not in (0, None, -signal.SIGKILL) and name != "internet":
                 errors.append("%s exited with %s" % (name, p.returncode))
         for name in os.listdir(self.path("log")):
             text = tail(self.path("log", name), 100000)

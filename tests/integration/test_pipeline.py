@@ -339,32 +339,44 @@ def test_next_hop_opportunistic_starttls():
         lab.close()
 
 
-def test_failure_after_250_is_kept_not_dropped():
-    """A next hop's 5xx after our 250 must not lose the message: it is kept
-    in failed/ (until DSNs exist), counted, and listed by rampartctl."""
-    lab = Lab("failed")
-    with open(lab.path("users"), "w") as f:
-        f.write("alice@example.test 1k\nbob@example.test\n")
-    lab.add_store()
-    lab.start("store")
-    lab.add_mx(checks="relay limits")      # no recipient check at the MX
-    lab.start("mx")
-    try:
-        send_mail(lab.ports["mx"], "s@example.org", ["alice@example.test", "bob@example.test"],
-                  message("too big for alice", "x" * 3000 + "\r\n"))
-        lab.wait_mail("bob", 1)
-        for _ in range(100):
-            out = lab.ctl("queue", "list").stdout
-            if "failed" in out:
-                break
-            time.sleep(0.1)
-        check(" failed " in out and "<s@example.org>" in out, "kept in failed/: %s" % out)
-        qid = out.split()[0]
-        show = lab.ctl("queue", "show", qid).stdout
-        check("552" in show and "5.2.2" in show, "the store's refusal is recorded: %s" % show)
-        check(len(lab.maildir("bob")) == 1 and lab.maildir("alice") == [], "bob delivered once, alice refused")
-    finally:
-        lab.close()
+def test_failure_after_250_is_reported_or_kept():
+    """A next hop's 5xx after our 250 never loses the message: the sender
+    gets a DSN (here a local user, so it lands in a Maildir); with dsn = no
+    the message is kept in failed/, counted, and listed by rampartctl."""
+    import email
+    for dsn in ("yes", "no"):
+        lab = Lab("failed-" + dsn)
+        with open(lab.path("users"), "w") as f:
+            f.write("alice@example.test 1k\nbob@example.test\ncarol@example.test\n")
+        lab.add_store()
+        lab.start("store")
+        lab.add_mx(checks="relay limits", dsn=dsn)      # no recipient check at the MX
+        lab.start("mx")
+        try:
+            send_mail(lab.ports["mx"], "carol@example.test", ["alice@example.test", "bob@example.test"],
+                      message("too big for alice", "x" * 3000 + "\r\n"))
+            lab.wait_mail("bob", 1)
+            check(lab.maildir("alice") == [], "alice refused (quota)")
+            if dsn == "yes":
+                report = lab.wait_mail("carol", 1)[0]
+                m = email.message_from_bytes(report)
+                check(m.get_content_type() == "multipart/report", "a DSN: %r" % report[:400])
+                text = report.decode(errors="replace")
+                check("Return-Path: <>" in text and "alice@example.test" in text and "5.2.2" in text,
+                      "null sender, the failed recipient and its status: %s" % text[:1500])
+                check("Final-Recipient: rfc822; bob@example.test" not in text, "bob was delivered, not reported")
+                continue
+            for _ in range(100):
+                out = lab.ctl("queue", "list").stdout
+                if "failed" in out:
+                    break
+                time.sleep(0.1)
+            check(" failed " in out and "<carol@example.test>" in out, "kept in failed/: %s" % out)
+            qid = out.split()[0]
+            show = lab.ctl("queue", "show", qid).stdout
+            check("552" in show and "5.2.2" in show, "the store's refusal is recorded: %s" % show)
+        finally:
+            lab.close()
 
 
 def test_store_republishes_users_and_postmaster():

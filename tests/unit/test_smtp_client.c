@@ -2196,8 +2196,10 @@ static void test_implicit_tls_auth(void **state)
 	t.opts.auth_user = AUTH_USER;
 	t.opts.auth_pass = AUTH_PASS;
 	add_msg(&t, "s@example.org", "x\r\n", "a@example.com", NULL);
+	long long t0 = now_ms();
 	run(&t, 10000);
 	tls_ctx_free(tls);
+	assert_true(now_ms() - t0 < 2500);  /* its greeting fails the handshake, no timeout */
 	assert_true(t.ready_failed);
 	assert_int_equal(t.ready_err.code, 454);
 	assert_string_equal(t.ready_err.enh, "4.7.5");
@@ -2233,6 +2235,7 @@ static void test_tls12_minimum(void **state)
 	assert_int_equal(t.ready_err.code, 454);
 	assert_string_equal(t.ready_err.enh, "4.7.5");
 	assert_non_null(strstr(t.ready_err.text, "handshake failed"));
+	assert_non_null(strstr(t.ready_err.text, "protocol version"));
 	assert_false(peer_has(f, p11, "tls.1"));
 	/* the server saw the handshake fail (it writes that after its alert) */
 	bool failed = false;
@@ -2287,25 +2290,34 @@ static void test_tls_none(void **state)
 	assert_true(find_cmd(lines, n, "STARTTLS") < 0);
 }
 
-/* A policy that needs TLS without a TLS context: every hop fails at once
- * with 451 4.3.5, nothing is connected. */
+/* Options that cannot work -- a policy that needs TLS, or implicit TLS,
+ * without a TLS context; credentials that could only go in clear text --
+ * fail every hop at once with 451 4.3.5, nothing is connected. */
 static void test_tls_policy_without_context(void **state)
 {
 	struct fixture *f = *state;
 	char h1[64];
 	snprintf(h1, sizeof(h1), "127.0.0.1:%d", closed_port());
 	set_hops(f, 1, h1);
-	for (int i = 0; i < 3; i++) {
+	struct tls_ctx *tls = client_ctx(false);
+	for (int i = 0; i < 5; i++) {
 		struct tc t;
 		tc_init(&t, f);
-		t.opts.tls_policy = i == 0 ? TLS_ENCRYPT : i == 1 ? TLS_VERIFY : TLS_MAY;
+		t.opts.tls_policy = i == 0 ? TLS_ENCRYPT : i == 1 ? TLS_VERIFY : i == 4 ? TLS_NONE : TLS_MAY;
 		t.opts.tls_on_connect = i == 2;
+		if (i >= 3) {
+			t.opts.auth_user = AUTH_USER;
+			t.opts.auth_pass = AUTH_PASS;
+			t.opts.tls = i == 4 ? tls : NULL;
+		}
 		run(&t, 10000);
 		assert_true(t.ready_failed);
 		assert_int_equal(t.ready_err.code, 451);
 		assert_string_equal(t.ready_err.enh, "4.3.5");
 		assert_non_null(strstr(t.ready_err.text, "TLS"));
 	}
+	tls_ctx_free(tls);
+	assert_log_clean(f);
 	char *log = read_file(f->log_path, NULL);
 	assert_null(strstr(log, "smtp_client_connecting"));
 	free(log);
