@@ -10,6 +10,7 @@
  * It may reach: the configuration file, the spool directories, and the
  * stage processes (a signal to make them act on a flush).
  */
+#include "dkim_keygen.h"
 #include "checks/check.h"
 #include "mail/queue.h"
 #include "mail/stage.h"
@@ -48,7 +49,9 @@ static int usage(void)
 		"  queue show ID             one message: envelope, recipients, retries, last error\n"
 		"  queue flush [ID]          retry deferred messages now\n"
 		"  queue delete ID           remove a message\n"
-		"  queue hold ID | release ID\n");
+		"  queue hold ID | release ID\n"
+		"  dkim keygen DOMAIN SELECTOR [--ed25519] [--bits N] [--dir DIR] [--txt-only]\n"
+		"                            write a DKIM key (mode 0600) and print the DNS TXT record\n");
 	return 2;
 }
 
@@ -301,5 +304,7 @@ int main(int argc, char **argv)
 		return config_check(path, argc >= 3 && strcmp(argv[2], "--doc") == 0);
 	if (strcmp(argv[0], "queue") == 0)
 		return queue_cmd(path, instance, argc - 1, argv + 1);
+	if (strcmp(argv[0], "dkim") == 0 && argc >= 2 && strcmp(argv[1], "keygen") == 0)
+		return dkim_keygen_main(argc - 1, argv + 1);
 	return usage();
 }

@@ -60,6 +60,7 @@
 #include "../util/log.h"
 
 #include <dirent.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -1989,8 +1990,14 @@ void queue_item_result(struct queue_item *it, size_t rcpt_index, int code, const
 	} else if (code >= 500 && code < 600) {
 		r->state = RCPT_FAILED;
 	} else {
-		snprintf(it->last_temp, sizeof(it->last_temp), "%s: %d %s", r->addr, code,
-			 reply ? reply : "");
+		/* "addr: 451 4.3.0 text": the code once, whether or not the
+		 * reply text starts with it. */
+		bool has_code = reply && strlen(reply) > 3 && isdigit((unsigned char)reply[0]) &&
+				isdigit((unsigned char)reply[1]) && isdigit((unsigned char)reply[2]) && reply[3] == ' ';
+		if (has_code)
+			snprintf(it->last_temp, sizeof(it->last_temp), "%s: %s", r->addr, reply);
+		else
+			snprintf(it->last_temp, sizeof(it->last_temp), "%s: %d %s", r->addr, code, reply ? reply : "");
 	}
 }
 

@@ -498,7 +498,8 @@ static void proxy_ready(void *arg, struct smtp_client *c, const struct smtp_repl
 	proxy_send_rcpt(x);   /* keeps the session reference */
 }
 
-static struct smtp_client_opts client_opts(struct stage *st, const struct server_config *sc, const char *sid)
+static struct smtp_client_opts client_opts(struct stage *st, const struct server_config *sc, const char *sid,
+					   const char *domain)
 {
 	struct smtp_client_opts o = { 0 };
 	o.hops = &sc->next_hops;
@@ -512,7 +513,7 @@ static struct smtp_client_opts client_opts(struct stage *st, const struct server
 	o.log_sid = sid;
 	o.live = &st->clients;
 	if (st->def->client_opts && st->gen && st->gen->state)
-		st->def->client_opts(st->gen->state, &o);
+		st->def->client_opts(st->gen->state, domain ? domain : "", &o);
 	return o;
 }
 
@@ -529,7 +530,7 @@ static void proxy_rcpt(struct sess *x)
 		return;
 	}
 	x->client_connecting = true;
-	struct smtp_client_opts o = client_opts(x->st, x->gen->sc, smtp_session_id(x->s));
+	struct smtp_client_opts o = client_opts(x->st, x->gen->sc, smtp_session_id(x->s), NULL);
 	smtp_client_connect(x->st->base, &o, proxy_ready, x);
 }
 
@@ -1102,7 +1103,7 @@ static void dlv_rcpt_done(void *arg, const struct smtp_reply *r)
 		d->c = NULL;
 		d->reused = d->stale = false;
 		d->nsent = d->nreplied = 0;
-		struct smtp_client_opts o = client_opts(d->st, d->gen->sc, queue_item_id(d->it));
+		struct smtp_client_opts o = client_opts(d->st, d->gen->sc, queue_item_id(d->it), d->groups[d->cur].domain);
 		if (d->routed)
 			o.hops = &d->hops;
 		smtp_client_connect(d->st->base, &o, dlv_ready, d);
@@ -1160,7 +1161,7 @@ static void group_connect(struct delivery *d)
 		dlv_ready(d, c, NULL);
 		return;
 	}
-	struct smtp_client_opts o = client_opts(d->st, d->gen->sc, queue_item_id(d->it));
+	struct smtp_client_opts o = client_opts(d->st, d->gen->sc, queue_item_id(d->it), d->groups[d->cur].domain);
 	o.hops = hops;
 	if (d->routed) {
 		/* MX order matters: always from the best hop. */

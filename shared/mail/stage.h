@@ -109,8 +109,9 @@ struct stage_def {
 	bool (*prepare)(void *state, const struct envelope *env, const char *msg, size_t len, struct buf *add,
 			char *why, size_t whylen);
 	/* Adjust the client options for a connection to the next hops (AUTH,
-	 * TLS policy of the outgoing stage). */
-	void (*client_opts)(void *state, struct smtp_client_opts *o);
+	 * TLS policy of the outgoing stage); domain is the recipient domain
+	 * of a routed delivery, "" for the next hops / smarthost. */
+	void (*client_opts)(void *state, const char *domain, struct smtp_client_opts *o);
 	/* Routing by recipient domain (the outgoing stage): the hops for a
 	 * domain, or NULL hops and a reply (4xx: retry later; 5xx: the
 	 * recipients fail).  NULL: every recipient goes to next_hops. */

@@ -9,21 +9,37 @@
  * It may reach: its listen sockets, its spool, DNS, and any Internet MX
  * or the configured smarthosts.
  */
+#include "mail/dkim_sign.h"
 #include "mail/route.h"
 #include "mail/stage.h"
 #include "util/alloc.h"
 #include "util/log.h"
+#include "util/tls.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 struct out_config {
 	struct server_config srv;
 	int mx_family;
 	long long smtp_port;
+	int tls_policy;
+	struct strlist tls_policy_domains;
+	char *tls_ca_file;
+	int smarthost_tls;
+	bool smarthost_implicit_tls;
+	char *smarthost_user;
+	char *smarthost_password_file;
+	char *dkim_keytable;
 };
+
+/* The order of the choices is enum smtp_tls_policy's. */
+#define TLS_CHOICES "may|none|encrypt|verify"
 
 #define P(f) offsetof(struct out_config, f)
 static const struct param_def out_params[] = {
@@ -31,25 +47,154 @@ static const struct param_def out_params[] = {
 	  "which addresses of an MX host to try first (or only)" },
 	{ "smtp_port", PT_INT, "25", 1, 65535, NULL, P(smtp_port),
 	  "port of the MX hosts found by DNS (25; labs and tests use another)" },
+	{ "tls_policy", PT_ENUM, "may", 0, 0, "may|none|encrypt", P(tls_policy),
+	  "TLS towards MX hosts: may (opportunistic), none, encrypt (required, certificate not checked)" },
+	{ "tls_policy_domains", PT_LIST, "", 0, 0, NULL, P(tls_policy_domains),
+	  "per destination domain: DOMAIN:may|none|encrypt entries overriding tls_policy" },
+	{ "tls_ca_file", PT_STR, "", 0, 0, NULL, P(tls_ca_file),
+	  "CA certificates for smarthost_tls = verify (empty: the system store)" },
+	{ "smarthost_tls", PT_ENUM, "may", 0, 0, TLS_CHOICES, P(smarthost_tls),
+	  "TLS towards the smarthosts (next_hops): may, none, encrypt, or verify (certificate and name checked)" },
+	{ "smarthost_implicit_tls", PT_BOOL, "no", 0, 0, NULL, P(smarthost_implicit_tls),
+	  "the smarthosts speak TLS from the first byte (port 465, RFC 8314)" },
+	{ "smarthost_user", PT_STR, "", 0, 0, NULL, P(smarthost_user),
+	  "AUTH user at the smarthosts (empty: no AUTH); credentials only ever go over TLS" },
+	{ "dkim_keytable", PT_STR, "", 0, 0, NULL, P(dkim_keytable),
+	  "DKIM key table: 'DOMAIN SELECTOR rsa-sha256|ed25519-sha256 KEYFILE' lines; mail From those domains is signed" },
+	{ "smarthost_password_file", PT_STR, "", 0, 0, NULL, P(smarthost_password_file),
+	  "file holding the AUTH password or API key (first line), readable by rampart only" },
 	PARAM_END
+};
+
+struct domain_policy {
+	char *domain;
+	enum smtp_tls_policy policy;
 };
 
 struct out {
 	struct event_base *base;
 	struct dns *dns;
+	const struct out_config *c;
 	const struct server_config *sc;
 	struct route_opts ropts;
 	int port;
+	enum smtp_tls_policy mx_policy;
+	struct domain_policy *policies;
+	size_t npolicies;
+	struct tls_ctx *verify_ctx;     /* for smarthost_tls = verify */
+	char *password;
+	struct dkim_signer *dkim;       /* keys parsed once, at start-up */
 };
+
+static const enum smtp_tls_policy policy_of[] = { TLS_MAY, TLS_NONE, TLS_ENCRYPT, TLS_VERIFY };
+
+static bool parse_policy(const char *word, enum smtp_tls_policy *out)
+{
+	static const char *names[] = { "may", "none", "encrypt" };
+	for (size_t i = 0; i < 3; i++)
+		if (strcasecmp(word, names[i]) == 0) {
+			*out = policy_of[i];
+			return true;
+		}
+	return false;
+}
+
+/* The password: the first line of a file, read once at start-up. */
+static char *read_secret(const char *path, char *why, size_t whylen)
+{
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		snprintf(why, whylen, "smarthost_password_file: %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	char line[1100];
+	char *r = fgets(line, sizeof(line), f);
+	fclose(f);
+	if (!r) {
+		snprintf(why, whylen, "smarthost_password_file: %s: empty", path);
+		return NULL;
+	}
+	line[strcspn(line, "\r\n")] = '\0';
+	if (!*line) {
+		snprintf(why, whylen, "smarthost_password_file: %s: empty first line", path);
+		return NULL;
+	}
+	char *p = xstrdup(line);
+	memset(line, 0, sizeof(line));
+	return p;
+}
+
+static bool check_config(const struct out_config *c, struct out *o, char *why, size_t whylen)
+{
+	if (c->srv.mode != MODE_QUEUE) {
+		snprintf(why, whylen, "mode: the outgoing stage works in queue mode only (it must never lose mail)");
+		return false;
+	}
+	for (size_t i = 0; i < c->tls_policy_domains.n; i++) {
+		const char *e = c->tls_policy_domains.v[i];
+		const char *colon = strrchr(e, ':');
+		enum smtp_tls_policy pol;
+		if (!colon || colon == e || !parse_policy(colon + 1, &pol)) {
+			snprintf(why, whylen, "tls_policy_domains: '%s': expected DOMAIN:may|none|encrypt", e);
+			return false;
+		}
+		if (o) {
+			o->policies = xrealloc(o->policies, (o->npolicies + 1) * sizeof(*o->policies));
+			o->policies[o->npolicies].domain = xstrndup(e, (size_t)(colon - e));
+			o->policies[o->npolicies].policy = pol;
+			o->npolicies++;
+		}
+	}
+	if (*c->smarthost_user && !*c->smarthost_password_file) {
+		snprintf(why, whylen, "smarthost_user is set: smarthost_password_file must name the file with the password");
+		return false;
+	}
+	if (*c->smarthost_user && c->srv.next_hops.n == 0) {
+		snprintf(why, whylen, "smarthost_user is set but next_hops (the smarthosts) is empty");
+		return false;
+	}
+	if (*c->smarthost_user && policy_of[c->smarthost_tls] == TLS_NONE && !c->smarthost_implicit_tls) {
+		snprintf(why, whylen, "smarthost_tls = none with smarthost_user: credentials are never sent in clear text");
+		return false;
+	}
+	return true;
+}
+
+static void out_free(void *state);
 
 static void *out_init(const void *config, const struct stage_env *env, char *why, size_t whylen)
 {
 	const struct out_config *c = config;
-	if (c->srv.mode != MODE_QUEUE) {
-		snprintf(why, whylen, "mode: the outgoing stage works in queue mode only (it must never lose mail)");
+	struct out *o = xcalloc(1, sizeof(*o));
+	o->c = c;
+	if (!check_config(c, o, why, whylen)) {
+		out_free(o);
 		return NULL;
 	}
-	struct out *o = xcalloc(1, sizeof(*o));
+	o->mx_policy = policy_of[c->tls_policy];
+	if (policy_of[c->smarthost_tls] == TLS_VERIFY) {
+		o->verify_ctx = tls_client_new(*c->tls_ca_file ? c->tls_ca_file : NULL, true, why, whylen);
+		if (!o->verify_ctx) {
+			out_free(o);
+			return NULL;
+		}
+	}
+	if (*c->smarthost_user) {
+		o->password = read_secret(c->smarthost_password_file, why, whylen);
+		if (!o->password) {
+			out_free(o);
+			return NULL;
+		}
+	}
+	if (*c->dkim_keytable) {
+		char dwhy[512];
+		o->dkim = dkim_signer_new(c->dkim_keytable, dwhy, sizeof(dwhy));
+		if (!o->dkim) {
+			snprintf(why, whylen, "dkim_keytable: %s", dwhy);
+			out_free(o);
+			return NULL;
+		}
+	}
 	o->base = env->base;
 	o->dns = env->dns;
 	o->sc = &c->srv;
@@ -63,16 +208,79 @@ static bool out_validate(const void *config, const struct global_config *g, char
 {
 	(void)g;
 	const struct out_config *c = config;
-	if (c->srv.mode != MODE_QUEUE) {
-		snprintf(why, whylen, "mode: the outgoing stage works in queue mode only (it must never lose mail)");
+	if (!check_config(c, NULL, why, whylen))
 		return false;
+	if (*c->smarthost_user) {
+		char *p = read_secret(c->smarthost_password_file, why, whylen);
+		if (!p)
+			return false;
+		free(p);
+	}
+	if (*c->dkim_keytable) {
+		char dwhy[512];
+		struct dkim_signer *d = dkim_signer_new(c->dkim_keytable, dwhy, sizeof(dwhy));
+		if (!d) {
+			snprintf(why, whylen, "dkim_keytable: %s", dwhy);
+			return false;
+		}
+		dkim_signer_free(d);
 	}
 	return true;
 }
 
 static void out_free(void *state)
 {
-	free(state);
+	struct out *o = state;
+	for (size_t i = 0; i < o->npolicies; i++)
+		free(o->policies[i].domain);
+	free(o->policies);
+	tls_ctx_free(o->verify_ctx);
+	if (o->dkim)
+		dkim_signer_free(o->dkim);
+	if (o->password) {
+		memset(o->password, 0, strlen(o->password));
+		free(o->password);
+	}
+	free(o);
+}
+
+/* Sign what leaves from our domains, once, before it is queued. */
+static bool out_prepare(void *state, const struct envelope *env, const char *msg, size_t len, struct buf *add,
+			char *why, size_t whylen)
+{
+	(void)env;
+	struct out *o = state;
+	if (!o->dkim)
+		return true;
+	char dwhy[256] = "";
+	int n = dkim_sign_message(o->dkim, msg, len, add, dwhy, sizeof(dwhy));
+	if (n < 0) {
+		snprintf(why, whylen, "DKIM signing failed: %s", dwhy);
+		return false;
+	}
+	return true;
+}
+
+/* TLS policy and AUTH for one connection. */
+static void out_client_opts(void *state, const char *domain, struct smtp_client_opts *opts)
+{
+	struct out *o = state;
+	const struct out_config *c = o->c;
+	if (!*domain) {       /* the smarthosts */
+		opts->tls_policy = policy_of[c->smarthost_tls];
+		opts->tls_on_connect = c->smarthost_implicit_tls;
+		if (opts->tls_policy == TLS_VERIFY)
+			opts->tls = o->verify_ctx;
+		if (o->password) {
+			opts->auth_user = c->smarthost_user;
+			opts->auth_pass = o->password;
+		}
+		return;
+	}
+	opts->tls_policy = o->mx_policy;
+	for (size_t i = 0; i < o->npolicies; i++)
+		if (strcasecmp(o->policies[i].domain, domain) == 0)
+			opts->tls_policy = o->policies[i].policy;
 }
 
 /* -- routing -- */
@@ -127,4 +335,6 @@ const struct stage_def out_stage = {
 	.validate = out_validate,
 	.route = out_route,
 	.route_all = out_route_all,
+	.client_opts = out_client_opts,
+	.prepare = out_prepare,
 };

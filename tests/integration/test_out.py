@@ -90,3 +90,133 @@ def test_out_refuses_proxy_mode():
     out = lab.ctl("config", "check")
     check(out.returncode != 0 and "queue mode only" in out.stderr, "proxy mode refused: %s" % out.stderr)
     lab.close()
+
+
+def test_smarthost_auth_failure_defers_then_flush_delivers():
+    """A provider that refuses our API key (535) must not turn mail into
+    bounces: the messages wait; with the key fixed and a flush they go,
+    each exactly once, and credentials only ever travel over TLS."""
+    import glob
+    import os
+    import signal
+    import subprocess
+    from lib import REPO
+
+    lab = Lab("smarthost-auth")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=smtp.provider.example", "-keyout", lab.path("key.pem"), "-out", lab.path("cert.pem")],
+                   check=True, capture_output=True)
+    rec = lab.path("provider")
+    os.makedirs(rec)
+    provider = subprocess.Popen(["/usr/bin/python3", os.path.join(REPO, "tests", "unit", "peer_smtp.py"), "--dir", rec,
+                                 "--ext", "PIPELINING", "--ext", "STARTTLS", "--ext", "AUTH PLAIN LOGIN",
+                                 "--tls", lab.path("cert.pem"), lab.path("key.pem"),
+                                 "--auth-user", "app1", "--auth-pass", "right-key", "--auth-required"],
+                                stdout=subprocess.PIPE, text=True)
+    port = int(provider.stdout.readline())
+    with open(lab.path("api-key"), "w") as f:
+        f.write("expired-key\n")
+    lab.add_out(next_hops="127.0.0.1:%d" % port, smarthost_user="app1",
+                smarthost_password_file=lab.path("api-key"), smarthost_tls="encrypt", retry_min="1h", retry_max="2h")
+    lab.sections["check.relay"] = {"relay_networks": "127.0.0.0/8"}
+    lab.start("out", binary="rampart-out")
+    try:
+        for i in range(3):
+            send_mail(lab.ports["out"], "app@example.test", ["user%d@example.net" % i], message("app %d" % i))
+        end = time.time() + 20
+        while time.time() < end:
+            out = lab.ctl("-n", "out", "queue", "list").stdout
+            if out.count("tries=1") == 3:
+                break
+            time.sleep(0.2)
+        import re
+        check(out.strip().endswith("3 messages") and not re.search(r"^\S{16}\s+failed\s", out, re.M),
+              "deferred, not bounced: %s" % out)
+        check(out.count("tries=1") == 3 and "535 5.7.8" in out and "454 4.7.8" in out,
+              "the AUTH refusal, as a temporary failure, is the last error: %s" % out)
+        check(glob.glob(os.path.join(rec, "body.*")) == [], "nothing delivered with a bad key")
+
+        with open(lab.path("api-key"), "w") as f:
+            f.write("right-key\n")
+        lab.procs["out"].send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        check(lab.ctl("-n", "out", "queue", "flush").returncode == 0, "flush")
+        end = time.time() + 20
+        while time.time() < end and len(glob.glob(os.path.join(rec, "body.*"))) < 3:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        check(len(glob.glob(os.path.join(rec, "body.*"))) == 3, "all three delivered exactly once")
+        for a in glob.glob(os.path.join(rec, "auth.*")):
+            conn = a.rsplit(".", 1)[1]
+            check(os.path.exists(os.path.join(rec, "tls." + conn)), "AUTH on connection %s without TLS" % conn)
+        for _ in range(50):
+            if lab.ctl("-n", "out", "queue", "list").stdout.strip().endswith("0 messages"):
+                break
+            time.sleep(0.1)
+        check(lab.ctl("-n", "out", "queue", "list").stdout.strip().endswith("0 messages"), "queue empty")
+    finally:
+        provider.terminate()
+        provider.wait(10)
+        lab.close()
+
+
+def test_dkim_dual_signing_verifies_independently():
+    """Mail from our domain leaves signed with RSA and ed25519 (keys made
+    by rampartctl dkim keygen); python3-dkim and opendkim both verify it.
+    Mail from another domain is not signed."""
+    import os
+    import subprocess
+    from lib import BUILD, REPO
+
+    lab = Lab("dkim")
+    keys = []
+    table = []
+    for sel, extra, alg in (("r2026", [], "rsa-sha256"), ("e2026", ["--ed25519"], "ed25519-sha256")):
+        p = subprocess.run([os.path.join(BUILD, "rampartctl"), "dkim", "keygen", "example.test", sel, "--dir",
+                            lab.dir, "--txt-only"] + extra, capture_output=True, text=True, timeout=30)
+        check(p.returncode == 0, "keygen: %s" % p.stderr)
+        keys.append(p.stdout.strip())
+        key = os.path.join(lab.dir, "%s._domainkey.example.test.key" % sel)
+        check(oct(os.stat(key).st_mode & 0o777) == "0o600", "key file mode 0600")
+        table.append("example.test %s %s %s" % (sel, alg, key))
+    with open(lab.path("keys.txt"), "w") as f:
+        f.write("\n".join(keys) + "\n")
+    with open(lab.path("keytable"), "w") as f:
+        f.write("\n".join(table) + "\n")
+    lab.add_internet()
+    lab.dns(["example.net. 3600 IN MX 10 mx.example.net.", "mx.example.net. 3600 IN A 127.0.0.1"])
+    lab.add_out(smtp_port=str(lab.ports["internet"]), dkim_keytable=lab.path("keytable"))
+    lab.sections["check.relay"] = {"relay_networks": "127.0.0.0/8"}
+    # Full allocation stacks, so the suppression of libopendkim's known
+    # ed25519 key leak (tests/lsan.supp) can see its frame.
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    lab.start("out", binary="rampart-out", env={"ASAN_OPTIONS": (asan + ":" if asan else "") + "fast_unwind_on_malloc=0"})
+    try:
+        body = ("From: Alice <alice@Example.Test>\r\nTo: bob@example.net\r\nSubject: signed\r\n"
+                "Message-ID: <signed@example.test>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\n"
+                "Hello Bob.\r\n.dot line\r\n")
+        send_mail(lab.ports["out"], "alice@example.test", ["bob@example.net"], body)
+        send_mail(lab.ports["out"], "x@elsewhere.example", ["bob@example.net"],
+                  body.replace("alice@Example.Test", "x@elsewhere.example"))
+        msgs = lab.wait_outbound("example.net", 2)
+        signed = [m for m in msgs if b"alice@Example.Test" in m][0]
+        other = [m for m in msgs if b"x@elsewhere.example" in m][0]
+        check(signed.count(b"DKIM-Signature:") == 2, "two signatures: %r" % signed[:1500])
+        check(b"DKIM-Signature:" not in other, "foreign From is not signed")
+        # Strip the lab receiver's envelope lines: they are not part of the message.
+        msg = b"\r\n".join(l for l in signed.split(b"\r\n") if not l.startswith(b"X-Lab-Envelope"))
+        with open(lab.path("signed.eml"), "wb") as f:
+            f.write(msg)
+        v = subprocess.run(["/usr/bin/python3", os.path.join(REPO, "tests", "unit", "dkim_verify.py"),
+                            lab.path("keys.txt"), lab.path("signed.eml")], capture_output=True, text=True, timeout=30)
+        check(v.returncode == 0 and v.stdout.count(" pass") == 2, "python3-dkim verifies both: %s %s" % (v.stdout, v.stderr))
+        with open(lab.path("opendkim.conf"), "w") as f:
+            f.write("TestPublicKeys %s\nMode v\n" % lab.path("keys.txt"))
+        o = subprocess.run(["opendkim", "-x", lab.path("opendkim.conf"), "-vvv", "-t", lab.path("signed.eml")],
+                           capture_output=True, text=True, timeout=30)
+        text = o.stdout + o.stderr
+        check("verification (s=r2026 d=example.test, 2048-bit key) succeeded" in text or "dkim=pass" in text,
+              "opendkim verifies: %s" % text[-800:])
+        check("fail" not in text.lower() or "dkim=pass" in text, "opendkim: %s" % text[-800:])
+    finally:
+        lab.close()

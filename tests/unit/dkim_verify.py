@@ -16,7 +16,11 @@ failed or there was none, 2 on a usage or input error.
 import re
 import sys
 
-import dkim
+try:
+    import dkim
+except ImportError as e:  # the Debian package python3-dkim, for /usr/bin/python3
+    print("error: python3-dkim is missing (%s): apt-get install python3-dkim" % e, file=sys.stderr)
+    sys.exit(2)
 
 
 def load_keys(path):

@@ -264,6 +264,9 @@ static char *od_verify(struct fixture *f, const char *path)
 	char *text;
 	FILE *c;
 
+	if (access(f->opendkim, X_OK) != 0)
+		fail_msg("%s: %s: install the Debian package opendkim (or set RAMPART_TEST_OPENDKIM)",
+			 f->opendkim, strerror(errno));
 	snprintf(conf, sizeof conf, "%s/opendkim.conf", f->dir);
 	c = fopen(conf, "w");
 	assert_non_null(c);
