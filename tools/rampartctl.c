@@ -12,6 +12,7 @@
  */
 #include "dkim_keygen.h"
 #include "checks/check.h"
+#include "mail/ledger.h"
 #include "mail/queue.h"
 #include "mail/stage.h"
 #include "util/alloc.h"
@@ -50,6 +51,8 @@ static int usage(void)
 		"  queue flush [ID]          retry deferred messages now\n"
 		"  queue delete ID           remove a message\n"
 		"  queue hold ID | release ID\n"
+		"  stats senders [sender|domain|login] [--top N]\n"
+		"                            per-sender accounting of an outgoing instance (-n out)\n"
 		"  dkim keygen DOMAIN SELECTOR [--ed25519] [--bits N] [--dir DIR] [--txt-only]\n"
 		"                            write a DKIM key (mode 0600) and print the DNS TXT record\n");
 	return 2;
@@ -304,6 +307,29 @@ int main(int argc, char **argv)
 		return config_check(path, argc >= 3 && strcmp(argv[2], "--doc") == 0);
 	if (strcmp(argv[0], "queue") == 0)
 		return queue_cmd(path, instance, argc - 1, argv + 1);
+	if (strcmp(argv[0], "stats") == 0 && argc >= 2 && strcmp(argv[1], "senders") == 0) {
+		const char *kind = NULL;
+		size_t top = 0;
+		for (int i = 2; i < argc; i++) {
+			if (strcmp(argv[i], "--top") == 0 && i + 1 < argc)
+				top = (size_t)strtoul(argv[++i], NULL, 10);
+			else if (!strcmp(argv[i], "sender") || !strcmp(argv[i], "domain") || !strcmp(argv[i], "login"))
+				kind = argv[i];
+			else
+				return usage();
+		}
+		char spool[1024], state_dir[1024], ledger[2100], why[512];
+		if (strcmp(instance, "mx") == 0)
+			instance = "out";
+		if (!spool_of(path, instance, spool, sizeof(spool), state_dir, sizeof(state_dir)))
+			return 1;
+		snprintf(ledger, sizeof(ledger), "%s/ledger.%s", state_dir, instance);
+		if (!ledger_print(ledger, kind, top, stdout, why, sizeof(why))) {
+			fprintf(stderr, "rampartctl: stats senders: %s\n", why);
+			return 1;
+		}
+		return 0;
+	}
 	if (strcmp(argv[0], "dkim") == 0 && argc >= 2 && strcmp(argv[1], "keygen") == 0)
 		return dkim_keygen_main(argc - 1, argv + 1);
 	return usage();

@@ -243,7 +243,7 @@ static struct generation *gen_load(struct stage *st, bool dry, char *why, size_t
 		}
 	} else if (!dry && st->def->init) {
 		char swhy[512] = "";
-		struct stage_env senv = { &g->g, st->instance, st->base, st->dns };
+		struct stage_env senv = { &g->g, st->instance, st->base, st->dns, st->metrics };
 		g->state = st->def->init(g->conf, &senv, swhy, sizeof(swhy));
 		if (!g->state) {
 			snprintf(why, whylen, "%s: [%s] %s", st->config_path, st->instance, swhy);
@@ -405,6 +405,8 @@ static void queued(void *arg, bool ok, const char *qid)
 	if (ok) {
 		if (x->st->m_messages)
 			metric_inc(x->st->m_messages, "result=\"queued\"");
+		if (t && x->st->def->accepted && x->gen->state)
+			x->st->def->accepted(x->gen->state, t->env, x->out_len);
 		log_info(smtp_session_id(x->s), qid, "message.queued", "from=%s nrcpt=%zu size=%zu correlation=%s",
 			 t ? t->env->sender : "", t ? t->env->nrcpt : 0, x->out_len,
 			 t ? t->env->correlation_id : "");
@@ -1063,6 +1065,8 @@ static void dlv_result(struct delivery *d, size_t ri, const struct smtp_reply *r
 	if (d->st->m_deliveries)
 		metric_inc(r->code >= 200 && r->code < 300 ? d->st->m_deliveries :
 			   r->code >= 500 ? d->st->m_bounces : d->st->m_deferrals, NULL);
+	if (d->st->def->outcome && d->gen->state)
+		d->st->def->outcome(d->gen->state, e, ri, r->code, text);
 }
 
 /* The whole current group gets this reply (no connection, route failure). */

@@ -71,11 +71,13 @@ extern const struct param_def server_param_defs[];
 /* What a stage's init gets besides its parameters. */
 struct event_base;
 struct dns;
+struct metrics;
 struct stage_env {
 	const struct global_config *g;
 	const char *instance;
 	struct event_base *base;
 	struct dns *dns;                /* the process's resolver */
+	struct metrics *metrics;
 };
 
 /* One message to deliver locally (the store): the stage answers every
@@ -119,6 +121,10 @@ struct stage_def {
 		      void (*done)(void *arg, const struct strlist *hops, const struct smtp_reply *err), void *arg);
 	/* true: route is not used now (a smarthost is configured). */
 	bool (*route_all)(void *state);
+	/* Accounting: a message was accepted (queued); one recipient's
+	 * delivery attempt ended with code (reply: the text recorded). */
+	void (*accepted)(void *state, const struct envelope *env, size_t bytes);
+	void (*outcome)(void *state, const struct envelope *env, size_t rcpt, int code, const char *reply);
 	/* What init would refuse, without its side effects (rampart-X -t,
 	 * rampartctl config check).  NULL: nothing beyond the parameters. */
 	bool (*validate)(const void *config, const struct global_config *g, char *why, size_t whylen);

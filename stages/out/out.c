@@ -10,10 +10,12 @@
  * or the configured smarthosts.
  */
 #include "mail/dkim_sign.h"
+#include "mail/ledger.h"
 #include "mail/route.h"
 #include "mail/stage.h"
 #include "util/alloc.h"
 #include "util/log.h"
+#include "util/metrics.h"
 #include "util/tls.h"
 
 #include <ctype.h>
@@ -84,6 +86,10 @@ struct out {
 	struct tls_ctx *verify_ctx;     /* for smarthost_tls = verify */
 	char *password;
 	struct dkim_signer *dkim;       /* keys parsed once, at start-up */
+	struct ledger *ledger;          /* per-sender accounting */
+	char *ledger_path;
+	unsigned ticks;
+	struct metric *m_msgs, *m_rcpts, *m_bytes, *m_auth_fail;
 };
 
 static const enum smtp_tls_policy policy_of[] = { TLS_MAY, TLS_NONE, TLS_ENCRYPT, TLS_VERIFY };
@@ -172,6 +178,18 @@ static void *out_init(const void *config, const struct stage_env *env, char *why
 		return NULL;
 	}
 	o->mx_policy = policy_of[c->tls_policy];
+	o->ledger = ledger_new(100000);
+	o->ledger_path = xasprintf("%s/ledger.%s", env->g->state_dir, env->instance);
+	char lwhy[512];
+	if (!ledger_load(o->ledger, o->ledger_path, lwhy, sizeof(lwhy)))
+		log_warn(NULL, NULL, "ledger.load_failed", "error=%s", lwhy);
+	if (env->metrics) {
+		o->m_msgs = metrics_counter(env->metrics, "rampart_sender_messages_total", "Messages accepted, by sender domain.");
+		o->m_rcpts = metrics_counter(env->metrics, "rampart_sender_recipients_total", "Recipients accepted, by sender domain.");
+		o->m_bytes = metrics_counter(env->metrics, "rampart_sender_bytes_total", "Bytes accepted, by sender domain.");
+		o->m_auth_fail = metrics_counter(env->metrics, "rampart_smarthost_auth_failures_total",
+						 "Deliveries deferred because the smarthost refused our credentials.");
+	}
 	if (policy_of[c->smarthost_tls] == TLS_VERIFY) {
 		o->verify_ctx = tls_client_new(*c->tls_ca_file ? c->tls_ca_file : NULL, true, why, whylen);
 		if (!o->verify_ctx) {
@@ -237,11 +255,57 @@ static void out_free(void *state)
 	tls_ctx_free(o->verify_ctx);
 	if (o->dkim)
 		dkim_signer_free(o->dkim);
+	if (o->ledger) {
+		char why[512];
+		if (!ledger_save(o->ledger, o->ledger_path, why, sizeof(why)))
+			log_error(NULL, NULL, "ledger.save_failed", "error=%s", why);
+		ledger_free(o->ledger);
+	}
+	free(o->ledger_path);
 	if (o->password) {
 		memset(o->password, 0, strlen(o->password));
 		free(o->password);
 	}
 	free(o);
+}
+
+/* -- accounting -- */
+
+static void out_accepted(void *state, const struct envelope *env, size_t bytes)
+{
+	struct out *o = state;
+	ledger_accepted(o->ledger, env->sender, env->client.login, env->nrcpt, bytes);
+	if (o->m_msgs) {
+		char labels[400];
+		struct buf b = BUF_INIT;
+		const char *at = strrchr(env->sender, '@');
+		metrics_escape_label(&b, at ? at + 1 : "");
+		snprintf(labels, sizeof(labels), "sender_domain=\"%s\"", buf_cstr(&b));
+		buf_free(&b);
+		metric_inc(o->m_msgs, labels);
+		metric_add(o->m_rcpts, labels, (double)env->nrcpt);
+		metric_add(o->m_bytes, labels, (double)bytes);
+	}
+}
+
+static void out_outcome(void *state, const struct envelope *env, size_t rcpt, int code, const char *reply)
+{
+	(void)rcpt;
+	struct out *o = state;
+	ledger_outcome(o->ledger, env->sender, env->client.login, code);
+	if (o->m_auth_fail && code >= 400 && code < 500 && reply && strstr(reply, "AUTH"))
+		metric_inc(o->m_auth_fail, NULL);
+}
+
+/* Saved every 10 s, and at exit: counts survive restarts. */
+static void out_tick(void *state)
+{
+	struct out *o = state;
+	if (++o->ticks % 10)
+		return;
+	char why[512];
+	if (!ledger_save(o->ledger, o->ledger_path, why, sizeof(why)))
+		log_error(NULL, NULL, "ledger.save_failed", "error=%s", why);
 }
 
 /* Sign what leaves from our domains, once, before it is queued. */
@@ -337,4 +401,7 @@ const struct stage_def out_stage = {
 	.route_all = out_route_all,
 	.client_opts = out_client_opts,
 	.prepare = out_prepare,
+	.accepted = out_accepted,
+	.outcome = out_outcome,
+	.tick = out_tick,
 };

@@ -220,3 +220,32 @@ def test_dkim_dual_signing_verifies_independently():
         check("fail" not in text.lower() or "dkim=pass" in text, "opendkim: %s" % text[-800:])
     finally:
         lab.close()
+
+
+def test_per_sender_accounting_survives_restart():
+    import urllib.request
+    from lib import free_port
+    mport = free_port()
+    lab = _lab(metrics_listen="127.0.0.1:%d" % mport)
+    try:
+        for i in range(3):
+            send_mail(lab.ports["out"], "app1@example.test", ["u%d@example.net" % i, "v%d@example.org" % i],
+                      message("acct %d" % i))
+        send_mail(lab.ports["out"], "batch@example.test", ["x@nullmx.example"], message("acct x"))
+        lab.wait_outbound("example.net", 3)
+        time.sleep(1)
+        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
+        check('rampart_sender_messages_total{stage="out",instance="out",sender_domain="example.test"} 4' in text,
+              "per sender domain on /metrics: %s" % text[-1200:])
+        lab.stop("out")            # saves the ledger
+        lab.start("out", binary="rampart-out")
+        out = lab.ctl("-n", "out", "stats", "senders", "sender").stdout
+        rows = {l.split()[1]: l.split() for l in out.splitlines()[1:]}
+        check("app1@example.test" in rows and rows["app1@example.test"][2:5] == ["3", "6", rows["app1@example.test"][4]],
+              "app1: 3 messages, 6 recipients: %s" % out)
+        check(rows["app1@example.test"][5] == "6", "app1: 6 delivered: %s" % out)
+        check(rows["batch@example.test"][7] == "1", "batch: 1 bounced (null MX): %s" % out)
+        dom = lab.ctl("-n", "out", "stats", "senders", "domain").stdout
+        check("example.test" in dom and " 4 " in dom, "by domain: %s" % dom)
+    finally:
+        lab.close()
