@@ -98,7 +98,11 @@ static int config_check(const char *path, bool doc)
 		config_section_stage(secs[i], stage, sizeof(stage));
 		const struct param_set *set = NULL;
 		if (strcmp(stage, "check") == 0) {
-			const struct check_def *d = check_find(secs[i] + 6);
+			/* [check.NAME] or [check.NAME.INSTANCE] */
+			char cname[64];
+			snprintf(cname, sizeof(cname), "%s", secs[i] + 6);
+			cname[strcspn(cname, ".")] = '\0';
+			const struct check_def *d = check_find(cname);
 			if (!d) {
 				fprintf(stderr, "rampartctl: %s: [%s]: no such check\n", path, secs[i]);
 				rc = 1;

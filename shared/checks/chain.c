@@ -69,8 +69,12 @@ struct chain *chain_new_defs(const struct config *cfg, const struct check_def *c
 		struct chain_item *it = &c->items[c->n++];
 		it->def = d;
 		if (d->params) {
-			char section[96];
-			snprintf(section, sizeof(section), "check.%s", d->name);
+			/* [check.NAME.INSTANCE] (this instance's own settings)
+			 * replaces [check.NAME] (everyone's) when present. */
+			char section[160];
+			snprintf(section, sizeof(section), "check.%s.%s", d->name, env->instance ? env->instance : "");
+			if (!env->instance || !cfg || !config_has_section(cfg, section))
+				snprintf(section, sizeof(section), "check.%s", d->name);
 			it->params = xcalloc(1, d->params->size);
 			struct config_error err;
 			if (!config_bind(cfg, section, d->params, it->params, &err)) {
