@@ -1540,6 +1540,11 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	st->m_deliveries = metrics_counter(st->metrics, "rampart_deliveries_total", "Recipients delivered.");
 	st->m_deferrals = metrics_counter(st->metrics, "rampart_deferrals_total", "Recipients deferred (4xx or unreachable).");
 	st->m_bounces = metrics_counter(st->metrics, "rampart_failures_total", "Recipients failed permanently (5xx).");
+	/* Present from the start (at 0), so rates and sums work at once. */
+	metric_add(st->m_deliveries, NULL, 0);
+	metric_add(st->m_deferrals, NULL, 0);
+	metric_add(st->m_bounces, NULL, 0);
+	metric_add(st->m_sessions, NULL, 0);
 
 	if (*sc->tls_cert) {
 		st->tls = tls_server_new(sc->tls_cert, *sc->tls_key ? sc->tls_key : sc->tls_cert, why, sizeof(why));

@@ -189,6 +189,7 @@ static void *out_init(const void *config, const struct stage_env *env, char *why
 		o->m_bytes = metrics_counter(env->metrics, "rampart_sender_bytes_total", "Bytes accepted, by sender domain.");
 		o->m_auth_fail = metrics_counter(env->metrics, "rampart_smarthost_auth_failures_total",
 						 "Deliveries deferred because the smarthost refused our credentials.");
+		metric_add(o->m_auth_fail, NULL, 0);
 	}
 	if (policy_of[c->smarthost_tls] == TLS_VERIFY) {
 		o->verify_ctx = tls_client_new(*c->tls_ca_file ? c->tls_ca_file : NULL, true, why, whylen);
