@@ -99,7 +99,7 @@ enum qf_tag {
 #define QF_FLAG_8BIT     1u
 #define QF_FLAG_SMTPUTF8 2u
 
-#define EXPIRED_REPLY   "4.4.7 message expired in queue"
+#define EXPIRED_REPLY   "5.4.7 message expired in queue"
 #define FLUSH_MARKER    "flush"
 #define BUSY_RETRY_MS   1000
 #define WHY_MAX         256

@@ -70,7 +70,7 @@ const struct param_def server_param_defs[] = {
 	{ "greet_pause", PT_TIME, "0", 0, 60000, NULL, SRV(greet_pause), "wait before the banner; clients talking first are refused" },
 	{ "retry_min", PT_TIME, "60s", 10, 86400000, NULL, SRV(retry_min), "first retry delay of a deferred message" },
 	{ "retry_max", PT_TIME, "1h", 10, 604800000, NULL, SRV(retry_max), "longest retry delay (exponential backoff)" },
-	{ "queue_lifetime", PT_TIME, "5d", 60000, 7776000000LL, NULL, SRV(queue_lifetime), "maximum time a message stays queued" },
+	{ "queue_lifetime", PT_TIME, "5d", 5000, 7776000000LL, NULL, SRV(queue_lifetime), "maximum time a message stays queued" },
 	{ "dsn", PT_BOOL, "yes", 0, 0, NULL, SRV(dsn), "send a delivery status notification (RFC 3464) to the sender when a recipient fails for good" },
 	{ "max_deliveries", PT_INT, "20", 1, 10000, NULL, SRV(max_deliveries), "concurrent deliveries from the queue" },
 	{ "tls_cert", PT_STR, "", 0, 0, NULL, SRV(tls_cert), "PEM certificate chain for STARTTLS (empty: no STARTTLS)" },
@@ -960,6 +960,39 @@ static void delivery_release(struct delivery *d)
 	free(d);
 }
 
+/* -- the maximum lifetime -- */
+
+static long long wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Past queue_lifetime, every recipient still pending fails with 5.4.7 here
+ * (so the sender is told below), before the queue would expire it on its
+ * own.  Checked before an attempt and again after it, on the same clock
+ * as the queue's schedule.  Returns true if the message has expired. */
+static bool expire_pending(struct delivery *d)
+{
+	struct envelope *e = queue_item_envelope(d->it);
+	long long age_ms = wall_ms() - (long long)e->arrival * 1000;
+	if (age_ms < d->gen->sc->queue_lifetime)
+		return false;
+	for (size_t k = 0; k < d->ngroups; k++)
+		for (size_t i = 0; i < d->groups[k].n; i++) {
+			struct env_rcpt *r = &e->rcpts[d->groups[k].rcpt[i]];
+			if (r->state != RCPT_PENDING)
+				continue;
+			char text[600];
+			snprintf(text, sizeof(text), "554 5.4.7 Delivery time expired (last attempt: %s)",
+				 r->last_reply ? r->last_reply : "none");
+			queue_item_result(d->it, d->groups[k].rcpt[i], 554, text);
+		}
+	log_warn(NULL, queue_item_id(d->it), "delivery.expired", "age_s=%lld", age_ms / 1000);
+	return true;
+}
+
 /* -- telling the sender about failed recipients -- */
 
 static void dsn_queued(void *arg, bool ok, const char *qid)
@@ -984,6 +1017,7 @@ static void dsn_queued(void *arg, bool ok, const char *qid)
  * durably like any message before the original lets go of them. */
 static void delivery_finish(struct delivery *d)
 {
+	expire_pending(d);
 	struct envelope *e = queue_item_envelope(d->it);
 	size_t *failed = xcalloc(e->nrcpt ? e->nrcpt : 1, sizeof(size_t));
 	size_t nf = 0;
@@ -1233,17 +1267,7 @@ static void deliver_item(void *arg, struct queue_item *it)
 		return;
 	}
 	/* Past the maximum lifetime: no more tries; the sender is told. */
-	long long age_ms = ((long long)time(NULL) - (long long)e->arrival) * 1000;
-	if (age_ms >= d->gen->sc->queue_lifetime) {
-		for (size_t k = 0; k < d->ngroups; k++)
-			for (size_t i = 0; i < d->groups[k].n; i++) {
-				struct env_rcpt *r = &e->rcpts[d->groups[k].rcpt[i]];
-				char text[600];
-				snprintf(text, sizeof(text), "554 5.4.7 Delivery time expired (last attempt: %s)",
-					 r->last_reply ? r->last_reply : "none");
-				queue_item_result(it, d->groups[k].rcpt[i], 554, text);
-			}
-		log_warn(NULL, queue_item_id(it), "delivery.expired", "age_s=%lld", age_ms / 1000);
+	if (expire_pending(d)) {
 		delivery_finish(d);
 		return;
 	}

@@ -533,7 +533,7 @@ static void test_lifetime_expiry(void **state)
 	assert_int_equal(st.failed, 1);
 	assert_true(log_contains(c, "\"level\":\"warn\""));
 	assert_true(log_contains(c, "\"event\":\"expired\""));
-	assert_true(log_contains(c, "4.4.7 message expired in queue"));
+	assert_true(log_contains(c, "5.4.7 message expired in queue"));
 }
 
 static void test_corrupt_files_moved_aside(void **state)
