@@ -51,6 +51,7 @@ static int usage(void)
 		"  queue flush [ID]          retry deferred messages now\n"
 		"  queue delete ID           remove a message\n"
 		"  queue hold ID | release ID\n"
+		"  queue requeue ID          failed recipients are tried again (from failed/ too)\n"
 		"  stats senders [sender|domain|login] [--top N]\n"
 		"                            per-sender accounting of an outgoing instance (-n out)\n"
 		"  dkim keygen DOMAIN SELECTOR [--ed25519] [--bits N] [--dir DIR] [--txt-only]\n"
@@ -276,8 +277,11 @@ static int queue_cmd(const char *path, const char *instance, int argc, char **ar
 		ok = queue_delete(spool, qid, why, sizeof(why));
 	else if (strcmp(op, "hold") == 0)
 		ok = queue_hold(spool, qid, why, sizeof(why));
-	else if (strcmp(op, "release") == 0) {
-		ok = queue_release(spool, qid, why, sizeof(why));
+	else if (strcmp(op, "release") == 0 || strcmp(op, "requeue") == 0) {
+		if (strcmp(op, "release") == 0)
+			ok = queue_release(spool, qid, why, sizeof(why));
+		else
+			ok = queue_requeue(spool, qid, why, sizeof(why));
 		if (ok)
 			poke(state_dir, instance);
 	} else

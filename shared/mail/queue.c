@@ -2446,6 +2446,64 @@ bool queue_release(const char *dir, const char *qid, char *why, size_t whylen)
 	return ok;
 }
 
+/* Failed (or bounced) recipients of qid become pending again, the retry
+ * count starts over and the message is due now; from failed/ or hold/ it
+ * goes back to active/.  For a message a next hop refused by mistake. */
+bool queue_requeue(const char *dir, const char *qid, char *why, size_t whylen)
+{
+	struct spool sp;
+	const char *where;
+	int dirfd;
+	if (!admin_find(dir, qid, &sp, &dirfd, &where, why, whylen))
+		return false;
+	bool ok = false;
+	if (dirfd == sp.corrupt) {
+		snprintf(why, whylen, "message is in corrupt/: it cannot be read");
+		spool_close(&sp);
+		return false;
+	}
+	int fd = open_locked(dirfd, qid, O_RDWR, why, whylen);
+	if (fd >= 0) {
+		struct qfile f;
+		if (qf_read(fd, qid, false, &f, why, whylen)) {
+			size_t n = 0;
+			int e = 0;
+			unsigned char rec[RS_SIZE];
+			for (uint32_t i = 0; i < f.nrcpt && !e; i++) {
+				struct env_rcpt *r = &f.env->rcpts[i];
+				if (r->state != RCPT_FAILED && r->state != RCPT_BOUNCED)
+					continue;
+				r->state = RCPT_PENDING;
+				rs_encode(rec, r, 0, now_ms());
+				e = pwrite_full(fd, rec, RS_SIZE, f.rcpt_off + (off_t)i * RS_SIZE);
+				n++;
+			}
+			unsigned char blk[RETRY_SIZE];
+			f.retry.attempts = 0;
+			f.retry.next_try_ms = 0;
+			retry_encode(blk, &f.retry);
+			if (!e)
+				e = pwrite_full(fd, blk, RETRY_SIZE, f.retry_off);
+			if (!e)
+				e = sync_fd(fd, true);
+			if (e)
+				snprintf(why, whylen, "update: %s", strerror(e));
+			else if (n == 0 && envelope_pending(f.env) == 0)
+				snprintf(why, whylen, "no recipient left to deliver");
+			else
+				ok = dirfd == sp.active || move_msg(dirfd, sp.active, qid, why, whylen);
+			if (ok)
+				log_info(NULL, qid, "queue_requeued", "from=%s recipients=%zu", where, n);
+			qf_free(&f);
+		}
+		close(fd);
+	}
+	if (ok)
+		touch_flush_marker(&sp);
+	spool_close(&sp);
+	return ok;
+}
+
 int queue_flush(const char *dir, const char *qid)
 {
 	struct spool sp;

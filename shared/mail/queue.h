@@ -169,6 +169,9 @@ bool queue_show(const char *dir, const char *qid, FILE *out);
 bool queue_delete(const char *dir, const char *qid, char *why, size_t whylen);
 bool queue_hold(const char *dir, const char *qid, char *why, size_t whylen);
 bool queue_release(const char *dir, const char *qid, char *why, size_t whylen);
+/* Recipients that failed become pending again (attempts start over); the
+ * message returns to active/ (from failed/ or hold/) and is due now. */
+bool queue_requeue(const char *dir, const char *qid, char *why, size_t whylen);
 /* Make all (or one) deferred messages due now; the daemon picks them up on
  * its next scan or at once when signalled.  Returns how many were made due
  * (messages out for delivery are skipped), -1 for a bad qid, a qid not in

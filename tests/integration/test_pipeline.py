@@ -375,6 +375,16 @@ def test_failure_after_250_is_reported_or_kept():
             qid = out.split()[0]
             show = lab.ctl("queue", "show", qid).stdout
             check("552" in show and "5.2.2" in show, "the store's refusal is recorded: %s" % show)
+            # The administrator raises the quota and sends it again.
+            with open(lab.path("users"), "w") as f:
+                f.write("alice@example.test 1m\nbob@example.test\ncarol@example.test\n")
+            time.sleep(1.5)
+            r = lab.ctl("queue", "requeue", qid)
+            check(r.returncode == 0, "requeue: %s" % r.stderr)
+            lab.wait_mail("alice", 1)
+            time.sleep(0.5)
+            check(len(lab.maildir("bob")) == 1, "bob is not delivered twice")
+            check(lab.ctl("queue", "list").stdout.strip().endswith("0 messages"), "nothing left")
         finally:
             lab.close()
 
