@@ -25,6 +25,7 @@
  * message/global) for SMTPUTF8 messages is a later improvement.
  */
 #include "dsn.h"
+#include "address.h"
 #include "envelope.h"
 #include "../util/alloc.h"
 #include "../util/buf.h"
@@ -42,7 +43,7 @@
 #define FOLD_COLS      78      /* fold header-like lines here when words allow */
 #define TEXT_COLS      76      /* wrap of the human-readable part */
 #define HOST_MAX       255
-#define ADDR_MAX       600     /* bytes of one address quoted */
+#define DSN_ADDR_MAX       600     /* bytes of one address quoted */
 #define REPLY_MAX      1000    /* bytes of one reply quoted */
 #define ENVID_MAX      200     /* RFC 3461: 100 characters, xtext may double that */
 #define ORCPT_MAX      600     /* RFC 3461: 500 characters */
@@ -251,46 +252,23 @@ static void put_date(struct buf *b, time_t t)
 		   off / 60, off % 60);
 }
 
-static int hexval(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
 /* Decode the RFC 3461 xtext s[0..n) into b if it is well formed and its
  * decoded form is printable US-ASCII (a header-like field can carry it as
  * is); false, b unchanged, otherwise. */
 static bool put_xtext_decoded(struct buf *b, const char *s, size_t n)
 {
-	size_t start = b->len;
-
-	for (size_t i = 0; i < n;) {
-		unsigned char c = (unsigned char)s[i];
-		if (c == '+') {
-			int hi = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
-			int lo = hi < 0 ? -1 : hexval((unsigned char)s[i + 2]);
-			if (lo < 0)
-				goto bad;
-			c = (unsigned char)(hi * 16 + lo);
-			i += 3;
-		} else if (c >= 33 && c <= 126 && c != '=') {
-			i++;
-		} else {
-			goto bad;
-		}
-		if (c < 0x20 || c > 0x7E)
-			goto bad;
-		buf_putc(b, (char)c);
-	}
+	char in[ENVID_MAX * 3 + 1], out[ENVID_MAX * 3 + 1];
+	if (n >= sizeof(in))
+		return false;
+	memcpy(in, s, n);
+	in[n] = '\0';
+	if (!xtext_decode(in, out, sizeof(out)))
+		return false;
+	for (const char *p = out; *p; p++)
+		if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+			return false;
+	buf_puts(b, out);
 	return true;
-bad:
-	buf_truncate(b, start);
-	return false;
 }
 
 /* An RFC 3461 xtext value for a DSN field: decoded when that gives
@@ -454,7 +432,7 @@ static void build_text(struct ctx *c, struct buf *b)
 		struct diag d;
 		diag_parse(r, in->kind, &d);
 		buf_puts(b, "<");
-		put_clean(b, r->addr, ADDR_MAX, c->utf8);
+		put_clean(b, r->addr, DSN_ADDR_MAX, c->utf8);
 		buf_puts(b, ">\r\n    ");
 		buf_reset(&c->tmp);
 		if (d.smtp) {
@@ -505,12 +483,12 @@ static void build_text(struct ctx *c, struct buf *b)
 static void put_recipient_field(struct buf *b, const char *name, const char *addr)
 {
 	buf_printf(b, "%s: ", name);
-	if (dsn_is_8bit(addr, strnlen(addr, ADDR_MAX))) {
+	if (dsn_is_8bit(addr, strnlen(addr, DSN_ADDR_MAX))) {
 		buf_puts(b, "utf-8; ");
-		put_utf8_xtext(b, addr, ADDR_MAX);
+		put_utf8_xtext(b, addr, DSN_ADDR_MAX);
 	} else {
 		buf_puts(b, "rfc822; ");
-		put_clean(b, addr, ADDR_MAX, false);
+		put_clean(b, addr, DSN_ADDR_MAX, false);
 	}
 	buf_puts(b, "\r\n");
 }
@@ -794,7 +772,7 @@ bool dsn_build(const struct dsn_input *in, struct buf *out, char *why, size_t wh
 	else
 		buf_printf(&m, "MAILER-DAEMON@%s", c.host);
 	buf_puts(&m, ">\r\nTo: <");
-	put_clean(&m, to, ADDR_MAX, c.utf8);
+	put_clean(&m, to, DSN_ADDR_MAX, c.utf8);
 	buf_puts(&m, ">\r\n");
 	buf_printf(&m, "Subject: %s\r\n", in->kind == DSN_FAILED ? "Undelivered Mail Returned to Sender"
 								  : "Delayed Mail (still being retried)");
