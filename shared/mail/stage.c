@@ -677,6 +677,47 @@ static void deliver_local(struct sess *x)
 	free(rl);
 }
 
+/* -- the message is complete: hand it on -- */
+
+static void message_ready(struct sess *x)
+{
+	struct smtp_session *s = x->s;
+	if (x->st->def->deliver) {
+		deliver_local(x);
+	} else if (x->gen->sc->mode == MODE_PROXY) {
+		proxy_message(x);
+	} else {
+		struct smtp_txn *t = smtp_session_txn(s);
+		smtp_session_ref(s);
+		queue_submit(x->st->queue, t->env, x->out_data, x->out_len, queued, x);
+	}
+}
+
+static void prepared(void *arg, bool ok, struct buf *add, const char *why)
+{
+	struct sess *x = arg;
+	struct smtp_session *s = x->s;
+	struct smtp_txn *t = smtp_session_txn(s);
+	if (smtp_session_closed(s) || !t) {
+		smtp_session_unref(s);
+		return;
+	}
+	if (!ok) {
+		log_error(smtp_session_id(s), t->qid, "message.prepare_failed", "error=%s", why ? why : "");
+		smtp_session_reply(s, 451, "4.3.0", "Temporary local problem, try again later");
+	} else {
+		if (add && add->len) {
+			struct buf b = BUF_INIT;
+			buf_append(&b, add->data, add->len);
+			buf_append(&b, x->out_data, x->out_len);
+			free(x->out_data);
+			x->out_data = buf_steal(&b, &x->out_len);
+		}
+		message_ready(x);
+	}
+	smtp_session_unref(s);
+}
+
 /* -- chain results -- */
 
 static void after_chain(void *arg, const struct verdict *v)
@@ -723,31 +764,14 @@ static void after_chain(void *arg, const struct verdict *v)
 	case SMTP_HOOK_MESSAGE: {
 		x->out_data = build_outgoing(x, &x->out_len);
 		if (x->st->def->prepare) {
-			struct buf add = BUF_INIT;
-			char why[256] = "";
-			struct smtp_txn *t = smtp_session_txn(s);
-			if (!x->st->def->prepare(x->gen->state, t->env, x->out_data, x->out_len, &add, why, sizeof(why))) {
-				log_error(smtp_session_id(s), t->qid, "message.prepare_failed", "error=%s", why);
-				buf_free(&add);
-				smtp_session_reply(s, 451, "4.3.0", "Temporary local problem, try again later");
-				break;
-			}
-			if (add.len) {
-				buf_append(&add, x->out_data, x->out_len);
-				free(x->out_data);
-				x->out_data = buf_steal(&add, &x->out_len);
-			}
-			buf_free(&add);
-		}
-		if (x->st->def->deliver) {
-			deliver_local(x);
-		} else if (sc->mode == MODE_PROXY) {
-			proxy_message(x);
-		} else {
-			struct smtp_txn *t = smtp_session_txn(s);
+			/* The stage's last look (DKIM signing) may run on another
+			 * thread; the session waits, referenced. */
 			smtp_session_ref(s);
-			queue_submit(x->st->queue, t->env, x->out_data, x->out_len, queued, x);
+			struct smtp_txn *t = smtp_session_txn(s);
+			x->st->def->prepare(x->gen->state, t->env, x->out_data, x->out_len, prepared, x);
+			break;
 		}
+		message_ready(x);
 		break;
 	}
 	default:

@@ -105,11 +105,12 @@ struct stage_def {
 	/* Called about once a second (housekeeping: re-reading files). */
 	void (*tick)(void *state);
 	/* Last look at an accepted message before it is queued or relayed
-	 * (the outgoing stage signs it with DKIM here): the complete message
-	 * as it will be stored is msg; headers to put on top go to add (CRLF
-	 * lines).  false: the message cannot be taken now (why; 451). */
-	bool (*prepare)(void *state, const struct envelope *env, const char *msg, size_t len, struct buf *add,
-			char *why, size_t whylen);
+	 * (the outgoing stage signs it with DKIM here).  msg stays valid
+	 * until done runs; done runs from the event loop, once: ok with
+	 * headers to put on top in add (CRLF lines; may be NULL or empty),
+	 * or not ok with why (the client gets 451). */
+	void (*prepare)(void *state, const struct envelope *env, const char *msg, size_t len,
+			void (*done)(void *arg, bool ok, struct buf *add, const char *why), void *arg);
 	/* Adjust the client options for a connection to the next hops (AUTH,
 	 * TLS policy of the outgoing stage); domain is the recipient domain
 	 * of a routed delivery, "" for the next hops / smarthost. */

@@ -19,6 +19,10 @@
 #include "util/tls.h"
 
 #include <ctype.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+#include <event2/event.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -85,7 +89,7 @@ struct out {
 	size_t npolicies;
 	struct tls_ctx *verify_ctx;     /* for smarthost_tls = verify */
 	char *password;
-	struct dkim_signer *dkim;       /* keys parsed once, at start-up */
+	struct signers *dkim;           /* signing threads, keys checked at start-up */
 	struct ledger *ledger;          /* per-sender accounting */
 	char *ledger_path;
 	unsigned ticks;
@@ -168,6 +172,193 @@ static bool check_config(const struct out_config *c, struct out *o, char *why, s
 
 static void out_free(void *state);
 
+/* -- DKIM signing on worker threads --
+ *
+ * Signing costs about a millisecond with RSA-2048 (libopendkim parses the
+ * key for every signature), so it runs on its own threads, one signer
+ * each (a signer serves one thread at a time), and the event loop goes on
+ * serving sessions meanwhile.  Finished jobs come back through an
+ * eventfd. */
+
+#define SIGN_THREADS 2
+
+struct sign_job {
+	const char *msg;
+	size_t len;
+	struct buf add;
+	bool ok;
+	char why[256];
+	void (*done)(void *arg, bool ok, struct buf *add, const char *why);
+	void *arg;
+	struct sign_job *next;
+};
+
+struct signers {
+	pthread_t th[SIGN_THREADS];
+	struct dkim_signer *signer[SIGN_THREADS];
+	size_t nthreads;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct sign_job *todo, **todo_tail, *done;
+	bool stop;
+	int efd;
+	struct event *ev;
+};
+
+struct sign_worker {
+	struct signers *p;
+	size_t i;
+};
+
+static void *sign_main(void *arg)
+{
+	struct sign_worker *w = arg;
+	struct signers *p = w->p;
+	struct dkim_signer *signer = p->signer[w->i];
+	free(w);
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		while (!p->todo && !p->stop)
+			pthread_cond_wait(&p->cv, &p->mu);
+		if (!p->todo && p->stop)
+			break;
+		struct sign_job *j = p->todo;
+		p->todo = j->next;
+		if (!p->todo)
+			p->todo_tail = &p->todo;
+		pthread_mutex_unlock(&p->mu);
+		int n = dkim_sign_message(signer, j->msg, j->len, &j->add, j->why, sizeof(j->why));
+		j->ok = n >= 0;
+		pthread_mutex_lock(&p->mu);
+		j->next = p->done;
+		p->done = j;
+		uint64_t one = 1;
+		ssize_t wr = write(p->efd, &one, sizeof(one));
+		(void)wr;
+	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+static void sign_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)what;
+	struct signers *p = arg;
+	uint64_t v;
+	ssize_t rd = read(fd, &v, sizeof(v));
+	(void)rd;
+	pthread_mutex_lock(&p->mu);
+	struct sign_job *list = p->done;
+	p->done = NULL;
+	pthread_mutex_unlock(&p->mu);
+	/* oldest first */
+	struct sign_job *rev = NULL;
+	while (list) {
+		struct sign_job *n = list->next;
+		list->next = rev;
+		rev = list;
+		list = n;
+	}
+	while (rev) {
+		struct sign_job *j = rev;
+		rev = j->next;
+		char why[300];
+		snprintf(why, sizeof(why), "DKIM signing failed: %s", j->why);
+		j->done(j->arg, j->ok, &j->add, j->ok ? NULL : why);
+		buf_free(&j->add);
+		free(j);
+	}
+}
+
+static void signers_free(struct signers *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->stop = true;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	for (size_t i = 0; i < p->nthreads; i++)
+		pthread_join(p->th[i], NULL);
+	/* Jobs still waiting belong to sessions that are gone by now (a
+	 * generation is freed only when no session uses it). */
+	for (struct sign_job *j = p->todo, *n; j; j = n) {
+		n = j->next;
+		buf_free(&j->add);
+		free(j);
+	}
+	for (struct sign_job *j = p->done, *n; j; j = n) {
+		n = j->next;
+		buf_free(&j->add);
+		free(j);
+	}
+	for (size_t i = 0; i < SIGN_THREADS; i++)
+		if (p->signer[i])
+			dkim_signer_free(p->signer[i]);
+	if (p->ev)
+		event_free(p->ev);
+	if (p->efd >= 0)
+		close(p->efd);
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->cv);
+	free(p);
+}
+
+static struct signers *signers_new(struct event_base *base, const char *keytable, char *why, size_t whylen)
+{
+	struct signers *p = xcalloc(1, sizeof(*p));
+	p->efd = -1;
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->cv, NULL);
+	p->todo_tail = &p->todo;
+	for (size_t i = 0; i < SIGN_THREADS; i++) {
+		char dwhy[512];
+		p->signer[i] = dkim_signer_new(keytable, dwhy, sizeof(dwhy));
+		if (!p->signer[i]) {
+			snprintf(why, whylen, "dkim_keytable: %s", dwhy);
+			signers_free(p);
+			return NULL;
+		}
+	}
+	p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (p->efd < 0 || !base) {
+		snprintf(why, whylen, "dkim: cannot create the signing threads' event");
+		signers_free(p);
+		return NULL;
+	}
+	p->ev = event_new(base, p->efd, EV_READ | EV_PERSIST, sign_done_cb, p);
+	event_add(p->ev, NULL);
+	for (size_t i = 0; i < SIGN_THREADS; i++) {
+		struct sign_worker *w = xcalloc(1, sizeof(*w));
+		w->p = p;
+		w->i = i;
+		if (pthread_create(&p->th[i], NULL, sign_main, w) != 0) {
+			free(w);
+			snprintf(why, whylen, "dkim: cannot start a signing thread");
+			signers_free(p);
+			return NULL;
+		}
+		p->nthreads++;
+	}
+	return p;
+}
+
+static void signers_submit(struct signers *p, const char *msg, size_t len,
+			   void (*done)(void *arg, bool ok, struct buf *add, const char *why), void *arg)
+{
+	struct sign_job *j = xcalloc(1, sizeof(*j));
+	j->msg = msg;
+	j->len = len;
+	j->done = done;
+	j->arg = arg;
+	pthread_mutex_lock(&p->mu);
+	*p->todo_tail = j;
+	p->todo_tail = &j->next;
+	pthread_cond_signal(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+
 static void *out_init(const void *config, const struct stage_env *env, char *why, size_t whylen)
 {
 	const struct out_config *c = config;
@@ -206,10 +397,8 @@ static void *out_init(const void *config, const struct stage_env *env, char *why
 		}
 	}
 	if (*c->dkim_keytable) {
-		char dwhy[512];
-		o->dkim = dkim_signer_new(c->dkim_keytable, dwhy, sizeof(dwhy));
+		o->dkim = signers_new(env->base, c->dkim_keytable, why, whylen);
 		if (!o->dkim) {
-			snprintf(why, whylen, "dkim_keytable: %s", dwhy);
 			out_free(o);
 			return NULL;
 		}
@@ -254,8 +443,7 @@ static void out_free(void *state)
 		free(o->policies[i].domain);
 	free(o->policies);
 	tls_ctx_free(o->verify_ctx);
-	if (o->dkim)
-		dkim_signer_free(o->dkim);
+	signers_free(o->dkim);
 	if (o->ledger) {
 		char why[512];
 		if (!ledger_save(o->ledger, o->ledger_path, why, sizeof(why)))
@@ -310,20 +498,16 @@ static void out_tick(void *state)
 }
 
 /* Sign what leaves from our domains, once, before it is queued. */
-static bool out_prepare(void *state, const struct envelope *env, const char *msg, size_t len, struct buf *add,
-			char *why, size_t whylen)
+static void out_prepare(void *state, const struct envelope *env, const char *msg, size_t len,
+			void (*done)(void *arg, bool ok, struct buf *add, const char *why), void *arg)
 {
 	(void)env;
 	struct out *o = state;
-	if (!o->dkim)
-		return true;
-	char dwhy[256] = "";
-	int n = dkim_sign_message(o->dkim, msg, len, add, dwhy, sizeof(dwhy));
-	if (n < 0) {
-		snprintf(why, whylen, "DKIM signing failed: %s", dwhy);
-		return false;
+	if (!o->dkim) {
+		done(arg, true, NULL, NULL);
+		return;
 	}
-	return true;
+	signers_submit(o->dkim, msg, len, done, arg);
 }
 
 /* TLS policy and AUTH for one connection. */
