@@ -186,7 +186,13 @@ class Lab:
                              stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=e)
         self.procs[name] = p
         if wait:
-            wait_port(self.ports[name], proc=p, log=log)
+            try:
+                wait_port(self.ports[name], proc=p, log=log)
+            except TestFailure:
+                # Nothing of this lab may outlive a failed start.
+                for other in list(self.procs):
+                    self.stop(other)
+                raise
         return p
 
     def log(self, name):
