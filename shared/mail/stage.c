@@ -271,9 +271,7 @@ struct sess {
 	enum smtp_hook_kind kind;
 	/* proxy mode */
 	struct smtp_client *client;
-	bool client_connecting;
 	bool client_failed;
-	struct smtp_reply client_err;
 	size_t proxied_rcpts;           /* RCPTs accepted by the next hop */
 	bool *rcpt_ok;                  /* per envelope recipient: accepted by next hop */
 	size_t rcpt_ok_cap;
@@ -480,11 +478,11 @@ static void proxy_mail_done(void *arg, const struct smtp_reply *r)
 static void proxy_ready(void *arg, struct smtp_client *c, const struct smtp_reply *err)
 {
 	struct sess *x = arg;
-	x->client_connecting = false;
 	struct smtp_txn *t = smtp_session_txn(x->s);
 	if (!c) {
 		x->client_failed = true;
-		x->client_err = *err;
+		log_warn(smtp_session_id(x->s), t ? t->qid : NULL, "proxy.next_hop_unavailable", "code=%d reason=%s",
+			 err->code, err->text);
 		if (!smtp_session_closed(x->s))
 			smtp_session_reply(x->s, 451, "4.4.1", "Next hop unavailable, try again later");
 		smtp_session_unref(x->s);
@@ -500,9 +498,12 @@ static void proxy_ready(void *arg, struct smtp_client *c, const struct smtp_repl
 	proxy_send_rcpt(x);   /* keeps the session reference */
 }
 
-static struct smtp_client_opts client_opts(struct stage *st, const struct server_config *sc, const char *sid,
+/* Client options from one generation of the configuration: its
+ * parameters and its stage state (AUTH, TLS policy) together. */
+static struct smtp_client_opts client_opts(struct stage *st, const struct generation *gen, const char *sid,
 					   const char *domain)
 {
+	const struct server_config *sc = gen->sc;
 	struct smtp_client_opts o = { 0 };
 	o.hops = &sc->next_hops;
 	o.lmtp = sc->next_protocol == NEXT_LMTP;
@@ -514,8 +515,8 @@ static struct smtp_client_opts client_opts(struct stage *st, const struct server
 	o.data_timeout_ms = 600000;
 	o.log_sid = sid;
 	o.live = &st->clients;
-	if (st->def->client_opts && st->gen && st->gen->state)
-		st->def->client_opts(st->gen->state, domain ? domain : "", &o);
+	if (st->def->client_opts && gen->state)
+		st->def->client_opts(gen->state, domain ? domain : "", &o);
 	return o;
 }
 
@@ -531,8 +532,7 @@ static void proxy_rcpt(struct sess *x)
 		smtp_session_unref(x->s);
 		return;
 	}
-	x->client_connecting = true;
-	struct smtp_client_opts o = client_opts(x->st, x->gen->sc, smtp_session_id(x->s), NULL);
+	struct smtp_client_opts o = client_opts(x->st, x->gen, smtp_session_id(x->s), NULL);
 	smtp_client_connect(x->st->base, &o, proxy_ready, x);
 }
 
@@ -1165,7 +1165,7 @@ static void dlv_rcpt_done(void *arg, const struct smtp_reply *r)
 		d->c = NULL;
 		d->reused = d->stale = false;
 		d->nsent = d->nreplied = 0;
-		struct smtp_client_opts o = client_opts(d->st, d->gen->sc, queue_item_id(d->it), d->groups[d->cur].domain);
+		struct smtp_client_opts o = client_opts(d->st, d->gen, queue_item_id(d->it), d->groups[d->cur].domain);
 		if (d->routed)
 			o.hops = &d->hops;
 		smtp_client_connect(d->st->base, &o, dlv_ready, d);
@@ -1223,7 +1223,7 @@ static void group_connect(struct delivery *d)
 		dlv_ready(d, c, NULL);
 		return;
 	}
-	struct smtp_client_opts o = client_opts(d->st, d->gen->sc, queue_item_id(d->it), d->groups[d->cur].domain);
+	struct smtp_client_opts o = client_opts(d->st, d->gen, queue_item_id(d->it), d->groups[d->cur].domain);
 	o.hops = hops;
 	if (d->routed) {
 		/* MX order matters: always from the best hop. */
