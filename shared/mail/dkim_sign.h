@@ -15,10 +15,9 @@
  * PKCS#1) or DER, unencrypted; `rampartctl dkim keygen` writes them.
  *
  * Every key is read, parsed and checked once, when the signer is made,
- * and kept in memory in the form libopendkim parses fastest (its
- * dkim_sign() takes key bytes only, never a parsed key, and parses them
- * again for every signature).  A signer owns one DKIM_LIB; it may be used
- * by one thread at a time.
+ * and the parsed key is used for every signature.  A signer owns one
+ * DKIM_LIB; it may be used by one thread at a time (several signers, one
+ * per thread, may sign at once).
  */
 #ifndef RAMPART_DKIM_SIGN_H
 #define RAMPART_DKIM_SIGN_H
@@ -36,6 +35,11 @@ void dkim_signer_free(struct dkim_signer *s);     /* NULL is fine */
 
 /* Number of keys in the table. */
 size_t dkim_signer_key_count(const struct dkim_signer *s);
+
+/* Signatures made so far with a key parsed at start-up rather than
+ * parsed again by libopendkim (see dkim_sign.c); equal to the number of
+ * signatures when the reuse works. */
+unsigned long dkim_signer_key_reuses(const struct dkim_signer *s);
 
 /* True when the key table has a key for domain (case-insensitive, exact:
  * a subdomain needs its own lines). */

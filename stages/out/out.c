@@ -174,10 +174,10 @@ static void out_free(void *state);
 
 /* -- DKIM signing on worker threads --
  *
- * Signing costs about a millisecond with RSA-2048 (libopendkim parses the
- * key for every signature), so it runs on its own threads, one signer
- * each (a signer serves one thread at a time), and the event loop goes on
- * serving sessions meanwhile.  Finished jobs come back through an
+ * An RSA-2048 signature costs about 0.3 ms of CPU, several times what
+ * the rest of a message costs here, so signing runs on its own threads,
+ * one signer each (a signer serves one thread at a time), and the event
+ * loop goes on serving sessions meanwhile.  Finished jobs come back through an
  * eventfd. */
 
 #define SIGN_THREADS 2
