@@ -13,7 +13,8 @@
  *                          unreadable.  A T_RCPT field starts a recipient,
  *                          T_RCPT_ORCPT / T_RCPT_NOTIFY qualify the last one.
  *   retry       512 bytes  "RTRY", u32 attempts, i64 next_try_ms (0: due),
- *                          i64 last_try_ms, u16 error length, u16 0,
+ *                          i64 last_try_ms, u16 error length, u16 flags
+ *                          (1: the delay warning was sent; older files 0),
  *                          char last_error[480], u32 crc of the block
  *   recipients  nrcpt x 256 bytes: 'R', state char (P D F B), u16 reply
  *                          length, u32 attempts, i32 last code,
@@ -464,8 +465,11 @@ static bool move_to_corrupt(struct spool *sp, int from, const char *name, const 
 
 /* ---- queue file encoding ------------------------------------------------- */
 
+#define RETRY_WARNED    1u          /* retry flag: delay warning sent */
+
 struct retry {
 	unsigned attempts;
+	unsigned flags;             /* RETRY_* */
 	long long next_try_ms;      /* 0: due now */
 	long long last_try_ms;
 	char err[RETRY_ERR_MAX + 1];
@@ -480,6 +484,7 @@ static void retry_encode(unsigned char *o, const struct retry *r)
 	put64(o + 8, (uint64_t)r->next_try_ms);
 	put64(o + 16, (uint64_t)r->last_try_ms);
 	put16(o + 24, (uint32_t)n);
+	put16(o + 26, r->flags);
 	memcpy(o + RETRY_ERR_OFF, r->err, n);
 	put32(o + RETRY_SIZE - 4, crc32c(0, o, RETRY_SIZE - 4));
 }
@@ -496,6 +501,7 @@ static const char *retry_decode(const unsigned char *in, struct retry *r)
 	r->attempts = get32(in + 4);
 	r->next_try_ms = (long long)get64(in + 8);
 	r->last_try_ms = (long long)get64(in + 16);
+	r->flags = get16(in + 26);
 	memcpy(r->err, in + RETRY_ERR_OFF, n);
 	r->err[n] = '\0';
 	return NULL;
@@ -888,6 +894,8 @@ enum item_state {
 	IT_READY,                   /* due, waiting for a delivery slot */
 	IT_ACTIVE,                  /* handed to the deliverer, file locked */
 	IT_SAVING,                  /* result being written, file still locked */
+	IT_PARKED,                  /* given back untried by the deliverer, until
+				       it calls queue_item_unpark() */
 };
 
 struct queue_item {
@@ -1965,6 +1973,17 @@ const char *queue_item_data(struct queue_item *it, size_t *len)
 	return it->f.data;
 }
 
+bool queue_item_warned(const struct queue_item *it)
+{
+	return (it->f.retry.flags & RETRY_WARNED) != 0;
+}
+
+void queue_item_set_warned(struct queue_item *it)
+{
+	if (it->st == IT_ACTIVE)
+		it->f.retry.flags |= RETRY_WARNED;
+}
+
 unsigned queue_item_attempts(const struct queue_item *it)
 {
 	return it->f.retry.attempts;
@@ -2033,6 +2052,28 @@ void queue_item_done(struct queue *q, struct queue_item *it)
 		return;
 	}
 	finish(q, it, true);
+}
+
+void queue_item_park(struct queue *q, struct queue_item *it)
+{
+	if (it->q != q || it->st != IT_ACTIVE) {
+		log_error(NULL, it->qid, "queue_bad_park", "state=%d", (int)it->st);
+		return;
+	}
+	item_unload(it);                /* closing the file releases its lock */
+	it->st = IT_PARKED;
+	q->nactive--;
+	log_debug(NULL, it->qid, "delivery_parked", "active=%u", q->nactive);
+	pump(q);
+}
+
+void queue_item_unpark(struct queue *q, struct queue_item *it)
+{
+	if (it->q != q || it->st != IT_PARKED) {
+		log_error(NULL, it->qid, "queue_bad_unpark", "state=%d", (int)it->st);
+		return;
+	}
+	schedule(q, it, now_ms());
 }
 
 static size_t count_dir(int dirfd)
@@ -2303,6 +2344,7 @@ bool queue_show(const char *dir, const char *qid, FILE *out)
 	show_time_ms(out, "last_try:", f.retry.last_try_ms, "never");
 	show_time_ms(out, "next_try:", f.retry.next_try_ms, "now");
 	show_field(out, "last_error:", f.retry.err[0] ? f.retry.err : NULL);
+	show_field(out, "delay_warned:", f.retry.flags & RETRY_WARNED ? "yes" : "no");
 	fprintf(out, "%-14s %zu (%zu pending)\n", "recipients:", env->nrcpt,
 		envelope_pending(env));
 	for (size_t i = 0; i < env->nrcpt; i++) {

@@ -113,6 +113,11 @@ const char *queue_item_id(const struct queue_item *it);
 struct envelope *queue_item_envelope(struct queue_item *it);   /* rcpt states current */
 const char *queue_item_data(struct queue_item *it, size_t *len); /* message bytes */
 unsigned queue_item_attempts(const struct queue_item *it);
+/* Whether the sender was warned that the message is delayed (a delay DSN
+ * was queued).  set_warned is saved with the attempt's results, so the
+ * warning goes out once. */
+bool queue_item_warned(const struct queue_item *it);
+void queue_item_set_warned(struct queue_item *it);
 /* Record the outcome of one recipient (index into the envelope's rcpts):
  * code 2xx -> done, 5xx -> failed, anything else (4xx, 0 for a
  * connection-level fault) -> stays pending for retry. */
@@ -125,6 +130,14 @@ void queue_item_bounced(struct queue_item *it, size_t rcpt_index);
  * every pending recipient gets this reply and stays pending. */
 void queue_item_defer(struct queue_item *it, const char *reason);
 void queue_item_done(struct queue *q, struct queue_item *it);
+/* Give a message back untried (its destination is busy): its delivery
+ * slot and file lock are released, nothing is recorded, no attempt is
+ * counted, and it is not handed out again until queue_item_unpark() makes
+ * it due, which the deliverer must call (the item stays valid until
+ * then or queue_close()).  A message deleted or held meanwhile is dropped
+ * from memory when it comes due. */
+void queue_item_park(struct queue *q, struct queue_item *it);
+void queue_item_unpark(struct queue *q, struct queue_item *it);
 
 /* Statistics for /metrics.  accepted counts messages, corrupt counts files
  * moved to corrupt/, delivered/deferred/failed count recipient outcomes per

@@ -25,6 +25,7 @@
 #include "../util/net.h"
 #include "../util/tls.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <grp.h>
@@ -72,7 +73,9 @@ const struct param_def server_param_defs[] = {
 	{ "retry_max", PT_TIME, "1h", 10, 604800000, NULL, SRV(retry_max), "longest retry delay (exponential backoff)" },
 	{ "queue_lifetime", PT_TIME, "5d", 5000, 7776000000LL, NULL, SRV(queue_lifetime), "maximum time a message stays queued" },
 	{ "dsn", PT_BOOL, "yes", 0, 0, NULL, SRV(dsn), "send a delivery status notification (RFC 3464) to the sender when a recipient fails for good" },
-	{ "max_deliveries", PT_INT, "20", 1, 10000, NULL, SRV(max_deliveries), "concurrent deliveries from the queue" },
+	{ "delay_warning", PT_TIME, "4h", 0, 7776000000LL, NULL, SRV(delay_warning), "tell the sender (a delay DSN, once) when a message is still undelivered after this long (0: never)" },
+	{ "max_deliveries", PT_INT, "100", 1, 10000, NULL, SRV(max_deliveries), "concurrent deliveries from the queue" },
+	{ "destination_concurrency", PT_INT, "20", 1, 10000, NULL, SRV(destination_concurrency), "concurrent deliveries to one destination (recipient domain, or the next hops as a whole)" },
 	{ "tls_cert", PT_STR, "", 0, 0, NULL, SRV(tls_cert), "PEM certificate chain for STARTTLS (empty: no STARTTLS)" },
 	{ "tls_key", PT_STR, "", 0, 0, NULL, SRV(tls_key), "PEM private key for STARTTLS" },
 	{ "xforward_hosts", PT_LIST, "", 0, 0, NULL, SRV(xforward_hosts), "previous stages (CIDR) whose XFORWARD is trusted" },
@@ -159,6 +162,7 @@ struct stage {
 	long drain_left_ms;
 	struct event *tick_timer;
 	char pidfile[1100];
+	struct dest **dests;            /* per-destination concurrency, DEST_BUCKETS chains */
 	struct idle_conn *idle;         /* next-hop connections kept for reuse */
 	unsigned clients;               /* next-hop clients alive (QUIT in progress included) */
 	size_t nidle;
@@ -967,14 +971,17 @@ struct delivery {
 	bool stale;              /* ... and turned out to be closed: start over */
 	size_t nsent, nreplied;
 	bool *accepted;
+	struct dest *dest;       /* the current group's destination, while it counts there */
+	struct delivery *wnext;  /* waiting for that destination */
 };
 
 static void dlv_ready(void *arg, struct smtp_client *c, const struct smtp_reply *err);
 static void group_start(struct delivery *d);
+static void group_route(struct delivery *d);
 
-static void delivery_release(struct delivery *d)
+/* Free what the delivery holds, not the queue item. */
+static void delivery_free(struct delivery *d)
 {
-	queue_item_done(d->st->queue, d->it);
 	gen_unref(d->st, d->gen);
 	for (size_t i = 0; i < d->ngroups; i++)
 		free(d->groups[i].rcpt);
@@ -982,6 +989,178 @@ static void delivery_release(struct delivery *d)
 	strlist_free(&d->hops);
 	free(d->accepted);
 	free(d);
+}
+
+static void delivery_release(struct delivery *d)
+{
+	queue_item_done(d->st->queue, d->it);
+	delivery_free(d);
+}
+
+/* -- per-destination concurrency --
+ *
+ * At most destination_concurrency groups are delivered to one destination
+ * (the recipient domain when the stage routes by domain, else the next
+ * hops as a whole) at once.  A message whose first group finds its
+ * destination full is parked (queue_item_park: its delivery slot goes to
+ * mail for other destinations, nothing is recorded, no attempt counted)
+ * and made due again when a group to that destination ends.  A message
+ * part-way through its groups waits instead, keeping its slot.  The tick
+ * re-checks every destination, so nothing stays parked by mistake. */
+
+#define DEST_BUCKETS 1024
+
+struct parked {
+	struct queue_item *it;
+	struct parked *next;
+};
+
+struct dest {
+	struct dest *next;                      /* hash chain */
+	struct stage *st;
+	unsigned active;                        /* groups being delivered */
+	struct delivery *wait_head, *wait_tail; /* part-way messages, slots kept */
+	struct parked *park_head, *park_tail;   /* parked messages */
+	bool waking;                            /* dest_wake() scheduled or running */
+	char key[300];
+};
+
+static unsigned dest_hash(const char *k)
+{
+	unsigned h = 2166136261u;
+	for (; *k; k++)
+		h = (h ^ (unsigned char)*k) * 16777619u;
+	return h % DEST_BUCKETS;
+}
+
+static struct dest *dest_get(struct stage *st, const char *key)
+{
+	if (!st->dests)
+		st->dests = xcalloc(DEST_BUCKETS, sizeof(*st->dests));
+	struct dest **b = &st->dests[dest_hash(key)];
+	for (struct dest *x = *b; x; x = x->next)
+		if (strcmp(x->key, key) == 0)
+			return x;
+	struct dest *x = xcalloc(1, sizeof(*x));
+	x->st = st;
+	snprintf(x->key, sizeof(x->key), "%s", key);
+	x->next = *b;
+	*b = x;
+	return x;
+}
+
+/* Forget a destination nothing refers to any more. */
+static void dest_maybe_free(struct dest *x)
+{
+	if (x->active || x->wait_head || x->park_head || x->waking)
+		return;
+	struct dest **pp = &x->st->dests[dest_hash(x->key)];
+	while (*pp && *pp != x)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = x->next;
+	free(x);
+}
+
+static unsigned dest_limit(const struct stage *st)
+{
+	return (unsigned)st->gen->sc->destination_concurrency;
+}
+
+static void dest_wake_cb(evutil_socket_t fd, short what, void *arg);
+
+static void dest_schedule_wake(struct dest *x)
+{
+	static const struct timeval now = { 0, 0 };
+	if (x->waking)
+		return;
+	x->waking = true;
+	if (event_base_once(x->st->base, -1, EV_TIMEOUT, dest_wake_cb, x, &now) < 0)
+		log_fatal(NULL, NULL, "stage.event_failed", "what=%s", "event_base_once");
+}
+
+/* Room at a destination: waiting messages first (they hold slots), then
+ * as many parked ones as there is room for are made due. */
+static void dest_wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what;
+	struct dest *x = arg;
+	struct stage *st = x->st;
+	unsigned limit = dest_limit(st);
+	while (x->wait_head && x->active < limit) {
+		struct delivery *d = x->wait_head;
+		x->wait_head = d->wnext;
+		if (!x->wait_head)
+			x->wait_tail = NULL;
+		d->wnext = NULL;
+		x->active++;
+		d->dest = x;
+		group_route(d);         /* x stays: waking is still set */
+	}
+	for (unsigned room = limit > x->active ? limit - x->active : 0; x->park_head && room; room--) {
+		struct parked *p = x->park_head;
+		x->park_head = p->next;
+		if (!x->park_head)
+			x->park_tail = NULL;
+		if (st->queue)
+			queue_item_unpark(st->queue, p->it);
+		free(p);
+	}
+	x->waking = false;
+	if (x->wait_head && x->active < limit)
+		dest_schedule_wake(x);
+	dest_maybe_free(x);
+}
+
+/* The current group ends: its place at the destination is free. */
+static void dest_release(struct delivery *d)
+{
+	struct dest *x = d->dest;
+	if (!x)
+		return;
+	d->dest = NULL;
+	x->active--;
+	if (x->wait_head || x->park_head)
+		dest_schedule_wake(x);
+	else
+		dest_maybe_free(x);
+}
+
+/* The tick: every destination with room and someone waiting is woken. */
+static void dest_tick(struct stage *st)
+{
+	if (!st->dests || !st->gen)
+		return;
+	for (size_t b = 0; b < DEST_BUCKETS; b++)
+		for (struct dest *x = st->dests[b]; x; x = x->next)
+			if ((x->wait_head || x->park_head) && x->active < dest_limit(st))
+				dest_schedule_wake(x);
+}
+
+/* At exit, after queue_close(): parked items are the queue's (gone);
+ * waiting deliveries were abandoned by it. */
+static void dest_free_all(struct stage *st)
+{
+	if (!st->dests)
+		return;
+	for (size_t b = 0; b < DEST_BUCKETS; b++)
+		while (st->dests[b]) {
+			struct dest *x = st->dests[b];
+			st->dests[b] = x->next;
+			while (x->park_head) {
+				struct parked *p = x->park_head;
+				x->park_head = p->next;
+				free(p);
+			}
+			while (x->wait_head) {
+				struct delivery *d = x->wait_head;
+				x->wait_head = d->wnext;
+				delivery_free(d);
+			}
+			free(x);
+		}
+	free(st->dests);
+	st->dests = NULL;
 }
 
 /* -- the maximum lifetime -- */
@@ -1017,7 +1196,25 @@ static bool expire_pending(struct delivery *d)
 	return true;
 }
 
-/* -- telling the sender about failed recipients -- */
+/* -- telling the sender: failed recipients, and delays -- */
+
+/* Queue a report to the sender of d's message, with the null sender (a
+ * report is never answered by another); cb gets the outcome. */
+static void submit_report(struct delivery *d, const struct buf *report, queue_submit_cb cb)
+{
+	struct envelope *e = queue_item_envelope(d->it);
+	struct envelope *de = envelope_new();
+	de->sender = pool_strdup(de->pool, "");
+	de->body_8bit = dsn_is_8bit(report->data, report->len);
+	de->smtputf8 = e->smtputf8;
+	de->client.addr = pool_strdup(de->pool, "127.0.0.1");
+	de->client.name = pool_strdup(de->pool, "localhost");
+	de->client.proto = pool_strdup(de->pool, "DSN");
+	envelope_add_rcpt(de, e->sender);
+	de->rcpts[0].notify = DSN_NOTIFY_NEVER;
+	queue_submit(d->st->queue, de, report->data, report->len, cb, d);
+	envelope_free(de);
+}
 
 static void dsn_queued(void *arg, bool ok, const char *qid)
 {
@@ -1039,9 +1236,8 @@ static void dsn_queued(void *arg, bool ok, const char *qid)
 
 /* Recipients that failed for good get one report to the sender, queued
  * durably like any message before the original lets go of them. */
-static void delivery_finish(struct delivery *d)
+static void failure_reports(struct delivery *d)
 {
-	expire_pending(d);
 	struct envelope *e = queue_item_envelope(d->it);
 	size_t *failed = xcalloc(e->nrcpt ? e->nrcpt : 1, sizeof(size_t));
 	size_t nf = 0;
@@ -1075,23 +1271,86 @@ static void delivery_finish(struct delivery *d)
 		delivery_release(d);
 		return;
 	}
-	struct envelope *de = envelope_new();
-	de->sender = pool_strdup(de->pool, "");
-	de->body_8bit = dsn_is_8bit(report.data, report.len);
-	de->smtputf8 = e->smtputf8;
-	de->client.addr = pool_strdup(de->pool, "127.0.0.1");
-	de->client.name = pool_strdup(de->pool, "localhost");
-	de->client.proto = pool_strdup(de->pool, "DSN");
-	envelope_add_rcpt(de, e->sender);
-	de->rcpts[0].notify = DSN_NOTIFY_NEVER;
-	queue_submit(d->st->queue, de, report.data, report.len, dsn_queued, d);
-	envelope_free(de);
+	submit_report(d, &report, dsn_queued);
 	buf_free(&report);
+}
+
+static void delay_dsn_queued(void *arg, bool ok, const char *qid)
+{
+	struct delivery *d = arg;
+	struct envelope *e = queue_item_envelope(d->it);
+	if (ok) {
+		queue_item_set_warned(d->it);
+		log_info(NULL, queue_item_id(d->it), "dsn.delay_queued", "dsn_queue_id=%s to=%s", qid, e->sender);
+	} else {
+		log_error(NULL, queue_item_id(d->it), "dsn.queue_failed", "reason=%s",
+			  "the delay warning could not be queued; tried again after the next attempt");
+	}
+	failure_reports(d);
+}
+
+/* Still undelivered after delay_warning: the sender is told once (RFC
+ * 3464 "delayed", with the time the queue gives up), for the recipients
+ * still pending that did not decline it.  True if a warning is on its
+ * way (delay_dsn_queued goes on from there). */
+static bool delay_warning(struct delivery *d)
+{
+	const struct server_config *sc = d->gen->sc;
+	struct envelope *e = queue_item_envelope(d->it);
+	if (!sc->dsn || sc->delay_warning <= 0 || queue_item_warned(d->it) || !e->sender[0])
+		return false;
+	long long age_ms = wall_ms() - (long long)e->arrival * 1000;
+	if (age_ms < sc->delay_warning)
+		return false;
+	size_t *pending = xcalloc(e->nrcpt ? e->nrcpt : 1, sizeof(size_t));
+	size_t np = 0;
+	for (size_t i = 0; i < e->nrcpt; i++)
+		if (e->rcpts[i].state == RCPT_PENDING)
+			pending[np++] = i;
+	if (!np) {
+		free(pending);
+		return false;
+	}
+	struct dsn_input in = { 0 };
+	in.kind = DSN_DELAYED;
+	in.reporting_mta = sc->hostname;
+	in.env = e;
+	in.rcpts = pending;
+	in.nrcpts = np;
+	in.message = d->data;
+	in.len = d->len;
+	in.now = time(NULL);
+	in.retry_until = e->arrival + (time_t)(sc->queue_lifetime / 1000);
+	struct buf report = BUF_INIT;
+	char why[256] = "";
+	bool built = dsn_build(&in, &report, why, sizeof(why));
+	free(pending);
+	if (!built) {
+		/* declined (NOTIFY): not asked again for this message */
+		log_info(NULL, queue_item_id(d->it), "dsn.delay_not_sent", "reason=%s sender=%s", why, e->sender);
+		queue_item_set_warned(d->it);
+		buf_free(&report);
+		return false;
+	}
+	log_info(NULL, queue_item_id(d->it), "dsn.delay_warning", "age_s=%lld pending=%zu to=%s",
+		 age_ms / 1000, np, e->sender);
+	submit_report(d, &report, delay_dsn_queued);
+	buf_free(&report);
+	return true;
+}
+
+/* The attempt is over: expiry, then the reports due, then the queue. */
+static void delivery_finish(struct delivery *d)
+{
+	expire_pending(d);
+	if (!delay_warning(d))
+		failure_reports(d);
 }
 
 /* The current group is done: keep its connection for reuse, go on. */
 static void group_done(struct delivery *d)
 {
+	dest_release(d);
 	if (d->c)
 		idle_put(d->st, d->gen, d->c, d->routed ? &d->hops : &d->gen->sc->next_hops);
 	d->c = NULL;
@@ -1249,12 +1508,52 @@ static void routed(void *arg, const struct strlist *hops, const struct smtp_repl
 	group_connect(d);
 }
 
-static void group_start(struct delivery *d)
+static void group_route(struct delivery *d)
 {
 	if (d->routed)
 		d->st->def->route(d->gen->state, d->groups[d->cur].domain, routed, d);
 	else
 		group_connect(d);
+}
+
+/* Take a place at the group's destination, or park or wait for one. */
+static void group_start(struct delivery *d)
+{
+	struct stage *st = d->st;
+	char key[300];
+	if (d->routed)
+		snprintf(key, sizeof(key), "%s", d->groups[d->cur].domain);
+	else
+		hops_key(&d->gen->sc->next_hops, key, sizeof(key));
+	for (char *k = key; *k; k++)
+		*k = (char)tolower((unsigned char)*k);
+	struct dest *x = dest_get(st, key);
+	if (x->active < (unsigned)d->gen->sc->destination_concurrency) {
+		x->active++;
+		d->dest = x;
+		group_route(d);
+		return;
+	}
+	log_debug(NULL, queue_item_id(d->it), d->cur == 0 ? "delivery.parked" : "delivery.waiting",
+		  "destination=%s active=%u", key, x->active);
+	if (d->cur > 0) {
+		if (x->wait_tail)
+			x->wait_tail->wnext = d;
+		else
+			x->wait_head = d;
+		x->wait_tail = d;
+		return;
+	}
+	struct parked *p = xcalloc(1, sizeof(*p));
+	p->it = d->it;
+	if (x->park_tail)
+		x->park_tail->next = p;
+	else
+		x->park_head = p;
+	x->park_tail = p;
+	struct queue_item *it = d->it;
+	delivery_free(d);
+	queue_item_park(st->queue, it);
 }
 
 static void deliver_item(void *arg, struct queue_item *it)
@@ -1405,6 +1704,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	struct stage *st = arg;
 	if (st->def->tick && st->gen->state)
 		st->def->tick(st->gen->state);
+	dest_tick(st);
 }
 
 static double gauge_sessions(void *arg)
@@ -1676,7 +1976,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 
 	if (st->queue)
 		queue_start(st->queue, deliver_item, st);
-	if (def->tick) {
+	if (def->tick || st->queue) {
 		st->tick_timer = event_new(st->base, -1, EV_PERSIST, on_tick, st);
 		struct timeval one = { 1, 0 };
 		event_add(st->tick_timer, &one);
@@ -1691,6 +1991,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	st->queue = NULL;
 	smtp_server_free(st->server);
 	idle_close_all(st);
+	dest_free_all(st);
 	gen_unref(st, st->gen);
 	tls_ctx_free(st->tls);
 	tls_ctx_free(st->client_tls);

@@ -49,6 +49,8 @@ struct server_config {
 	long long greet_pause;
 	long long retry_min, retry_max, queue_lifetime;
 	long long max_deliveries;
+	long long destination_concurrency;
+	long long delay_warning;
 	bool dsn;
 	char *tls_cert, *tls_key;
 	struct strlist xforward_hosts;

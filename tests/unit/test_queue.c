@@ -875,6 +875,72 @@ static void test_max_active(void **state)
 	assert_int_equal(c->ndeliver, 4);
 }
 
+/* A parked message frees its slot, is not counted as tried, and comes
+ * back when unparked. */
+static void test_park_unpark(void **state)
+{
+	struct ctx *c = *state;
+	c->opts.max_active = 1;
+	open_q(c, true);
+	assert_true(submit_wait(c, make_env("a@example.com", "first@example.org", NULL), "x", 1));
+	assert_true(submit_wait(c, make_env("a@example.com", "second@example.org", NULL), "y", 1));
+	c->act = ACT_HOLD;
+	queue_start(c->q, deliver, c);
+	for (int i = 0; i < 400 && c->ndeliver < 1; i++)
+		run_for(c, 5);
+	assert_int_equal(c->ndeliver, 1);
+	struct queue_item *parked = c->held;
+	char first[64];
+	snprintf(first, sizeof(first), "%s", c->pending_seen);
+	queue_item_park(c->q, parked);          /* the slot goes to the other one */
+	for (int i = 0; i < 400 && c->ndeliver < 2; i++)
+		run_for(c, 5);
+	assert_int_equal(c->ndeliver, 2);
+	assert_true(strcmp(c->pending_seen, first) != 0);
+	struct queue_item *other = c->held;
+	queue_item_result(other, 0, 250, "2.0.0 ok");
+	queue_item_done(c->q, other);
+	run_for(c, 100);
+	assert_int_equal(c->ndeliver, 2);       /* parked: not handed out on its own */
+	c->act = ACT_OK;
+	queue_item_unpark(c->q, parked);
+	assert_true(run_until(c, pred_active_empty, 5000));
+	assert_int_equal(c->ndeliver, 3);
+	assert_string_equal(c->pending_seen, first);
+	assert_int_equal(c->attempts_seen, 0);  /* parking was no attempt */
+}
+
+/* The delay-warning mark is saved with the attempt and read back. */
+static void test_warned_flag_persists(void **state)
+{
+	struct ctx *c = *state;
+	c->opts.retry_min_ms = 60000;
+	open_q(c, true);
+	assert_true(submit_wait(c, make_env("a@example.com", "b@example.org", NULL), body, sizeof(body) - 1));
+	c->act = ACT_HOLD;
+	queue_start(c->q, deliver, c);
+	for (int i = 0; i < 400 && c->ndeliver < 1; i++)
+		run_for(c, 5);
+	struct queue_item *it = c->held;
+	assert_false(queue_item_warned(it));
+	queue_item_set_warned(it);
+	assert_true(queue_item_warned(it));
+	queue_item_result(it, 0, 451, "4.3.0 later");
+	queue_item_done(c->q, it);
+	reopen_q(c, true);                      /* close waits for the update */
+	assert_int_equal(list_one(c).npending, 1);
+	c->act = ACT_HOLD;
+	queue_start(c->q, deliver, c);
+	queue_flush_now(c->q);
+	for (int i = 0; i < 400 && c->ndeliver < 2; i++)
+		run_for(c, 5);
+	assert_int_equal(c->ndeliver, 2);
+	assert_true(queue_item_warned(c->held));
+	queue_item_result(c->held, 0, 250, "2.0.0 ok");
+	queue_item_done(c->q, c->held);
+	assert_true(run_until(c, pred_active_empty, 5000));
+}
+
 static void test_invalid_qid_rejected(void **state)
 {
 	struct ctx *c = *state;
@@ -939,6 +1005,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_hold_release_with_daemon, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_locked_while_delivering, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_max_active, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_park_unpark, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_warned_flag_persists, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_invalid_qid_rejected, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
