@@ -1375,10 +1375,15 @@ static void dlv_result(struct delivery *d, size_t ri, const struct smtp_reply *r
 	dlv_reply_text(r, text, sizeof(text));
 	queue_item_result(d->it, ri, r->code, text);
 	struct envelope *e = queue_item_envelope(d->it);
-	log_info(NULL, queue_item_id(d->it),
-		 r->code >= 200 && r->code < 300 ? "delivery.sent" : r->code >= 500 ? "delivery.failed" : "delivery.deferred",
-		 "rcpt=%s relay=%s code=%d reply=%s tls=%s", e->rcpts[ri].addr, relay ? relay : "",
-		 r->code, text, d->c && smtp_client_tls(d->c) ? smtp_client_tls(d->c) : "");
+	const char *status = r->code >= 200 && r->code < 300 ? "sent" : r->code >= 500 ? "failed" : "deferred";
+	char event[32];
+	snprintf(event, sizeof(event), "delivery.%s", status);
+	log_info(NULL, queue_item_id(d->it), event,
+		 "rcpt=%s relay=%s code=%d reply=%s tls=%s delay_s=%.3f status=%s attempt=%u",
+		 e->rcpts[ri].addr, relay ? relay : "", r->code, text,
+		 d->c && smtp_client_tls(d->c) ? smtp_client_tls(d->c) : "",
+		 (double)(wall_ms() - (long long)e->arrival * 1000) / 1000.0, status,
+		 queue_item_attempts(d->it) + 1);
 	if (d->st->m_deliveries)
 		metric_inc(r->code >= 200 && r->code < 300 ? d->st->m_deliveries :
 			   r->code >= 500 ? d->st->m_bounces : d->st->m_deferrals, NULL);

@@ -88,6 +88,14 @@ def test_destination_concurrency_limit_and_other_destinations_go_on():
         # parked messages were not counted as tries
         log = lab.log("out")
         check("delivery.deferred" not in log, "nothing was deferred: %s" % log[-2000:])
+        # one JSON line per delivery attempt and recipient, with what an
+        # administrator looks for
+        sent = [json.loads(l) for l in log.splitlines() if '"delivery.sent"' in l]
+        check(len(sent) == 15, "15 delivery lines: %d" % len(sent))
+        for k in ("queue_id", "rcpt", "relay", "tls", "reply", "delay_s", "status", "attempt"):
+            check(k in sent[0], "%s in %r" % (k, sent[0]))
+        check(sent[0]["status"] == "sent" and sent[0]["reply"].startswith("250 2.0.0")
+              and sent[0]["relay"].startswith("127.0.0.1"), "fields: %r" % sent[0])
     finally:
         lab.close()
 
