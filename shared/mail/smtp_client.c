@@ -140,7 +140,8 @@ struct smtp_client {
 	char *helo_name;
 	struct tls_ctx *tls;
 	enum smtp_tls_policy policy;
-	char *verify_name;          /* NULL: the hop's host */
+	char *verify_name;          /* NULL: the hop's name or host */
+	struct strlist verify_names; /* n > 0: the certificate must match one of these */
 	bool tls_on_connect;
 	char *auth_user;            /* NULL: no AUTH */
 	char *auth_pass;            /* wiped before it is freed */
@@ -158,10 +159,12 @@ struct smtp_client {
 	struct buf failures;
 	int last4xx;
 	char last4xx_enh[16];
+	enum smtp_fault last_fault; /* of the last hop that failed */
 
 	/* the connection */
 	enum phase phase;
 	struct endpoint ep;
+	char hop_name[256];         /* "mx.example.net" of "mx.example.net[192.0.2.1]:25", else "" */
 	char peer[300];
 	struct bufferevent *bev;
 	bool tls_on;
@@ -217,6 +220,23 @@ static void reply_vset(struct smtp_reply *r, int code, const char *enh, const ch
 	r->code = code;
 	snprintf(r->enh, sizeof(r->enh), "%s", enh ? enh : "");
 	vsnprintf(r->text, sizeof(r->text), fmt, ap);
+	r->fault = SMTP_FAULT_LOCAL;
+}
+
+const char *smtp_fault_name(enum smtp_fault f)
+{
+	switch (f) {
+	case SMTP_REPLY: return "reply";
+	case SMTP_FAULT_LOCAL: return "local";
+	case SMTP_FAULT_CONNECT: return "connect";
+	case SMTP_FAULT_TIMEOUT: return "timeout";
+	case SMTP_FAULT_LOST: return "lost";
+	case SMTP_FAULT_PROTOCOL: return "protocol";
+	case SMTP_FAULT_TLS: return "tls";
+	case SMTP_FAULT_AUTH: return "auth";
+	case SMTP_FAULT_ROUTE: return "route";
+	}
+	return "?";
 }
 
 static void reply_set(struct smtp_reply *r, int code, const char *enh, const char *fmt, ...)
@@ -335,6 +355,7 @@ static void destroy(struct smtp_client *c)
 	free(c->hops);
 	free(c->helo_name);
 	free(c->verify_name);
+	strlist_free(&c->verify_names);
 	free_secret(c->auth_user);
 	free_secret(c->auth_pass);
 	free(c->sid);
@@ -492,9 +513,9 @@ static void deliver_locals(struct smtp_client *c)
 
 /* The connection is gone after ready: everything queued gets the fault
  * (local entries their own answer), and later calls get it too. */
-static void fault(struct smtp_client *c, const char *enh, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static void fault(struct smtp_client *c, const char *enh, const char *fmt, ...)
+static void fault(struct smtp_client *c, enum smtp_fault kind, const char *enh, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void fault(struct smtp_client *c, enum smtp_fault kind, const char *enh, const char *fmt, ...)
 {
 	if (c->dead)
 		return;
@@ -508,6 +529,7 @@ static void fault(struct smtp_client *c, const char *enh, const char *fmt, ...)
 	c->phase = PH_DEAD;
 	txn_end(c);
 	reply_set(&c->fault, 421, enh, "%s (%s)", text, c->peer);
+	c->fault.fault = kind;
 	if (c->quitting && c->head && c->head->kind == CMD_QUIT && !c->head->next)
 		log_debug(c->sid, NULL, "smtp_client_closed", "peer=%s reason=%s", c->peer, text);
 	else
@@ -535,8 +557,9 @@ static const char *cur_hop(const struct smtp_client *c)
 	return c->hops[(c->start + c->tried) % c->nhops];
 }
 
-static void note_failure(struct smtp_client *c, const char *why, const struct smtp_reply *r)
+static void note_failure(struct smtp_client *c, enum smtp_fault kind, const char *why, const struct smtp_reply *r)
 {
+	c->last_fault = kind;
 	log_warn(c->sid, NULL, "smtp_client_hop_failed", "hop=%s reason=%s", cur_hop(c), why);
 	if (c->failures.len)
 		buf_puts(&c->failures, "; ");
@@ -552,6 +575,7 @@ static void all_failed(struct smtp_client *c)
 	struct smtp_reply err;
 	reply_set(&err, c->last4xx ? c->last4xx : 421, c->last4xx_enh[0] ? c->last4xx_enh : "4.4.1",
 		  "all next hops failed: %s", c->nhops ? buf_cstr(&c->failures) : "no next hop configured");
+	err.fault = c->nhops ? c->last_fault : SMTP_FAULT_LOCAL;
 	log_warn(c->sid, NULL, "smtp_client_all_hops_failed", "hops=%zu reason=%s", c->nhops, err.text);
 	c->phase = PH_DEAD;
 	c->dead = true;
@@ -563,33 +587,82 @@ static void all_failed(struct smtp_client *c)
 		cb(c->ready_arg, NULL, &err);
 }
 
+/* A hop found under a host name carries it, Postfix-style:
+ * "mx.example.net[192.0.2.1]:25", "mx.example.net[2001:db8::1]:25".  The
+ * name goes to name (else ""), the endpoint text ("192.0.2.1:25",
+ * "[2001:db8::1]:25", or the hop as it is) to ep.  false: malformed. */
+static bool split_hop(const char *hop, char *name, size_t namelen, char *ep, size_t eplen,
+		      char *why, size_t whylen)
+{
+	name[0] = '\0';
+	const char *open = strchr(hop, '[');
+	if (strncmp(hop, "unix:", 5) == 0 || !open || open == hop) {
+		snprintf(ep, eplen, "%s", hop);
+		return true;
+	}
+	size_t nl = (size_t)(open - hop);
+	const char *close = strchr(open, ']');
+	if (nl >= namelen || !close || (close[1] && close[1] != ':')) {
+		snprintf(why, whylen, "bad hop (expected NAME[ADDRESS]:PORT)");
+		return false;
+	}
+	for (size_t i = 0; i < nl; i++) {
+		unsigned char ch = (unsigned char)hop[i];
+		if (!(isalnum(ch) || ch == '.' || ch == '-' || ch == '_')) {
+			snprintf(why, whylen, "bad host name in hop");
+			return false;
+		}
+	}
+	char addr[64];
+	size_t al = (size_t)(close - open - 1);
+	if (al == 0 || al >= sizeof(addr)) {
+		snprintf(why, whylen, "bad address in hop");
+		return false;
+	}
+	memcpy(addr, open + 1, al);
+	addr[al] = '\0';
+	if (!net_is_ip(addr)) {     /* never a name to resolve here */
+		snprintf(why, whylen, "hop address is not an IP address");
+		return false;
+	}
+	memcpy(name, hop, nl);
+	name[nl] = '\0';
+	if (strchr(addr, ':'))
+		snprintf(ep, eplen, "[%s]%s", addr, close + 1);
+	else
+		snprintf(ep, eplen, "%s%s", addr, close + 1);
+	return true;
+}
+
 /* Start connecting to the current hop.  false: failed at once (noted). */
 static bool start_hop(struct smtp_client *c)
 {
 	char why[256] = "";
 	const char *hop = cur_hop(c);
+	char eptext[300];
 
-	if (!endpoint_parse(hop, c->lmtp ? 24 : 25, &c->ep, why, sizeof(why))) {
-		note_failure(c, why[0] ? why : "bad address", NULL);
+	if (!split_hop(hop, c->hop_name, sizeof(c->hop_name), eptext, sizeof(eptext), why, sizeof(why)) ||
+	    !endpoint_parse(eptext, c->lmtp ? 24 : 25, &c->ep, why, sizeof(why))) {
+		note_failure(c, SMTP_FAULT_LOCAL, why[0] ? why : "bad address", NULL);
 		return false;
 	}
 	endpoint_format(&c->ep, c->peer, sizeof(c->peer));
 	int fd = net_connect_start(&c->ep, why, sizeof(why));
 	if (fd < 0) {
-		note_failure(c, why[0] ? why : "connect failed", NULL);
+		note_failure(c, SMTP_FAULT_CONNECT, why[0] ? why : "connect failed", NULL);
 		return false;
 	}
 	c->bev = bufferevent_socket_new(c->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 	if (!c->bev) {
 		close(fd);
-		note_failure(c, "cannot create bufferevent", NULL);
+		note_failure(c, SMTP_FAULT_LOCAL, "cannot create bufferevent", NULL);
 		return false;
 	}
 	bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
 	bufferevent_setwatermark(c->bev, EV_WRITE, BODY_LOW, 0);
 	if (bufferevent_socket_connect(c->bev, NULL, 0) < 0) {
 		conn_close(c);
-		note_failure(c, "connect failed", NULL);
+		note_failure(c, SMTP_FAULT_CONNECT, "connect failed", NULL);
 		return false;
 	}
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
@@ -619,9 +692,9 @@ static void try_hops(struct smtp_client *c)
 }
 
 /* The current hop failed during setup: note it and go on. */
-static void hop_fail(struct smtp_client *c, const struct smtp_reply *r, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static void hop_fail(struct smtp_client *c, const struct smtp_reply *r, const char *fmt, ...)
+static void hop_fail(struct smtp_client *c, enum smtp_fault kind, const struct smtp_reply *r, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void hop_fail(struct smtp_client *c, enum smtp_fault kind, const struct smtp_reply *r, const char *fmt, ...)
 {
 	char why[600];
 	va_list ap;
@@ -629,7 +702,7 @@ static void hop_fail(struct smtp_client *c, const struct smtp_reply *r, const ch
 	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
 	conn_close(c);
-	note_failure(c, why, r);
+	note_failure(c, kind, why, r);
 	c->tried++;
 	c->notls = false;
 	try_hops(c);
@@ -660,7 +733,7 @@ static void tls_failed(struct smtp_client *c, const char *why)
 	if (tls_required(c)) {
 		struct smtp_reply r;
 		reply_set(&r, 454, "4.7.5", "TLS handshake failed");
-		hop_fail(c, &r, "TLS required (%s) but the handshake failed: %s",
+		hop_fail(c, SMTP_FAULT_TLS, &r, "TLS required (%s) but the handshake failed: %s",
 			 c->tls_on_connect ? "implicit TLS" : policy_name(c->policy), why);
 		return;
 	}
@@ -823,20 +896,27 @@ static void start_tls(struct smtp_client *c)
 	}
 	/* The name the certificate must carry, also sent as SNI (not for an
 	 * address).  Only the verify policy checks it, whatever the context
-	 * says: the others never refuse a certificate. */
-	const char *name = c->verify_name ? c->verify_name : c->ep.is_unix ? NULL : c->ep.host;
+	 * says: the others never refuse a certificate.  With verify_names the
+	 * certificate may match any of them (SNI: still the hop's name). */
+	const char *hop_name = c->hop_name[0] ? c->hop_name : c->ep.is_unix ? NULL : c->ep.host;
+	const char *name = c->verify_name ? c->verify_name : hop_name;
 	bool ip = name && net_is_ip(name);
-	if (name && !ip)
-		SSL_set_tlsext_host_name(ssl, name);
+	const char *sni = !ip ? name : c->verify_names.n ? c->verify_names.v[0] : NULL;
+	if (sni)
+		SSL_set_tlsext_host_name(ssl, sni);
 	if (c->policy == TLS_VERIFY) {
 		SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
 		bool ok = false;
-		if (!name) {
+		if (c->verify_names.n) {
+			SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+			ok = SSL_set1_host(ssl, c->verify_names.v[0]) == 1;
+			for (size_t i = 1; ok && i < c->verify_names.n; i++)
+				ok = SSL_add1_host(ssl, c->verify_names.v[i]) == 1;
+		} else if (!name) {
 			SSL_free(ssl);
 			tls_failed(c, "no host name to check the certificate against (unix socket hop)");
 			return;
-		}
-		if (ip) {
+		} else if (ip) {
 			ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) == 1;
 		} else {
 			SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
@@ -881,7 +961,7 @@ static void auth_failed(struct smtp_client *c, const struct smtp_reply *r)
 	reply_set(&e, r->code / 100 == 4 ? r->code : 454, enh, "AUTH %s refused", c->auth_mech);
 	log_warn(c->sid, NULL, "smtp_client_auth_failed", "peer=%s mech=%s code=%d enh=%s text=%s", c->peer,
 		 c->auth_mech, r->code, r->enh, r->text);
-	hop_fail(c, &e, "AUTH %s failed: %d %s%s%s", c->auth_mech, r->code, r->enh, r->enh[0] ? " " : "", r->text);
+	hop_fail(c, SMTP_FAULT_AUTH, &e, "AUTH %s failed: %d %s%s%s", c->auth_mech, r->code, r->enh, r->enh[0] ? " " : "", r->text);
 }
 
 /* Credentials, when configured, go only over TLS (unless plaintext is
@@ -896,7 +976,7 @@ static void start_auth(struct smtp_client *c)
 	}
 	if (!c->tls_on && !c->auth_plaintext_ok) {
 		reply_set(&r, 454, "4.7.0", "refusing to send credentials in clear text");
-		hop_fail(c, &r, "refusing to send credentials in clear text (no TLS with this server)");
+		hop_fail(c, SMTP_FAULT_AUTH, &r, "refusing to send credentials in clear text (no TLS with this server)");
 		return;
 	}
 	if (c->mechs & MECH_PLAIN) {
@@ -919,7 +999,7 @@ static void start_auth(struct smtp_client *c)
 		send_text(c, "AUTH LOGIN");
 	} else {
 		reply_set(&r, 454, "4.7.0", "no usable AUTH mechanism");
-		hop_fail(c, &r, "credentials configured but the server offers %s",
+		hop_fail(c, SMTP_FAULT_AUTH, &r, "credentials configured but the server offers %s",
 			 (c->ext & EXT_AUTH) ? "neither AUTH PLAIN nor AUTH LOGIN" : "no AUTH");
 		return;
 	}
@@ -973,7 +1053,7 @@ static void setup_next(struct smtp_client *c)
 		if (tls_required(c)) {
 			struct smtp_reply r;
 			reply_set(&r, 454, "4.7.4", "TLS required but not offered");
-			hop_fail(c, &r, "TLS required (policy %s) but not offered by the server%s",
+			hop_fail(c, SMTP_FAULT_TLS, &r, "TLS required (policy %s) but not offered by the server%s",
 				 policy_name(c->policy), c->phase == PH_HELO ? " (EHLO refused)" : "");
 			return;
 		}
@@ -986,7 +1066,7 @@ static void setup_reply(struct smtp_client *c, const struct smtp_reply *r)
 	switch (c->phase) {
 	case PH_GREETING:
 		if (r->code / 100 != 2) {
-			hop_fail(c, r, "greeting: %d %s%s%s", r->code, r->enh, r->enh[0] ? " " : "", r->text);
+			hop_fail(c, SMTP_REPLY, r, "greeting: %d %s%s%s", r->code, r->enh, r->enh[0] ? " " : "", r->text);
 			return;
 		}
 		send_ehlo(c);
@@ -1004,12 +1084,12 @@ static void setup_reply(struct smtp_client *c, const struct smtp_reply *r)
 			arm(c, c->command_ms);
 			return;
 		}
-		hop_fail(c, r, "%s: %d %s%s%s", c->lmtp ? "LHLO" : "EHLO", r->code, r->enh, r->enh[0] ? " " : "",
+		hop_fail(c, SMTP_REPLY, r, "%s: %d %s%s%s", c->lmtp ? "LHLO" : "EHLO", r->code, r->enh, r->enh[0] ? " " : "",
 			 r->text);
 		return;
 	case PH_HELO:
 		if (r->code / 100 != 2) {
-			hop_fail(c, r, "HELO: %d %s%s%s", r->code, r->enh, r->enh[0] ? " " : "", r->text);
+			hop_fail(c, SMTP_REPLY, r, "HELO: %d %s%s%s", r->code, r->enh, r->enh[0] ? " " : "", r->text);
 			return;
 		}
 		c->ext = 0;
@@ -1023,13 +1103,13 @@ static void setup_reply(struct smtp_client *c, const struct smtp_reply *r)
 			return;
 		}
 		if (r->code == 421) {
-			hop_fail(c, r, "STARTTLS: %d %s", r->code, r->text);
+			hop_fail(c, SMTP_REPLY, r, "STARTTLS: %d %s", r->code, r->text);
 			return;
 		}
 		if (tls_required(c)) {
 			struct smtp_reply e;
 			reply_set(&e, 454, "4.7.4", "TLS required but STARTTLS refused");
-			hop_fail(c, &e, "TLS required (policy %s) but STARTTLS refused: %d %s%s%s",
+			hop_fail(c, SMTP_FAULT_TLS, &e, "TLS required (policy %s) but STARTTLS refused: %d %s%s%s",
 				 policy_name(c->policy), r->code, r->enh, r->enh[0] ? " " : "", r->text);
 			return;
 		}
@@ -1080,7 +1160,7 @@ static void data_reply(struct smtp_client *c, struct cmd *e, const struct smtp_r
 			return;
 		}
 		if (r->code / 100 == 2 || r->code / 100 == 3) {
-			fault(c, "4.4.0", "protocol error: unexpected reply %d to DATA", r->code);
+			fault(c, SMTP_FAULT_PROTOCOL, "4.4.0", "protocol error: unexpected reply %d to DATA", r->code);
 			return;
 		}
 		struct smtp_reply copy = *txn_reply(c, e, r);
@@ -1097,7 +1177,7 @@ static void data_reply(struct smtp_client *c, struct cmd *e, const struct smtp_r
 		answer(c, d, r);
 		cmd_free(d);
 		if (!c->doomed)
-			fault(c, "4.4.2", "connection dropped after early reply %d during message transfer", r->code);
+			fault(c, SMTP_FAULT_LOST, "4.4.2", "connection dropped after early reply %d during message transfer", r->code);
 		return;
 	}
 	e->replies = e->replies ? e->replies : xcalloc(1, sizeof(*e->replies));
@@ -1127,9 +1207,9 @@ static void ready_reply(struct smtp_client *c, const struct smtp_reply *r)
 	struct cmd *e = c->head;
 	if (!e || !e->sent) {
 		if (r->code == 421)
-			fault(c, "4.4.2", "server closing: %d %s", r->code, r->text);
+			fault(c, SMTP_REPLY, "4.4.2", "server closing: %d %s", r->code, r->text);
 		else
-			fault(c, "4.4.0", "protocol error: unexpected reply %d", r->code);
+			fault(c, SMTP_FAULT_PROTOCOL, "4.4.0", "protocol error: unexpected reply %d", r->code);
 		return;
 	}
 	switch (e->kind) {
@@ -1165,6 +1245,7 @@ static void ready_reply(struct smtp_client *c, const struct smtp_reply *r)
 		c->dead = true;
 		c->phase = PH_DEAD;
 		reply_set(&c->fault, 421, "4.4.2", "connection closed (%s)", c->peer);
+		c->fault.fault = SMTP_FAULT_LOST;
 		c->doomed = true;
 		return;
 	}
@@ -1251,9 +1332,9 @@ static void protocol_error(struct smtp_client *c, const char *why)
 	if (c->phase < PH_READY) {
 		struct smtp_reply r;
 		reply_set(&r, 421, "4.4.0", "protocol error");
-		hop_fail(c, &r, "protocol error: %s", why);
+		hop_fail(c, SMTP_FAULT_PROTOCOL, &r, "protocol error: %s", why);
 	} else {
-		fault(c, "4.4.0", "protocol error: %s", why);
+		fault(c, SMTP_FAULT_PROTOCOL, "4.4.0", "protocol error: %s", why);
 	}
 }
 
@@ -1522,7 +1603,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 				process_input(c, bev);  /* a greeting read before this event */
 			}
 		} else {
-			hop_fail(c, NULL, "connect: %s", err ? strerror(err) : "failed");
+			hop_fail(c, SMTP_FAULT_CONNECT, NULL, "connect: %s", err ? strerror(err) : "failed");
 		}
 	} else if (c->phase == PH_TLS) {
 		SSL *ssl = bufferevent_openssl_get_ssl(bev);
@@ -1561,15 +1642,15 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 				  : (what & BEV_EVENT_EOF) ? "connection closed by peer"
 				  : err ? strerror(err) : "connection error";
 		if (c->phase < PH_READY) {
-			hop_fail(c, NULL, "%s during %s", how, phase_name(c->phase));
+			hop_fail(c, SMTP_FAULT_LOST, NULL, "%s during %s", how, phase_name(c->phase));
 		} else if (c->phase == PH_READY) {
 			struct cmd *e = c->head;
 			while (e && e->local)
 				e = e->next;
 			if (e && e->sent)
-				fault(c, "4.4.2", "connection lost (%s) waiting for reply to %s", how, cmd_name(e));
+				fault(c, SMTP_FAULT_LOST, "4.4.2", "connection lost (%s) waiting for reply to %s", how, cmd_name(e));
 			else
-				fault(c, "4.4.2", "connection lost (%s)", how);
+				fault(c, SMTP_FAULT_LOST, "4.4.2", "connection lost (%s)", how);
 		}
 	}
 	release(c);
@@ -1583,7 +1664,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	hold(c);
 	switch (c->phase) {
 	case PH_CONNECTING:
-		hop_fail(c, NULL, "connect timeout after %lld ms", c->connect_ms);
+		hop_fail(c, SMTP_FAULT_TIMEOUT, NULL, "connect timeout after %lld ms", c->connect_ms);
 		break;
 	case PH_TLS: {
 		char why[64];
@@ -1596,14 +1677,14 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	case PH_HELO:
 	case PH_STARTTLS:
 	case PH_AUTH:
-		hop_fail(c, NULL, "timeout after %lld ms waiting for %s reply", c->command_ms, phase_name(c->phase));
+		hop_fail(c, SMTP_FAULT_TIMEOUT, NULL, "timeout after %lld ms waiting for %s reply", c->command_ms, phase_name(c->phase));
 		break;
 	case PH_READY: {
 		struct cmd *e = c->head;
 		while (e && e->local)
 			e = e->next;
 		long long ms = (e && e->kind == CMD_DATA && e->dphase == 2) ? c->data_ms : c->command_ms;
-		fault(c, "4.4.2", "timeout after %lld ms waiting for reply to %s", ms, e ? cmd_name(e) : "command");
+		fault(c, SMTP_FAULT_TIMEOUT, "4.4.2", "timeout after %lld ms waiting for reply to %s", ms, e ? cmd_name(e) : "command");
 		break;
 	}
 	default:
@@ -1621,6 +1702,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 	if (c->phase == PH_START && c->config_err[0]) {
 		c->last4xx = 451;
 		snprintf(c->last4xx_enh, sizeof(c->last4xx_enh), "4.3.5");
+		c->last_fault = SMTP_FAULT_LOCAL;
 		buf_printf(&c->failures, "configuration error: %s", c->config_err);
 		all_failed(c);
 	} else if (c->phase == PH_START) {
@@ -1669,6 +1751,12 @@ void smtp_client_connect_rotating(struct event_base *base, const struct smtp_cli
 	c->tls = opts->tls;
 	c->policy = opts->tls_policy;
 	c->verify_name = opts->tls_verify_name && opts->tls_verify_name[0] ? xstrdup(opts->tls_verify_name) : NULL;
+	if (opts->tls_verify_names && opts->tls_verify_names->n) {
+		c->verify_names.v = xcalloc(opts->tls_verify_names->n, sizeof(char *));
+		for (size_t i = 0; i < opts->tls_verify_names->n; i++)
+			if (opts->tls_verify_names->v[i] && opts->tls_verify_names->v[i][0])
+				c->verify_names.v[c->verify_names.n++] = xstrdup(opts->tls_verify_names->v[i]);
+	}
 	c->tls_on_connect = opts->tls_on_connect;
 	if (opts->auth_user && opts->auth_user[0]) {
 		c->auth_user = xstrdup(opts->auth_user);

@@ -3,7 +3,10 @@
  * queue's delivery agent and by proxy mode.
  *
  * A next hop is a list of "host:port", "[ipv6]:port" or "unix:/path"
- * addresses.  smtp_client_connect() tries them in order, starting at a
+ * addresses; a hop found under a host name (an MX) may carry that name,
+ * Postfix-style, "mx.example.net[192.0.2.1]:25" or
+ * "mx.example.net[2001:db8::1]:25": the address is connected to, the name
+ * is sent as SNI and is the name a verified certificate must match.  smtp_client_connect() tries them in order, starting at a
  * rotating index so several clients spread over equal hops, and fails over
  * to the next one when a connection is refused, times out, or the greeting
  * is not 2xx.  After the greeting it sends EHLO (LHLO for LMTP), does
@@ -35,10 +38,28 @@ struct event_base;
 struct tls_ctx;
 struct smtp_client;
 
+/* Where a reply came from: the server's own words, or a fault found here
+ * (and of which kind), so callers count and log failures by their cause
+ * without reading the text. */
+enum smtp_fault {
+	SMTP_REPLY = 0,         /* the server's reply */
+	SMTP_FAULT_LOCAL,       /* refused or impossible here (configuration, limits) */
+	SMTP_FAULT_CONNECT,     /* no connection: refused, unreachable, bad address */
+	SMTP_FAULT_TIMEOUT,     /* a deadline passed (connect, reply, data) */
+	SMTP_FAULT_LOST,        /* the connection closed or broke */
+	SMTP_FAULT_PROTOCOL,    /* the server broke the protocol */
+	SMTP_FAULT_TLS,         /* TLS required by the policy and not achieved */
+	SMTP_FAULT_AUTH,        /* our credentials were refused or could not be sent */
+	SMTP_FAULT_ROUTE,       /* no next hop for the domain (null MX, no address, DNS
+				   failure); set by routing, not by the client */
+};
+const char *smtp_fault_name(enum smtp_fault f);   /* "reply", "local", "connect", ... */
+
 struct smtp_reply {
 	int code;               /* 3-digit code; 421 for a local fault */
 	char enh[16];           /* enhanced status "x.y.z" or "" */
 	char text[512];         /* text of the last line (after code and enh), bounded */
+	enum smtp_fault fault;  /* for "all next hops failed": the last hop's */
 };
 
 /* Outbound TLS policy of a connection (zero is today's default, MAY).
@@ -53,9 +74,12 @@ struct smtp_reply {
  *                certificate is not checked.
  *   TLS_VERIFY   as ENCRYPT, and the chain must verify against the
  *                context's trust anchors (tls_client_new(ca_file, ...)) and
- *                the certificate must match tls_verify_name (default: the
- *                hop's host; an IP literal is matched against IP SANs),
- *                else 454 4.7.5.  SNI carries the name (not for an IP).
+ *                the certificate must match one of tls_verify_names when
+ *                given, else tls_verify_name, else the hop's name
+ *                (NAME[ADDRESS]:PORT), else the hop's host (an IP literal
+ *                is matched against IP SANs); else 454 4.7.5.  SNI
+ *                carries tls_verify_name, else the hop's name or host,
+ *                else the first of tls_verify_names (never an IP).
  * ENCRYPT and VERIFY need opts.tls; without it every hop fails 451 4.3.5
  * at once (configuration error, nothing connected).  Whatever the context,
  * TLS 1.2 is the lowest version offered. */
@@ -73,7 +97,10 @@ struct smtp_client_opts {
 	struct tls_ctx *tls;            /* NULL: no STARTTLS */
 	enum smtp_tls_policy tls_policy;
 	const char *tls_verify_name;    /* name to check the certificate against (and
-					 * SNI); NULL: the hop's host */
+					 * SNI); NULL: the hop's name or host */
+	const struct strlist *tls_verify_names; /* VERIFY: the certificate must match one
+					 * of these DNS names (a leading '.': any name
+					 * below it); NULL or empty: as above.  Copied. */
 	bool tls_on_connect;            /* implicit TLS (port 465): handshake before the
 					 * greeting; needs opts.tls; no plaintext fallback
 					 * whatever the policy (NONE and MAY then mean: TLS

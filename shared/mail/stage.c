@@ -859,7 +859,7 @@ static void on_session_end(void *arg, struct smtp_session *s)
 struct idle_conn {
 	struct stage *st;
 	struct generation *gen;     /* the configuration it was opened with */
-	char key[512];              /* the hops it was opened for */
+	char *key;                  /* conn_key() of what it was opened with */
 	struct smtp_client *c;
 	struct event *timer;
 	struct idle_conn *next;
@@ -875,6 +875,7 @@ static void idle_remove(struct stage *st, struct idle_conn *ic)
 	st->nidle--;
 	event_free(ic->timer);
 	gen_unref(st, ic->gen);
+	free(ic->key);
 	free(ic);
 }
 
@@ -893,7 +894,27 @@ static void hops_key(const struct strlist *hops, char *out, size_t n)
 		snprintf(out + strlen(out), n - strlen(out), "%s%s", i ? " " : "", hops->v[i]);
 }
 
-static void idle_put(struct stage *st, struct generation *g, struct smtp_client *c, const struct strlist *hops)
+/* What a kept connection must have been opened with to serve again: the
+ * hops, and everything about how it was set up (protocol, TLS context and
+ * policy, the names its certificate was checked against, the AUTH user).
+ * A connection opened under one domain's policy never serves a domain
+ * with a stricter one, even when both have the same MX hosts. */
+static char *conn_key(const struct smtp_client_opts *o)
+{
+	struct buf b = BUF_INIT;
+	for (size_t i = 0; i < o->hops->n; i++)
+		buf_printf(&b, "%s%s", i ? " " : "", o->hops->v[i]);
+	buf_printf(&b, "|%s|%p|%d|%d|%s|%s|", o->lmtp ? "lmtp" : "smtp", (void *)o->tls, (int)o->tls_policy,
+		   o->tls_on_connect, o->tls_verify_name ? o->tls_verify_name : "",
+		   o->auth_user ? o->auth_user : "");
+	for (size_t i = 0; o->tls_verify_names && i < o->tls_verify_names->n; i++)
+		buf_printf(&b, "%s,", o->tls_verify_names->v[i]);
+	char *key = xstrdup(buf_cstr(&b));
+	buf_free(&b);
+	return key;
+}
+
+static void idle_put(struct stage *st, struct generation *g, struct smtp_client *c, const char *key)
 {
 	long long ms = g->sc->next_idle_timeout;
 	if (ms <= 0 || g != st->gen || st->drain_timer || !smtp_client_reusable(c) ||
@@ -906,7 +927,7 @@ static void idle_put(struct stage *st, struct generation *g, struct smtp_client 
 	ic->gen = g;
 	g->refs++;
 	ic->c = c;
-	hops_key(hops, ic->key, sizeof(ic->key));
+	ic->key = xstrdup(key);
 	ic->timer = evtimer_new(st->base, idle_expired, ic);
 	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
 	evtimer_add(ic->timer, &tv);
@@ -915,10 +936,8 @@ static void idle_put(struct stage *st, struct generation *g, struct smtp_client 
 	st->nidle++;
 }
 
-static struct smtp_client *idle_get(struct stage *st, const struct strlist *hops)
+static struct smtp_client *idle_get(struct stage *st, const char *key)
 {
-	char key[512];
-	hops_key(hops, key, sizeof(key));
 	for (struct idle_conn *ic = st->idle, *next; ic; ic = next) {
 		next = ic->next;
 		if (strcmp(ic->key, key) != 0)
@@ -971,6 +990,7 @@ struct delivery {
 	bool stale;              /* ... and turned out to be closed: start over */
 	size_t nsent, nreplied;
 	bool *accepted;
+	char *conn_key;          /* conn_key() of the current group's connection */
 	struct dest *dest;       /* the current group's destination, while it counts there */
 	struct delivery *wnext;  /* waiting for that destination */
 };
@@ -988,6 +1008,7 @@ static void delivery_free(struct delivery *d)
 	free(d->groups);
 	strlist_free(&d->hops);
 	free(d->accepted);
+	free(d->conn_key);
 	free(d);
 }
 
@@ -1352,8 +1373,10 @@ static void group_done(struct delivery *d)
 {
 	dest_release(d);
 	if (d->c)
-		idle_put(d->st, d->gen, d->c, d->routed ? &d->hops : &d->gen->sc->next_hops);
+		idle_put(d->st, d->gen, d->c, d->conn_key);
 	d->c = NULL;
+	free(d->conn_key);
+	d->conn_key = NULL;
 	d->reused = d->stale = false;
 	d->nsent = d->nreplied = 0;
 	strlist_free(&d->hops);
@@ -1379,16 +1402,21 @@ static void dlv_result(struct delivery *d, size_t ri, const struct smtp_reply *r
 	char event[32];
 	snprintf(event, sizeof(event), "delivery.%s", status);
 	log_info(NULL, queue_item_id(d->it), event,
-		 "rcpt=%s relay=%s code=%d reply=%s tls=%s delay_s=%.3f status=%s attempt=%u",
+		 "rcpt=%s relay=%s code=%d reply=%s tls=%s delay_s=%.3f status=%s attempt=%u cause=%s",
 		 e->rcpts[ri].addr, relay ? relay : "", r->code, text,
 		 d->c && smtp_client_tls(d->c) ? smtp_client_tls(d->c) : "",
 		 (double)(wall_ms() - (long long)e->arrival * 1000) / 1000.0, status,
-		 queue_item_attempts(d->it) + 1);
-	if (d->st->m_deliveries)
-		metric_inc(r->code >= 200 && r->code < 300 ? d->st->m_deliveries :
-			   r->code >= 500 ? d->st->m_bounces : d->st->m_deferrals, NULL);
+		 queue_item_attempts(d->it) + 1, smtp_fault_name(r->fault));
+	if (d->st->m_deliveries) {
+		char label[40];
+		snprintf(label, sizeof(label), "reason=\"%s\"", smtp_fault_name(r->fault));
+		if (r->code >= 200 && r->code < 300)
+			metric_inc(d->st->m_deliveries, NULL);
+		else
+			metric_inc(r->code >= 500 ? d->st->m_bounces : d->st->m_deferrals, label);
+	}
 	if (d->st->def->outcome && d->gen->state)
-		d->st->def->outcome(d->gen->state, e, ri, r->code, text);
+		d->st->def->outcome(d->gen->state, e, ri, r, text);
 }
 
 /* The whole current group gets this reply (no connection, route failure). */
@@ -1479,16 +1507,17 @@ static void dlv_ready(void *arg, struct smtp_client *c, const struct smtp_reply 
  * a new one. */
 static void group_connect(struct delivery *d)
 {
-	const struct strlist *hops = d->routed ? &d->hops : &d->gen->sc->next_hops;
-	struct smtp_client *c = idle_get(d->st, hops);
+	struct smtp_client_opts o = client_opts(d->st, d->gen, queue_item_id(d->it), d->groups[d->cur].domain);
+	o.hops = d->routed ? &d->hops : &d->gen->sc->next_hops;
+	free(d->conn_key);
+	d->conn_key = conn_key(&o);
+	struct smtp_client *c = idle_get(d->st, d->conn_key);
 	if (c) {
 		d->reused = true;
 		smtp_client_set_log_id(c, queue_item_id(d->it));
 		dlv_ready(d, c, NULL);
 		return;
 	}
-	struct smtp_client_opts o = client_opts(d->st, d->gen, queue_item_id(d->it), d->groups[d->cur].domain);
-	o.hops = hops;
 	if (d->routed) {
 		/* MX order matters: always from the best hop. */
 		struct smtp_rotor first = { 0 };
@@ -1891,12 +1920,16 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	st->m_events = metrics_counter(st->metrics, "rampart_smtp_events_total",
 				       "Protocol faults the SMTP engine refused or noticed, by kind.");
 	st->m_deliveries = metrics_counter(st->metrics, "rampart_deliveries_total", "Recipients delivered.");
-	st->m_deferrals = metrics_counter(st->metrics, "rampart_deferrals_total", "Recipients deferred (4xx or unreachable).");
-	st->m_bounces = metrics_counter(st->metrics, "rampart_failures_total", "Recipients failed permanently (5xx).");
+	st->m_deferrals = metrics_counter(st->metrics, "rampart_deferrals_total",
+					  "Recipients deferred (4xx or unreachable), by cause: reply (the next hop's 4xx), "
+					  "connect, timeout, lost, protocol, tls, auth, route, local.");
+	st->m_bounces = metrics_counter(st->metrics, "rampart_failures_total",
+					"Recipients failed permanently (5xx), by cause (reply: the next hop's 5xx; route: "
+					"no way to the domain, e.g. null MX).");
 	/* Present from the start (at 0), so rates and sums work at once. */
 	metric_add(st->m_deliveries, NULL, 0);
-	metric_add(st->m_deferrals, NULL, 0);
-	metric_add(st->m_bounces, NULL, 0);
+	metric_add(st->m_deferrals, "reason=\"reply\"", 0);
+	metric_add(st->m_bounces, "reason=\"reply\"", 0);
 	metric_add(st->m_sessions, NULL, 0);
 
 	if (*sc->tls_cert) {

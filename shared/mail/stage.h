@@ -73,6 +73,7 @@ extern const struct param_def server_param_defs[];
 /* What a stage's init gets besides its parameters. */
 struct event_base;
 struct dns;
+struct smtp_reply;
 struct metrics;
 struct stage_env {
 	const struct global_config *g;
@@ -125,9 +126,12 @@ struct stage_def {
 	/* true: route is not used now (a smarthost is configured). */
 	bool (*route_all)(void *state);
 	/* Accounting: a message was accepted (queued); one recipient's
-	 * delivery attempt ended with code (reply: the text recorded). */
+	 * delivery attempt ended with r (its code, and whether the server
+	 * said so or which fault was found here: r->fault), text being the
+	 * reply as recorded. */
 	void (*accepted)(void *state, const struct envelope *env, size_t bytes);
-	void (*outcome)(void *state, const struct envelope *env, size_t rcpt, int code, const char *reply);
+	void (*outcome)(void *state, const struct envelope *env, size_t rcpt, const struct smtp_reply *r,
+			const char *text);
 	/* What init would refuse, without its side effects (rampart-X -t,
 	 * rampartctl config check).  NULL: nothing beyond the parameters. */
 	bool (*validate)(const void *config, const struct global_config *g, char *why, size_t whylen);

@@ -13,9 +13,11 @@
 #include "mail/ledger.h"
 #include "mail/route.h"
 #include "mail/stage.h"
+#include "mail/tls_policy.h"
 #include "util/alloc.h"
 #include "util/log.h"
 #include "util/metrics.h"
+#include "util/net.h"
 #include "util/tls.h"
 
 #include <ctype.h>
@@ -44,8 +46,9 @@ struct out_config {
 	char *dkim_keytable;
 };
 
-/* The order of the choices is enum smtp_tls_policy's. */
+/* The order of the choices is level_of[]'s. */
 #define TLS_CHOICES "may|none|encrypt|verify"
+static const enum tls_level level_of[] = { TLS_LEVEL_MAY, TLS_LEVEL_NONE, TLS_LEVEL_ENCRYPT, TLS_LEVEL_VERIFY };
 
 #define P(f) offsetof(struct out_config, f)
 static const struct param_def out_params[] = {
@@ -53,12 +56,18 @@ static const struct param_def out_params[] = {
 	  "which addresses of an MX host to try first (or only)" },
 	{ "smtp_port", PT_INT, "25", 1, 65535, NULL, P(smtp_port),
 	  "port of the MX hosts found by DNS (25; labs and tests use another)" },
-	{ "tls_policy", PT_ENUM, "may", 0, 0, "may|none|encrypt", P(tls_policy),
-	  "TLS towards MX hosts: may (opportunistic), none, encrypt (required, certificate not checked)" },
+	{ "tls_policy", PT_ENUM, "may", 0, 0, TLS_CHOICES, P(tls_policy),
+	  "TLS towards MX hosts without a tls_policy_domains entry: may (opportunistic), none, "
+	  "encrypt (required, certificate not checked), verify (required; chain checked against tls_ca_file, "
+	  "name against the MX host name); a required TLS that fails defers the mail (4xx)" },
 	{ "tls_policy_domains", PT_LIST, "", 0, 0, NULL, P(tls_policy_domains),
-	  "per destination domain: DOMAIN:may|none|encrypt entries overriding tls_policy" },
+	  "per destination, overriding tls_policy: DEST:LEVEL[:match=NAME]...[:ca=/path/ca.pem] entries; "
+	  "DEST example.com (that domain) or .example.com (the domains below it; the exact entry wins, then "
+	  "the closest parent); LEVEL none|may|encrypt|verify; verify only: match= a name the certificate may "
+	  "carry instead of the MX host name (repeatable, up to 8), ca= a CA file instead of tls_ca_file" },
 	{ "tls_ca_file", PT_STR, "", 0, 0, NULL, P(tls_ca_file),
-	  "CA certificates for smarthost_tls = verify (empty: the system store)" },
+	  "CA certificates (PEM) for every verify policy without its own ca= (tls_policy, tls_policy_domains, "
+	  "smarthost_tls); empty: the system store" },
 	{ "smarthost_tls", PT_ENUM, "may", 0, 0, TLS_CHOICES, P(smarthost_tls),
 	  "TLS towards the smarthosts (next_hops): may, none, encrypt, or verify (certificate and name checked)" },
 	{ "smarthost_implicit_tls", PT_BOOL, "no", 0, 0, NULL, P(smarthost_implicit_tls),
@@ -72,9 +81,10 @@ static const struct param_def out_params[] = {
 	PARAM_END
 };
 
-struct domain_policy {
-	char *domain;
-	enum smtp_tls_policy policy;
+/* One verifying TLS client context per CA file a verify policy can name. */
+struct ca_ctx {
+	const char *file;               /* the policy table's string; "" the system store */
+	struct tls_ctx *ctx;
 };
 
 struct out {
@@ -84,29 +94,80 @@ struct out {
 	const struct server_config *sc;
 	struct route_opts ropts;
 	int port;
-	enum smtp_tls_policy mx_policy;
-	struct domain_policy *policies;
-	size_t npolicies;
-	struct tls_ctx *verify_ctx;     /* for smarthost_tls = verify */
+	struct tls_policy_table *tls;   /* outbound TLS policy (mail/tls_policy.h) */
+	struct ca_ctx *cas;             /* for verify */
+	size_t ncas;
+	struct tls_ctx *plain_ctx;      /* encrypt (or implicit TLS) with next_tls = no */
 	char *password;
 	struct signers *dkim;           /* signing threads, keys checked at start-up */
 	struct ledger *ledger;          /* per-sender accounting */
 	char *ledger_path;
 	unsigned ticks;
-	struct metric *m_msgs, *m_rcpts, *m_bytes, *m_auth_fail;
+	struct metric *m_msgs, *m_rcpts, *m_bytes, *m_auth_fail, *m_tls_fail;
 };
 
-static const enum smtp_tls_policy policy_of[] = { TLS_MAY, TLS_NONE, TLS_ENCRYPT, TLS_VERIFY };
-
-static bool parse_policy(const char *word, enum smtp_tls_policy *out)
+static enum smtp_tls_policy client_policy(enum tls_level l)
 {
-	static const char *names[] = { "may", "none", "encrypt" };
-	for (size_t i = 0; i < 3; i++)
-		if (strcasecmp(word, names[i]) == 0) {
-			*out = policy_of[i];
-			return true;
+	switch (l) {
+	case TLS_LEVEL_NONE: return TLS_NONE;
+	case TLS_LEVEL_MAY: return TLS_MAY;
+	case TLS_LEVEL_ENCRYPT: return TLS_ENCRYPT;
+	case TLS_LEVEL_VERIFY: return TLS_VERIFY;
+	}
+	return TLS_VERIFY;      /* never weaker than asked */
+}
+
+static struct tls_policy_table *policy_table(const struct out_config *c, char *why, size_t whylen)
+{
+	struct tls_policy_config pc = {
+		.mx_default = level_of[c->tls_policy],
+		.smarthost = level_of[c->smarthost_tls],
+		.ca_file = c->tls_ca_file,
+		.entries = &c->tls_policy_domains,
+	};
+	return tls_policy_new(&pc, why, whylen);
+}
+
+/* A verifying client context for every CA file of the table; false with
+ * why naming the parameter when one does not load. */
+static bool load_cas(const struct tls_policy_table *t, const char *global_ca, struct ca_ctx **cas, size_t *ncas,
+		     char *why, size_t whylen)
+{
+	size_t n = tls_policy_ca_count(t);
+	*cas = xcalloc(n ? n : 1, sizeof(**cas));
+	*ncas = 0;
+	for (size_t i = 0; i < n; i++) {
+		const char *file = tls_policy_ca_file(t, i);
+		char w[400];
+		struct tls_ctx *ctx = tls_client_new(*file ? file : NULL, true, w, sizeof(w));
+		if (!ctx) {
+			if (!*file)
+				snprintf(why, whylen, "tls_ca_file is empty, and the system CA store: %s", w);
+			else if (strcmp(file, global_ca) == 0)
+				snprintf(why, whylen, "tls_ca_file: %s", w);
+			else
+				snprintf(why, whylen, "tls_policy_domains: ca=%s: %s", file, w);
+			return false;
 		}
-	return false;
+		(*cas)[*ncas].file = file;
+		(*cas)[(*ncas)++].ctx = ctx;
+	}
+	return true;
+}
+
+static void free_cas(struct ca_ctx *cas, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		tls_ctx_free(cas[i].ctx);
+	free(cas);
+}
+
+static struct tls_ctx *ca_ctx_of(const struct out *o, const char *file)
+{
+	for (size_t i = 0; i < o->ncas; i++)
+		if (strcmp(o->cas[i].file, file) == 0)
+			return o->cas[i].ctx;
+	return NULL;    /* cannot happen: the table named every file */
 }
 
 /* The password: the first line of a file, read once at start-up. */
@@ -140,21 +201,13 @@ static bool check_config(const struct out_config *c, struct out *o, char *why, s
 		snprintf(why, whylen, "mode: the outgoing stage works in queue mode only (it must never lose mail)");
 		return false;
 	}
-	for (size_t i = 0; i < c->tls_policy_domains.n; i++) {
-		const char *e = c->tls_policy_domains.v[i];
-		const char *colon = strrchr(e, ':');
-		enum smtp_tls_policy pol;
-		if (!colon || colon == e || !parse_policy(colon + 1, &pol)) {
-			snprintf(why, whylen, "tls_policy_domains: '%s': expected DOMAIN:may|none|encrypt", e);
-			return false;
-		}
-		if (o) {
-			o->policies = xrealloc(o->policies, (o->npolicies + 1) * sizeof(*o->policies));
-			o->policies[o->npolicies].domain = xstrndup(e, (size_t)(colon - e));
-			o->policies[o->npolicies].policy = pol;
-			o->npolicies++;
-		}
-	}
+	struct tls_policy_table *t = policy_table(c, why, whylen);
+	if (!t)
+		return false;
+	if (o)
+		o->tls = t;
+	else
+		tls_policy_free(t);
 	if (*c->smarthost_user && !*c->smarthost_password_file) {
 		snprintf(why, whylen, "smarthost_user is set: smarthost_password_file must name the file with the password");
 		return false;
@@ -163,7 +216,7 @@ static bool check_config(const struct out_config *c, struct out *o, char *why, s
 		snprintf(why, whylen, "smarthost_user is set but next_hops (the smarthosts) is empty");
 		return false;
 	}
-	if (*c->smarthost_user && policy_of[c->smarthost_tls] == TLS_NONE && !c->smarthost_implicit_tls) {
+	if (*c->smarthost_user && level_of[c->smarthost_tls] == TLS_LEVEL_NONE && !c->smarthost_implicit_tls) {
 		snprintf(why, whylen, "smarthost_tls = none with smarthost_user: credentials are never sent in clear text");
 		return false;
 	}
@@ -368,7 +421,6 @@ static void *out_init(const void *config, const struct stage_env *env, char *why
 		out_free(o);
 		return NULL;
 	}
-	o->mx_policy = policy_of[c->tls_policy];
 	o->ledger = ledger_new(100000);
 	o->ledger_path = xasprintf("%s/ledger.%s", env->g->state_dir, env->instance);
 	char lwhy[512];
@@ -381,10 +433,18 @@ static void *out_init(const void *config, const struct stage_env *env, char *why
 		o->m_auth_fail = metrics_counter(env->metrics, "rampart_smarthost_auth_failures_total",
 						 "Deliveries deferred because the smarthost refused our credentials.");
 		metric_add(o->m_auth_fail, NULL, 0);
+		o->m_tls_fail = metrics_counter(env->metrics, "rampart_tls_policy_failures_total",
+						"Deliveries deferred because TLS required by the policy failed, "
+						"by level, policy source and reason.");
 	}
-	if (policy_of[c->smarthost_tls] == TLS_VERIFY) {
-		o->verify_ctx = tls_client_new(*c->tls_ca_file ? c->tls_ca_file : NULL, true, why, whylen);
-		if (!o->verify_ctx) {
+	if (!load_cas(o->tls, c->tls_ca_file, &o->cas, &o->ncas, why, whylen)) {
+		out_free(o);
+		return NULL;
+	}
+	if (!c->srv.next_tls && (tls_policy_any_required(o->tls) || c->smarthost_implicit_tls)) {
+		/* next_tls = no turns opportunistic TLS off, not a required one */
+		o->plain_ctx = tls_client_new(NULL, false, why, whylen);
+		if (!o->plain_ctx) {
 			out_free(o);
 			return NULL;
 		}
@@ -418,6 +478,14 @@ static bool out_validate(const void *config, const struct global_config *g, char
 	const struct out_config *c = config;
 	if (!check_config(c, NULL, why, whylen))
 		return false;
+	struct tls_policy_table *t = policy_table(c, why, whylen);
+	struct ca_ctx *cas = NULL;
+	size_t ncas = 0;
+	bool ok = t && load_cas(t, c->tls_ca_file, &cas, &ncas, why, whylen);
+	free_cas(cas, ncas);
+	tls_policy_free(t);
+	if (!ok)
+		return false;
 	if (*c->smarthost_user) {
 		char *p = read_secret(c->smarthost_password_file, why, whylen);
 		if (!p)
@@ -439,10 +507,9 @@ static bool out_validate(const void *config, const struct global_config *g, char
 static void out_free(void *state)
 {
 	struct out *o = state;
-	for (size_t i = 0; i < o->npolicies; i++)
-		free(o->policies[i].domain);
-	free(o->policies);
-	tls_ctx_free(o->verify_ctx);
+	free_cas(o->cas, o->ncas);
+	tls_ctx_free(o->plain_ctx);
+	tls_policy_free(o->tls);
 	signers_free(o->dkim);
 	if (o->ledger) {
 		char why[512];
@@ -477,13 +544,49 @@ static void out_accepted(void *state, const struct envelope *env, size_t bytes)
 	}
 }
 
-static void out_outcome(void *state, const struct envelope *env, size_t rcpt, int code, const char *reply)
+/* Why a TLS the policy required failed (smtp_client's SMTP_FAULT_TLS),
+ * in more detail, from the text it wrote ("454 4.7.x all next hops
+ * failed: HOP (TLS required ...)"); NULL: not such a failure. */
+static const char *tls_failure_reason(const struct smtp_reply *r, const char *reply)
 {
-	(void)rcpt;
+	if (r->fault != SMTP_FAULT_TLS || !reply)
+		return NULL;
+	if (strstr(reply, "hostname mismatch") || strstr(reply, "IP address mismatch"))
+		return "name_mismatch";
+	if (strstr(reply, "certificate"))
+		return "certificate";
+	if (strstr(reply, "not offered"))
+		return "not_offered";
+	if (strstr(reply, "STARTTLS refused"))
+		return "starttls_refused";
+	return "handshake";
+}
+
+static void out_outcome(void *state, const struct envelope *env, size_t rcpt, const struct smtp_reply *r,
+			const char *reply)
+{
 	struct out *o = state;
-	ledger_outcome(o->ledger, env->sender, env->client.login, code);
-	if (o->m_auth_fail && code >= 400 && code < 500 && reply && strstr(reply, "AUTH"))
+	ledger_outcome(o->ledger, env->sender, env->client.login, r->code);
+	if (o->m_auth_fail && r->fault == SMTP_FAULT_AUTH)
 		metric_inc(o->m_auth_fail, NULL);
+	const char *reason = tls_failure_reason(r, reply);
+	if (reason && rcpt < env->nrcpt) {
+		const char *addr = env->rcpts[rcpt].addr;
+		const char *at = strrchr(addr, '@');
+		struct tls_policy_query q = { .domain = at ? at + 1 : "", .smarthost = o->sc->next_hops.n > 0 };
+		struct tls_policy p;
+		tls_policy_lookup(o->tls, &q, &p);
+		log_warn(NULL, NULL, "tls.policy_failed",
+			 "rcpt=%s correlation_id=%s policy=%s source=%s entry=%s reason=%s reply=%s", addr,
+			 env->correlation_id ? env->correlation_id : "", tls_level_name(p.level), p.source, p.entry,
+			 reason, reply);
+		if (o->m_tls_fail) {
+			char labels[200];
+			snprintf(labels, sizeof(labels), "level=\"%s\",source=\"%s\",reason=\"%s\"",
+				 tls_level_name(p.level), p.source, reason);
+			metric_inc(o->m_tls_fail, labels);
+		}
+	}
 }
 
 /* Saved every 10 s, and at exit: counts survive restarts. */
@@ -510,26 +613,34 @@ static void out_prepare(void *state, const struct envelope *env, const char *msg
 	signers_submit(o->dkim, msg, len, done, arg);
 }
 
-/* TLS policy and AUTH for one connection. */
+/* TLS policy and AUTH for one connection: domain is the recipient
+ * domain, "" for the smarthosts. */
 static void out_client_opts(void *state, const char *domain, struct smtp_client_opts *opts)
 {
 	struct out *o = state;
 	const struct out_config *c = o->c;
-	if (!*domain) {       /* the smarthosts */
-		opts->tls_policy = policy_of[c->smarthost_tls];
+	struct tls_policy_query q = { .domain = domain, .smarthost = !*domain };
+	struct tls_policy p;
+	tls_policy_lookup(o->tls, &q, &p);
+	opts->tls_policy = client_policy(p.level);
+	if (q.smarthost)
 		opts->tls_on_connect = c->smarthost_implicit_tls;
-		if (opts->tls_policy == TLS_VERIFY)
-			opts->tls = o->verify_ctx;
-		if (o->password) {
-			opts->auth_user = c->smarthost_user;
-			opts->auth_pass = o->password;
-		}
-		return;
+	if (p.level == TLS_LEVEL_VERIFY) {
+		/* chain against the policy's CA file, name against the match
+		 * names or else the host connected to (smtp_client.h) */
+		opts->tls = ca_ctx_of(o, p.ca_file);
+		opts->tls_verify_names = p.match;
+	} else if (!opts->tls && (p.level == TLS_LEVEL_ENCRYPT || opts->tls_on_connect)) {
+		opts->tls = o->plain_ctx;
 	}
-	opts->tls_policy = o->mx_policy;
-	for (size_t i = 0; i < o->npolicies; i++)
-		if (strcasecmp(o->policies[i].domain, domain) == 0)
-			opts->tls_policy = o->policies[i].policy;
+	log_debug(opts->log_sid, NULL, "tls.policy", "domain=%s policy=%s source=%s entry=%s ca=%s match=%zu",
+		  domain, tls_level_name(p.level), p.source, p.entry,
+		  p.level == TLS_LEVEL_VERIFY ? (*p.ca_file ? p.ca_file : "system") : "",
+		  p.match ? p.match->n : 0);
+	if (q.smarthost && o->password) {
+		opts->auth_user = c->smarthost_user;
+		opts->auth_pass = o->password;
+	}
 }
 
 /* -- routing -- */
@@ -539,17 +650,45 @@ struct route_req {
 	void *arg;
 };
 
+/* A plain host name (what smtp_client accepts in front of "[address]"). */
+static bool plain_host(const char *h)
+{
+	if (!*h || net_is_ip(h))
+		return false;
+	for (const char *p = h; *p; p++)
+		if (!isalnum((unsigned char)*p) && *p != '.' && *p != '-' && *p != '_')
+			return false;
+	return true;
+}
+
+/* The hops for smtp_client, each with the host name it was found under
+ * ("mx.example.net[192.0.2.1]:25"): that name is sent as SNI and is the
+ * name a verify policy checks the certificate against.  Address literals
+ * stay bare. */
+static void named_hops(const struct route_result *r, struct strlist *out)
+{
+	out->v = xcalloc(r->n ? r->n : 1, sizeof(char *));
+	for (size_t i = 0; i < r->n; i++) {
+		const struct route_hop *h = &r->hops[i];
+		bool v6 = strchr(h->addr, ':') != NULL;
+		if (r->via != ROUTE_VIA_LITERAL && plain_host(h->host))
+			out->v[out->n++] = xasprintf("%s[%s]:%d", h->host, h->addr, h->port);
+		else
+			out->v[out->n++] = xasprintf(v6 ? "[%s]:%d" : "%s:%d", h->addr, h->port);
+	}
+}
+
 static void routed(void *arg, const struct route_result *r)
 {
 	struct route_req *q = arg;
 	if (r->code) {
-		struct smtp_reply err = { .code = r->code };
+		struct smtp_reply err = { .code = r->code, .fault = SMTP_FAULT_ROUTE };
 		snprintf(err.enh, sizeof(err.enh), "%s", r->enh);
 		snprintf(err.text, sizeof(err.text), "%s", r->text);
 		q->done(q->arg, NULL, &err);
 	} else {
 		struct strlist hops = { 0 };
-		route_result_hops(r, &hops);
+		named_hops(r, &hops);
 		q->done(q->arg, &hops, NULL);
 		strlist_free(&hops);
 	}

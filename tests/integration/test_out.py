@@ -116,8 +116,12 @@ def test_smarthost_auth_failure_defers_then_flush_delivers():
     port = int(provider.stdout.readline())
     with open(lab.path("api-key"), "w") as f:
         f.write("expired-key\n")
+    from lib import free_port
+    import urllib.request
+    mport = free_port()
     lab.add_out(next_hops="127.0.0.1:%d" % port, smarthost_user="app1",
-                smarthost_password_file=lab.path("api-key"), smarthost_tls="encrypt", retry_min="1h", retry_max="2h")
+                smarthost_password_file=lab.path("api-key"), smarthost_tls="encrypt", retry_min="1h", retry_max="2h",
+                metrics_listen="127.0.0.1:%d" % mport)
     lab.sections["check.relay"] = {"relay_networks": "127.0.0.0/8"}
     lab.start("out", binary="rampart-out")
     try:
@@ -135,6 +139,12 @@ def test_smarthost_auth_failure_defers_then_flush_delivers():
         check(out.count("tries=1") == 3 and "535 5.7.8" in out and "454 4.7.8" in out,
               "the AUTH refusal, as a temporary failure, is the last error: %s" % out)
         check(glob.glob(os.path.join(rec, "body.*")) == [], "nothing delivered with a bad key")
+        metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
+        check(re.search(r'^rampart_deferrals_total\{[^}]*reason="auth"[^}]*\} 3$', metrics, re.M),
+              "three deferrals counted with their cause: %s" % metrics)
+        check(re.search(r'^rampart_smarthost_auth_failures_total(\{[^}]*\})? 3$', metrics, re.M),
+              "three AUTH failures at the smarthost: %s" % metrics)
+        check(lab.log("out").count('"cause":"auth"') == 3, "the delivery lines name the cause")
 
         with open(lab.path("api-key"), "w") as f:
             f.write("right-key\n")

@@ -808,6 +808,7 @@ static void test_rcpt_rejected(void **state)
 	run(&t, 10000);
 	assert_int_equal(m->rcpt[0].r.code, 250);
 	assert_int_equal(m->rcpt[1].r.code, 550);
+	assert_int_equal(m->rcpt[1].r.fault, SMTP_REPLY);
 	assert_string_equal(m->rcpt[1].r.enh, "5.1.1");
 	assert_string_equal(m->rcpt[1].r.text, "<bad@example.com>: no such user");
 	assert_int_equal(m->rcpt[2].r.code, 250);
@@ -961,6 +962,8 @@ static void test_all_hops_down(void **state)
 	assert_true(t.ready_failed);
 	assert_int_equal(t.ready_err.code, 421);
 	assert_string_equal(t.ready_err.enh, "4.4.1");
+	assert_int_equal(t.ready_err.fault, SMTP_FAULT_CONNECT);
+	assert_string_equal(smtp_fault_name(t.ready_err.fault), "connect");
 	assert_non_null(strstr(t.ready_err.text, h1));
 	assert_non_null(strstr(t.ready_err.text, h2));
 
@@ -973,6 +976,7 @@ static void test_all_hops_down(void **state)
 	assert_true(t.ready_failed);
 	assert_int_equal(t.ready_err.code, 450);
 	assert_string_equal(t.ready_err.enh, "4.7.1");
+	assert_int_equal(t.ready_err.fault, SMTP_REPLY);   /* the last hop said so */
 	assert_non_null(strstr(t.ready_err.text, h1));
 	assert_non_null(strstr(t.ready_err.text, h3));
 
@@ -982,6 +986,7 @@ static void test_all_hops_down(void **state)
 	run(&t, 10000);
 	assert_true(t.ready_failed);
 	assert_int_equal(t.ready_err.code, 421);
+	assert_int_equal(t.ready_err.fault, SMTP_FAULT_LOCAL);
 	assert_non_null(strstr(t.ready_err.text, "no next hop"));
 
 	/* a hop that does not parse counts as down */
@@ -1043,6 +1048,7 @@ static void test_stall_timeout(void **state)
 	run(&t, 10000);
 	assert_int_equal(m->mail.r.code, 421);
 	assert_string_equal(m->mail.r.enh, "4.4.2");
+	assert_int_equal(m->mail.r.fault, SMTP_FAULT_TIMEOUT);
 	assert_non_null(strstr(m->mail.r.text, "timeout"));
 	long long waited = t.t_first_reply - t.t_issue;
 	assert_true(waited >= 350 && waited < 2000);
@@ -1120,6 +1126,7 @@ static void test_drop_mid_data(void **state)
 	assert_true(m->data.got);
 	assert_int_equal(m->data.r[0].code, 421);
 	assert_string_equal(m->data.r[0].enh, "4.4.2");
+	assert_int_equal(m->data.r[0].fault, SMTP_FAULT_LOST);
 	assert_non_null(strstr(m->data.r[0].text, "connection"));
 	free(body);
 }
@@ -1442,6 +1449,7 @@ static void test_malformed_reply(void **state)
 	assert_int_equal(m->mail.r.code, 250);
 	assert_int_equal(m->rcpt[0].r.code, 421);
 	assert_string_equal(m->rcpt[0].r.enh, "4.4.0");
+	assert_int_equal(m->rcpt[0].r.fault, SMTP_FAULT_PROTOCOL);
 	assert_non_null(strstr(m->rcpt[0].r.text, "protocol error"));
 	assert_int_equal(m->data.r[0].code, 421);
 }
@@ -1918,6 +1926,7 @@ static void test_auth_535_deferred(void **state)
 	assert_true(t.ready_failed);
 	assert_int_equal(t.ready_err.code, 454);
 	assert_string_equal(t.ready_err.enh, "4.7.8");
+	assert_int_equal(t.ready_err.fault, SMTP_FAULT_AUTH);
 	assert_non_null(strstr(t.ready_err.text, "535 5.7.8 Authentication credentials invalid"));
 	assert_non_null(strstr(t.ready_err.text, hop));
 	assert_false(t.msgs[0].mail.got);
@@ -2024,6 +2033,7 @@ static void test_encrypt_required(void **state)
 		assert_true(t.ready_failed);
 		assert_int_equal(t.ready_err.code, 454);
 		assert_string_equal(t.ready_err.enh, cases[i].enh);
+		assert_int_equal(t.ready_err.fault, SMTP_FAULT_TLS);
 		if (!strstr(t.ready_err.text, cases[i].text))
 			fail_msg("case %zu: \"%s\" lacks \"%s\"", i, t.ready_err.text, cases[i].text);
 		char lines[16][600];
@@ -2131,6 +2141,7 @@ static void test_verify_wrong_name(void **state)
 	assert_true(t.ready_failed);
 	assert_int_equal(t.ready_err.code, 454);
 	assert_string_equal(t.ready_err.enh, "4.7.5");
+	assert_int_equal(t.ready_err.fault, SMTP_FAULT_TLS);
 	assert_non_null(strstr(t.ready_err.text, "hostname mismatch"));
 	char lines[16][600];
 	int b[16];
