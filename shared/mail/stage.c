@@ -73,6 +73,7 @@ const struct param_def server_param_defs[] = {
 	{ "retry_max", PT_TIME, "1h", 10, 604800000, NULL, SRV(retry_max), "longest retry delay (exponential backoff)" },
 	{ "queue_lifetime", PT_TIME, "5d", 5000, 7776000000LL, NULL, SRV(queue_lifetime), "maximum time a message stays queued" },
 	{ "dsn", PT_BOOL, "yes", 0, 0, NULL, SRV(dsn), "send a delivery status notification (RFC 3464) to the sender when a recipient fails for good" },
+	{ "double_bounce_recipient", PT_STR, "", 0, 0, NULL, SRV(double_bounce_recipient), "where failures of mail sent with the null sender (bounces themselves) are reported, e.g. postmaster@example.org (empty: logged and dropped; a bounce is never bounced to its null sender)" },
 	{ "delay_warning", PT_TIME, "4h", 0, 7776000000LL, NULL, SRV(delay_warning), "tell the sender (a delay DSN, once) when a message is still undelivered after this long (0: never)" },
 	{ "max_deliveries", PT_INT, "100", 1, 10000, NULL, SRV(max_deliveries), "concurrent deliveries from the queue" },
 	{ "destination_concurrency", PT_INT, "20", 1, 10000, NULL, SRV(destination_concurrency), "concurrent deliveries to one destination (recipient domain, or the next hops as a whole)" },
@@ -1221,7 +1222,7 @@ static bool expire_pending(struct delivery *d)
 
 /* Queue a report to the sender of d's message, with the null sender (a
  * report is never answered by another); cb gets the outcome. */
-static void submit_report(struct delivery *d, const struct buf *report, queue_submit_cb cb)
+static void submit_report(struct delivery *d, const char *to, const struct buf *report, queue_submit_cb cb)
 {
 	struct envelope *e = queue_item_envelope(d->it);
 	struct envelope *de = envelope_new();
@@ -1231,7 +1232,7 @@ static void submit_report(struct delivery *d, const struct buf *report, queue_su
 	de->client.addr = pool_strdup(de->pool, "127.0.0.1");
 	de->client.name = pool_strdup(de->pool, "localhost");
 	de->client.proto = pool_strdup(de->pool, "DSN");
-	envelope_add_rcpt(de, e->sender);
+	envelope_add_rcpt(de, to);
 	de->rcpts[0].notify = DSN_NOTIFY_NEVER;
 	queue_submit(d->st->queue, de, report->data, report->len, cb, d);
 	envelope_free(de);
@@ -1248,7 +1249,8 @@ static void dsn_queued(void *arg, bool ok, const char *qid)
 			queue_item_bounced(d->it, i);
 	}
 	if (ok)
-		log_info(NULL, queue_item_id(d->it), "dsn.queued", "dsn_queue_id=%s to=%s", qid, e->sender);
+		log_info(NULL, queue_item_id(d->it), "dsn.queued", "dsn_queue_id=%s to=%s", qid,
+			 e->sender[0] ? e->sender : d->gen->sc->double_bounce_recipient);
 	else
 		log_error(NULL, queue_item_id(d->it), "dsn.queue_failed", "reason=%s",
 			  "the report could not be queued; the message stays in failed/");
@@ -1279,6 +1281,14 @@ static void failure_reports(struct delivery *d)
 	in.message = d->data;
 	in.len = d->len;
 	in.now = time(NULL);
+	/* A bounce that fails is never bounced to its null sender: reported
+	 * to the postmaster when the site says where, else logged.  Reports
+	 * made here (proto DSN) never get one: no loop when the postmaster's
+	 * own address fails. */
+	const char *to = e->sender;
+	bool ours = e->client.proto && strcmp(e->client.proto, "DSN") == 0;
+	if (!e->sender[0] && *d->gen->sc->double_bounce_recipient && !ours)
+		to = in.to = d->gen->sc->double_bounce_recipient;
 	struct buf report = BUF_INIT;
 	char why[256] = "";
 	bool built = dsn_build(&in, &report, why, sizeof(why));
@@ -1292,7 +1302,7 @@ static void failure_reports(struct delivery *d)
 		delivery_release(d);
 		return;
 	}
-	submit_report(d, &report, dsn_queued);
+	submit_report(d, to, &report, dsn_queued);
 	buf_free(&report);
 }
 
@@ -1355,7 +1365,7 @@ static bool delay_warning(struct delivery *d)
 	}
 	log_info(NULL, queue_item_id(d->it), "dsn.delay_warning", "age_s=%lld pending=%zu to=%s",
 		 age_ms / 1000, np, e->sender);
-	submit_report(d, &report, delay_dsn_queued);
+	submit_report(d, e->sender, &report, delay_dsn_queued);
 	buf_free(&report);
 	return true;
 }

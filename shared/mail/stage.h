@@ -51,6 +51,7 @@ struct server_config {
 	long long max_deliveries;
 	long long destination_concurrency;
 	long long delay_warning;
+	char *double_bounce_recipient;
 	bool dsn;
 	char *tls_cert, *tls_key;
 	struct strlist xforward_hosts;

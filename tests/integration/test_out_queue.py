@@ -144,3 +144,51 @@ def test_delay_warning_sent_once_and_survives_restart():
         check(lab.log("out").count("dsn.delay_queued") == 1, "one delay DSN queued")
     finally:
         lab.close()
+
+
+def test_failed_bounce_goes_to_the_postmaster_or_is_dropped():
+    """A bounce (null sender) that fails is never bounced back to <>: with
+    double_bounce_recipient the postmaster gets the report, without it the
+    failure is logged and the message let go."""
+    for postmaster in ("postmaster@example.org", "", "postmaster@nullmx.example"):
+        lab = Lab("bounce2")
+        lab.add_internet()
+        lab.dns([
+            "example.org. 3600 IN MX 10 mx.example.org.",
+            "mx.example.org. 3600 IN A 127.0.0.1",
+            "nullmx.example. 3600 IN MX 0 .",
+        ])
+        lab.add_out(smtp_port=str(lab.ports["internet"]), double_bounce_recipient=postmaster)
+        lab.sections["check.relay"] = {"relay_networks": "127.0.0.0/8"}
+        lab.start("out", binary="rampart-out")
+        try:
+            send_mail(lab.ports["out"], "", ["x@nullmx.example"], message("a bounce that bounces"))
+            if postmaster.endswith("nullmx.example"):
+                # the postmaster's address fails too: one report, not a loop
+                end = time.time() + 10
+                while time.time() < end and "dsn.not_sent" not in lab.log("out"):
+                    time.sleep(0.1)
+                time.sleep(1)
+                check(lab.log("out").count('"dsn.queued"') == 1 and "dsn.not_sent" in lab.log("out"),
+                      "one report to the postmaster, whose failure is only logged: %s" % lab.log("out")[-3000:])
+            elif postmaster:
+                raw = lab.wait_outbound("example.org", 1)[0]
+                check(b"X-Lab-Envelope-From: <>" in raw and b"X-Lab-Envelope-To: <postmaster@example.org>" in raw,
+                      "to the postmaster, from <>: %r" % raw[:300])
+                m = email.message_from_bytes(raw[raw.index(b"From:"):])
+                check(m.get_content_type() == "multipart/report", "a DSN: %s" % m.get_content_type())
+                text = [p for p in m.walk() if p.get_content_type() == "message/delivery-status"][0].as_string()
+                check("x@nullmx.example" in text and "Action: failed" in text, "about the failed bounce: %s" % text)
+            else:
+                end = time.time() + 10
+                while time.time() < end and "dsn.not_sent" not in lab.log("out"):
+                    time.sleep(0.1)
+                check("dsn.not_sent" in lab.log("out"), "logged: %s" % lab.log("out")[-2000:])
+                time.sleep(1)
+                check(lab.outbound("example.org") == [], "nothing sent")
+            end = time.time() + 10
+            while time.time() < end and not lab.ctl("-n", "out", "queue", "list").stdout.strip().endswith("0 messages"):
+                time.sleep(0.1)
+            check(lab.ctl("-n", "out", "queue", "list").stdout.strip().endswith("0 messages"), "nothing left queued")
+        finally:
+            lab.close()
