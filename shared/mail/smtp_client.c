@@ -160,6 +160,7 @@ struct smtp_client {
 	int last4xx;
 	char last4xx_enh[16];
 	enum smtp_fault last_fault; /* of the last hop that failed */
+	enum smtp_fault last4xx_fault; /* of the hop that gave last4xx */
 
 	/* the connection */
 	enum phase phase;
@@ -567,6 +568,7 @@ static void note_failure(struct smtp_client *c, enum smtp_fault kind, const char
 	if (r && r->code / 100 == 4) {
 		c->last4xx = r->code;
 		snprintf(c->last4xx_enh, sizeof(c->last4xx_enh), "%s", r->enh);
+		c->last4xx_fault = kind;
 	}
 }
 
@@ -575,7 +577,8 @@ static void all_failed(struct smtp_client *c)
 	struct smtp_reply err;
 	reply_set(&err, c->last4xx ? c->last4xx : 421, c->last4xx_enh[0] ? c->last4xx_enh : "4.4.1",
 		  "all next hops failed: %s", c->nhops ? buf_cstr(&c->failures) : "no next hop configured");
-	err.fault = c->nhops ? c->last_fault : SMTP_FAULT_LOCAL;
+	/* the cause goes with the code reported: the hop whose 4xx it is */
+	err.fault = !c->nhops ? SMTP_FAULT_LOCAL : c->last4xx ? c->last4xx_fault : c->last_fault;
 	log_warn(c->sid, NULL, "smtp_client_all_hops_failed", "hops=%zu reason=%s", c->nhops, err.text);
 	c->phase = PH_DEAD;
 	c->dead = true;
@@ -1702,7 +1705,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 	if (c->phase == PH_START && c->config_err[0]) {
 		c->last4xx = 451;
 		snprintf(c->last4xx_enh, sizeof(c->last4xx_enh), "4.3.5");
-		c->last_fault = SMTP_FAULT_LOCAL;
+		c->last_fault = c->last4xx_fault = SMTP_FAULT_LOCAL;
 		buf_printf(&c->failures, "configuration error: %s", c->config_err);
 		all_failed(c);
 	} else if (c->phase == PH_START) {

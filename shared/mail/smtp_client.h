@@ -59,7 +59,9 @@ struct smtp_reply {
 	int code;               /* 3-digit code; 421 for a local fault */
 	char enh[16];           /* enhanced status "x.y.z" or "" */
 	char text[512];         /* text of the last line (after code and enh), bounded */
-	enum smtp_fault fault;  /* for "all next hops failed": the last hop's */
+	enum smtp_fault fault;  /* for "all next hops failed": that of the hop whose
+				   code is reported (the last 4xx reply), else the
+				   last hop's */
 };
 
 /* Outbound TLS policy of a connection (zero is today's default, MAY).
