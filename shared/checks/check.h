@@ -73,6 +73,11 @@ struct check_ctx {
 	const char *qid;            /* queue id, NULL before MAIL */
 	const struct env_client *client;
 	bool tls;
+	/* Session facts checks leave for later checks.  client_allowed: the
+	 * client is on a local allow list (check "lists"): checks against
+	 * spam from unknown clients (greylisting, DNSBL, rate limits) let it
+	 * through. */
+	bool client_allowed;
 	const char *helo;
 	const struct envelope *env; /* NULL before MAIL */
 	long long declared_size;    /* MAIL SIZE=, -1 if not given */

@@ -9,11 +9,13 @@
 extern const struct check_def check_relay;
 extern const struct check_def check_limits;
 extern const struct check_def check_users;
+extern const struct check_def check_lists;
 
 const struct check_def *const check_registry[] = {
 	&check_relay,
 	&check_limits,
 	&check_users,
+	&check_lists,
 	NULL
 };
 

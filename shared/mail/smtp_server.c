@@ -88,6 +88,7 @@ struct smtp_session {
 	bool hook_answered;
 	bool processing;                    /* inside process_input() */
 	bool helo_seen;
+	bool refused;               /* greeted with 554: only QUIT (RFC 5321 3.1) */
 	bool banner_sent;
 	bool esmtp;
 	bool tls;
@@ -408,8 +409,15 @@ static void finish_pending(struct smtp_session *s)
 		break;
 	case PEND_CONNECT:
 		if (hook_objected(s)) {
-			/* A refused connection gets its reply, then is closed. */
-			close_after_flush(s, "connect refused");
+			/* 421: closed at once.  554: RFC 5321 3.1 — the server
+			 * waits for QUIT and answers 503 to anything else (each
+			 * one an error, so max_errors still ends it). */
+			if (s->reply_code != 421 && s->state != ST_CLOSING) {
+				s->refused = true;
+				enter_state(s, ST_COMMAND, "connect refused, waiting for QUIT");
+			} else {
+				close_after_flush(s, "connect refused");
+			}
 			return;
 		}
 		send_banner(s);
@@ -1001,6 +1009,10 @@ static void dispatch(struct smtp_session *s, char *line, size_t len)
 	}
 	if ((c->flags & CF_NO_ARG) && *arg) {
 		bad_command(s, 501, "5.5.4", "Syntax error: no parameters allowed");
+		return;
+	}
+	if (s->refused && c->fn != cmd_quit) {
+		bad_command(s, 503, "5.5.1", "Error: this session was refused; send QUIT");
 		return;
 	}
 	if (!(c->flags & CF_PRE_HELO) && !s->helo_seen) {

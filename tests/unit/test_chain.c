@@ -736,13 +736,19 @@ static void test_unknown_check(void **state)
 	char why[256];
 	load_config(f, "");
 	assert_null(build(f, "relay, nosuch, limits", why, sizeof(why)));
-	assert_string_equal(why, "unknown check 'nosuch' (known: relay, limits, users)");
+	/* the message names every check there is, in registry order */
+	struct buf want = BUF_INIT;
+	buf_puts(&want, "unknown check 'nosuch' (known: ");
+	for (size_t i = 0; check_registry[i]; i++)
+		buf_printf(&want, "%s%s", i ? ", " : "", check_registry[i]->name);
+	buf_puts(&want, ")");
+	assert_string_equal(why, buf_cstr(&want));
+	assert_true(strncmp(why, "unknown check 'nosuch' (known: relay, limits, users", 51) == 0);
+	buf_free(&want);
 	assert_non_null(check_find("users"));
 	assert_null(check_find("Relay"));
-	size_t n = 0;
-	while (check_registry[n])
-		n++;
-	assert_int_equal(n, 3);
+	for (size_t i = 0; check_registry[i]; i++)
+		assert_ptr_equal(check_find(check_registry[i]->name), check_registry[i]);
 }
 
 static void test_init_failure(void **state)
@@ -909,6 +915,90 @@ static void test_relay_bad_cidr(void **state)
 		snprintf(want, sizeof(want), "check relay: relay_networks: '%s' is not a network", bad[i]);
 		if (strncmp(why, want, strlen(want)) != 0)
 			fail_msg("why: %s (want %s)", why, want);
+	}
+}
+
+/* ---- lists -------------------------------------------------------------- */
+
+static const char lists_conf[] =
+	"[check.lists]\n"
+	"allow_clients = 192.0.2.0/24, 2001:db8:1::/48\n"
+	"block_clients = 192.0.2.66, 198.51.100.0/24\n"
+	"block_helo = bad.example, .spam.example\n"
+	"block_senders = spammer@remote.test, junk.example .bulk.example\n"
+	"block_recipients = trap@example.test, old.example.test\n";
+
+static void test_lists_clients(void **state)
+{
+	struct fx *f = *state;
+	use_chain(f, lists_conf, "lists,relay");
+	/* blocked, even inside an allowed network: block wins */
+	set_client(f, "198.51.100.9", NULL);
+	assert_verdict(run(f, PHASE_CONNECT), V_REJECT, 554, "5.7.1", "198.51.100.9 is on the local block list");
+	set_client(f, "192.0.2.66", NULL);
+	assert_verdict(run(f, PHASE_CONNECT), V_REJECT, 554, "5.7.1", NULL);
+	assert_false(f->ctx.client_allowed);
+	/* allowed: the session is marked, the connect phase ends */
+	set_client(f, "192.0.2.10", NULL);
+	assert_int_equal(run(f, PHASE_CONNECT).kind, V_CONTINUE);   /* the phase passed */
+	assert_true(f->ctx.client_allowed);
+	assert_metric(f, "rampart_check_verdicts_total{stage=\"mx\",instance=\"mx\",check=\"lists\",verdict=\"accept\"} 1\n");
+	f->ctx.client_allowed = false;
+	set_client(f, "2001:db8:1:2::25", NULL);
+	assert_int_equal(run(f, PHASE_CONNECT).kind, V_CONTINUE);
+	assert_true(f->ctx.client_allowed);
+	f->ctx.client_allowed = false;
+	/* neither */
+	set_client(f, "203.0.113.5", NULL);
+	assert_int_equal(run(f, PHASE_CONNECT).kind, V_CONTINUE);
+	assert_false(f->ctx.client_allowed);
+	assert_true(log_has(f, "\"check\":\"lists\",\"phase\":\"connect\",\"verdict\":\"reject\""));
+}
+
+static void test_lists_helo_senders_recipients(void **state)
+{
+	struct fx *f = *state;
+	use_chain(f, lists_conf, "lists");
+	f->ctx.helo = "BAD.example";
+	assert_verdict(run(f, PHASE_HELO), V_REJECT, 550, "5.7.1", "HELO BAD.example");
+	f->ctx.helo = "mx.spam.example";
+	assert_verdict(run(f, PHASE_HELO), V_REJECT, 550, "5.7.1", NULL);
+	f->ctx.helo = "spam.example";          /* .suffix: below it only */
+	assert_int_equal(run(f, PHASE_HELO).kind, V_CONTINUE);
+	f->ctx.helo = "good.example";
+	assert_int_equal(run(f, PHASE_HELO).kind, V_CONTINUE);
+
+	static const char *const blocked[] = { "Spammer@Remote.Test", "x@junk.example", "y@a.bulk.example" };
+	for (size_t i = 0; i < 3; i++) {
+		f->e->sender = pool_strdup(f->e->pool, blocked[i]);
+		assert_verdict(run(f, PHASE_MAIL), V_REJECT, 550, "5.7.1", "sender is on the local block list");
+	}
+	static const char *const fine[] = { "other@remote.test", "x@bulk.example", "x@junk.example.org", "" };
+	for (size_t i = 0; i < 4; i++) {
+		f->e->sender = pool_strdup(f->e->pool, fine[i]);
+		assert_int_equal(run(f, PHASE_MAIL).kind, V_CONTINUE);
+	}
+	assert_verdict(rcpt(f, "TRAP@example.test"), V_REJECT, 550, "5.7.1", "recipient is on the local block list");
+	assert_verdict(rcpt(f, "anyone@old.example.test"), V_REJECT, 550, "5.7.1", NULL);
+	assert_int_equal(rcpt(f, "alice@example.test").kind, V_CONTINUE);
+	assert_int_equal(f->e->nrcpt, 1);
+}
+
+static void test_lists_bad_entries(void **state)
+{
+	struct fx *f = *state;
+	char why[512];
+	static const struct { const char *conf, *want; } bad[] = {
+		{ "[check.lists]\nallow_clients = 192.0.2.0/33\n", "check lists: allow_clients: '192.0.2.0/33' is not a network" },
+		{ "[check.lists]\nblock_clients = example.org\n", "check lists: block_clients: 'example.org' is not a network" },
+		{ "[check.lists]\nblock_senders = a@b@c\n", "check lists: block_senders: 'a@b@c' is not an address" },
+		{ "[check.lists]\nblock_recipients = @example.org\n", "check lists: block_recipients: '@example.org' is not" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		load_config(f, bad[i].conf);
+		assert_null(build(f, "lists", why, sizeof(why)));
+		if (strncmp(why, bad[i].want, strlen(bad[i].want)) != 0)
+			fail_msg("why: %s (want %s)", why, bad[i].want);
 	}
 }
 
@@ -1142,6 +1232,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_relay_networks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_relay_authenticated, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_relay_bad_cidr, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lists_clients, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lists_helo_senders_recipients, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lists_bad_entries, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limits_declared_size, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limits_recipients, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limits_message_size, setup, teardown),

@@ -606,6 +606,41 @@ static void test_connect_refused_by_hook(void **state)
 	start(f);
 	snprintf(f->ctx, sizeof(f->ctx), "connect hook 554");
 	EXPECT(f, "554 5.7.1 No thanks\r\n");
+	/* RFC 5321 3.1: the server waits for QUIT, 503 to anything else */
+	SEND(f, "EHLO client.example\r\nMAIL FROM:<a@example.org>\r\nQUIT\r\n");
+	EXPECT(f, "503 5.5.1 Error: this session was refused; send QUIT\r\n"
+		  "503 5.5.1 Error: this session was refused; send QUIT\r\n221 2.0.0 Bye\r\n");
+	EXPECT_CLOSED(f);
+	WAIT_FOR(f, f->session_ends == 1);
+	assert_string_equal(f->trace, "C");     /* no other hook ran */
+}
+
+/* A refused client that will not QUIT is still sent away (max_errors). */
+static void test_connect_refused_then_errors(void **state)
+{
+	struct fx *f = *state;
+	f->ans[SMTP_HOOK_CONNECT] = (struct answer){ 554, "5.7.1", "No thanks" };
+	start(f);
+	snprintf(f->ctx, sizeof(f->ctx), "connect hook 554, no QUIT");
+	EXPECT(f, "554 5.7.1 No thanks\r\n");
+	for (int i = 0; i < 30; i++)
+		SEND(f, "NOOP\r\n");
+	/* the refusal counted as the first error of max_errors (10) */
+	for (int i = 0; i < 9; i++)
+		EXPECT(f, "503 5.5.1 Error: this session was refused; send QUIT\r\n");
+	EXPECT(f, "421 4.7.0 " HOST " Too many errors, closing connection\r\n");
+	EXPECT_CLOSED(f);
+	WAIT_FOR(f, f->session_ends == 1);
+}
+
+/* 421 at connect: closed at once. */
+static void test_connect_tempfail_closes(void **state)
+{
+	struct fx *f = *state;
+	f->ans[SMTP_HOOK_CONNECT] = (struct answer){ 421, "4.7.0", "Try later" };
+	start(f);
+	snprintf(f->ctx, sizeof(f->ctx), "connect hook 421");
+	EXPECT(f, "421 4.7.0 Try later\r\n");
 	EXPECT_CLOSED(f);
 	WAIT_FOR(f, f->session_ends == 1);
 }
@@ -1554,6 +1589,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_banner_ehlo_quit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_connect_refused_by_hook, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_connect_refused_then_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_connect_tempfail_closes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_data_end_split_every_offset, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dot_stuffing_split_every_offset, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_one_byte_writes, setup, teardown),

@@ -1,0 +1,62 @@
+"""The MX stage's checks over real sessions: local block and allow lists
+(XCLIENT from the trusted test network stands for clients elsewhere on
+the Internet)."""
+
+from lib import Lab, Raw, check
+
+
+def _lab(conf):
+    lab = Lab("mxchecks")
+    lab.add_store()
+    lab.add_mx(checks="lists relay limits users", xclient_hosts="127.0.0.1/32")
+    lab.sections["check.lists"] = conf
+    lab.start("store")
+    lab.start("mx")
+    return lab
+
+
+def _as_client(lab, addr, helo="client.example.org"):
+    r = Raw(lab.ports["mx"])
+    check(r.banner[0] == 220, "banner: %r" % (r.banner,))
+    code, _, _ = r.cmd("EHLO test.example")
+    check(code == 250, "EHLO")
+    code, text, _ = r.cmd("XCLIENT ADDR=%s NAME=[UNAVAILABLE] HELO=%s" % (addr, helo))
+    return r, code, text
+
+
+def test_block_and_allow_lists_in_sessions():
+    lab = _lab({"block_clients": "192.0.2.0/24", "allow_clients": "198.51.100.0/24",
+                "block_senders": ".bulk.example", "block_recipients": "trap@example.test"})
+    try:
+        # a blocked network: refused after XCLIENT (the new session's greeting)
+        r, code, text = _as_client(lab, "192.0.2.7")
+        check(code == 554 and "5.7.1" in text and "block list" in text, "blocked client: %d %s" % (code, text))
+        code, _, _ = r.cmd("MAIL FROM:<a@example.org>")
+        check(code == 503, "no mail after a refused greeting: %d" % code)
+        code, _, _ = r.cmd("QUIT")
+        check(code == 221 and r.closed(), "QUIT ends it: %d" % code)
+        r.close()
+        # an ordinary client: the sender and recipient lists apply
+        r, code, _ = _as_client(lab, "203.0.113.9")
+        check(code == 220, "greeting %d" % code)
+        r.cmd("EHLO client.example.org")
+        code, text, _ = r.cmd("MAIL FROM:<x@mail.bulk.example>")
+        check(code == 550 and "5.7.1" in text, "blocked sender: %d %s" % (code, text))
+        code, _, _ = r.cmd("MAIL FROM:<x@example.org>")
+        check(code == 250, "the session goes on: %d" % code)
+        code, text, _ = r.cmd("RCPT TO:<trap@example.test>")
+        check(code == 550 and "block list" in text, "blocked recipient: %d %s" % (code, text))
+        code, _, _ = r.cmd("RCPT TO:<alice@example.test>")
+        check(code == 250, "another recipient is fine: %d" % code)
+        r.cmd("QUIT")
+        r.close()
+        log = lab.log("mx")
+        check('"check":"lists"' in log and '"verdict":"reject"' in log, "decisions logged")
+        check('"verdict":"accept"' not in log, "no allow-list match yet")
+        r, code, _ = _as_client(lab, "198.51.100.20")
+        check(code == 220, "allowed client greeted: %d" % code)
+        r.cmd("QUIT")
+        r.close()
+        check('"check":"lists","phase":"connect","verdict":"accept"' in lab.log("mx"), "allow list decision logged")
+    finally:
+        lab.close()
