@@ -195,6 +195,14 @@ static void advance(struct check_call *call)
 
 void chain_run(struct chain *c, enum check_phase phase, struct check_ctx *ctx, chain_done_fn done, void *arg)
 {
+	/* A new client (a connection, or XCLIENT naming another one): the
+	 * facts checks left about the previous one go. */
+	if (phase == PHASE_CONNECT) {
+		ctx->client_allowed = false;
+		ctx->dnsbl_score = 0;
+		ctx->dnswl = false;
+		ctx->dnsbl_listed[0] = '\0';
+	}
 	struct check_call *call = xcalloc(1, sizeof(*call));
 	call->chain = c;
 	call->phase = phase;

@@ -20,6 +20,7 @@
 #include "../mail/envelope.h"
 
 struct dns;
+struct event_base;
 struct metrics;
 struct pool;
 
@@ -60,6 +61,8 @@ struct check_env {
 	unsigned max_recipients;
 	struct metrics *metrics;
 	struct dns *dns;                         /* the process's resolver */
+	struct event_base *base;                 /* the event loop, for timers (NULL in
+						  * offline checks: no timers then) */
 };
 
 /* A header a check wants added to the message. */
@@ -78,6 +81,12 @@ struct check_ctx {
 	 * spam from unknown clients (greylisting, DNSBL, rate limits) let it
 	 * through. */
 	bool client_allowed;
+	/* dnsbl_score: the client's DNSBL score (check "dnsbl": the sum of
+	 * the weights of the lists that list it, allow lists negative);
+	 * dnswl: an allow list (negative weight) lists it. */
+	int dnsbl_score;
+	bool dnswl;
+	char dnsbl_listed[200];     /* "list(weight) ..." for the logs and the header */
 	const char *helo;
 	const struct envelope *env; /* NULL before MAIL */
 	long long declared_size;    /* MAIL SIZE=, -1 if not given */

@@ -10,12 +10,14 @@ extern const struct check_def check_relay;
 extern const struct check_def check_limits;
 extern const struct check_def check_users;
 extern const struct check_def check_lists;
+extern const struct check_def check_dnsbl;
 
 const struct check_def *const check_registry[] = {
 	&check_relay,
 	&check_limits,
 	&check_users,
 	&check_lists,
+	&check_dnsbl,
 	NULL
 };
 

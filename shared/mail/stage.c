@@ -239,6 +239,7 @@ static struct generation *gen_load(struct stage *st, bool dry, char *why, size_t
 	g->env.max_recipients = (unsigned)sc->max_recipients;
 	g->env.metrics = st->metrics;
 	g->env.dns = st->dns;
+	g->env.base = st->base;
 	if (dry && st->def->validate) {
 		char swhy[512] = "";
 		if (!st->def->validate(g->conf, &g->g, swhy, sizeof(swhy))) {

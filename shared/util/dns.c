@@ -206,19 +206,19 @@ static void result_clear(struct dns_result *res)
 	res->n = 0;
 }
 
-static void fill_result(struct dns_query *q, int err, struct ub_result *r)
+/* The answer for name/type as a struct dns_result (res is overwritten). */
+static void decode_answer(const char *name, int type, struct dns_result *res, int err, struct ub_result *r)
 {
-	struct dns_result *res = &q->res;
 	memset(res, 0, sizeof(*res));
 	if (err != 0 || !r) {
-		log_debug(NULL, NULL, "dns_error", "name=%s type=%d error=%s", q->name, q->type,
+		log_debug(NULL, NULL, "dns_error", "name=%s type=%d error=%s", name, type,
 			  ub_strerror(err));
 		res->status = DNS_TEMPFAIL;
 		return;
 	}
 	res->secure = r->secure != 0;
 	if (r->bogus) {
-		log_info(NULL, NULL, "dns_bogus", "name=%s type=%d reason=%s", q->name, q->type,
+		log_info(NULL, NULL, "dns_bogus", "name=%s type=%d reason=%s", name, type,
 			 r->why_bogus ? r->why_bogus : "");
 		res->status = DNS_BOGUS;
 		return;
@@ -228,7 +228,7 @@ static void fill_result(struct dns_query *q, int err, struct ub_result *r)
 		return;
 	}
 	if (r->rcode != 0) {
-		log_debug(NULL, NULL, "dns_rcode", "name=%s type=%d rcode=%d", q->name, q->type, r->rcode);
+		log_debug(NULL, NULL, "dns_rcode", "name=%s type=%d rcode=%d", name, type, r->rcode);
 		res->status = DNS_TEMPFAIL;
 		return;
 	}
@@ -246,8 +246,8 @@ static void fill_result(struct dns_query *q, int err, struct ub_result *r)
 		rr->ttl = r->ttl > 0 ? (unsigned)r->ttl : 0;
 		if (r->len[i] < 0 ||
 		    !decode_rdata(r->qtype, (const unsigned char *)r->data[i], (size_t)r->len[i], rr)) {
-			log_warn(NULL, NULL, "dns_malformed", "name=%s type=%d len=%d", q->name,
-				 q->type, r->len[i]);
+			log_warn(NULL, NULL, "dns_malformed", "name=%s type=%d len=%d", name,
+				 type, r->len[i]);
 			result_clear(res);
 			res->status = DNS_TEMPFAIL;
 			return;
@@ -255,6 +255,11 @@ static void fill_result(struct dns_query *q, int err, struct ub_result *r)
 		res->n++;
 	}
 	res->status = DNS_OK;
+}
+
+static void fill_result(struct dns_query *q, int err, struct ub_result *r)
+{
+	decode_answer(q->name, q->type, &q->res, err, r);
 }
 
 /* ---- queries ------------------------------------------------------------- */
@@ -337,6 +342,23 @@ static void on_ub_readable(evutil_socket_t fd, short what, void *arg)
 	int r = ub_process(d->ub);
 	if (r != 0)
 		log_error(NULL, NULL, "dns_process", "error=%s", ub_strerror(r));
+}
+
+void dns_cancel(struct dns *d, void *arg)
+{
+	for (struct dns_query *q = d->queries, *next; q; q = next) {
+		next = q->next;
+		if (q->arg != arg)
+			continue;
+		if (q->pending) {
+			int r = ub_cancel(d->ub, q->async_id);
+			if (r != 0)
+				log_debug(NULL, NULL, "dns_cancel", "name=%s error=%s", q->name, ub_strerror(r));
+			q->pending = false;
+		}
+		query_unlink(q);
+		query_free(q);
+	}
 }
 
 bool dns_query(struct dns *d, const char *name, int type, dns_cb cb, void *arg)

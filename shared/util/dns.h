@@ -62,6 +62,10 @@ void dns_free(struct dns *d);
 bool dns_query(struct dns *d, const char *name, int type, dns_cb cb, void *arg);
 /* dns_free() cancels the queries still running: their callbacks are not
  * called.  A callback may start queries, and may dns_free() the resolver. */
+/* Cancel every query started with this arg (answered but not yet
+ * delivered ones too): their callbacks are not called.  For a caller that
+ * stops waiting (its own deadline) or goes away before the answers. */
+void dns_cancel(struct dns *d, void *arg);
 /* Reverse name of an IPv4/IPv6 address ("4.3.2.1.in-addr.arpa"); false if not an IP. */
 bool dns_reverse_name(const char *ip, char *out, size_t outlen);
 const char *dns_status_name(enum dns_status s);

@@ -60,3 +60,49 @@ def test_block_and_allow_lists_in_sessions():
         check('"check":"lists","phase":"connect","verdict":"accept"' in lab.log("mx"), "allow list decision logged")
     finally:
         lab.close()
+
+
+def test_dnsbl_refuses_listed_clients_and_tags():
+    """Lists answered from the lab's DNS local data; clients named by
+    XCLIENT.  A listed client is refused at its greeting; with action tag
+    its mail is delivered with the score in a header; a client on an allow
+    list (negative weight) outweighs a block list."""
+    from lib import message, send_mail
+    import smtplib
+    lab = Lab("dnsbl")
+    lab.dns([
+        "9.113.0.203.bl.example. 300 IN A 127.0.0.2",
+        "7.113.0.203.bl.example. 300 IN A 127.0.0.2",
+        "7.113.0.203.wl.example. 300 IN A 127.0.10.1",
+    ])
+    lab.add_store()
+    lab.add_mx(checks="lists dnsbl relay limits users", xclient_hosts="127.0.0.1/32")
+    lab.sections["check.dnsbl"] = {"sites": "bl.example=127.0.0.[2..11]*2 wl.example*-5", "threshold": "2"}
+    lab.start("store")
+    lab.start("mx")
+    try:
+        r, code, text = _as_client(lab, "203.0.113.9")
+        check(code == 554 and "blocked using bl.example(+2)" in text, "listed: %d %s" % (code, text))
+        r.close()
+        r, code, text = _as_client(lab, "203.0.113.7")
+        check(code == 220, "allow list outweighs: %d %s" % (code, text))
+        r.close()
+        r, code, text = _as_client(lab, "203.0.113.1")
+        check(code == 220, "unlisted: %d %s" % (code, text))
+        r.close()
+        log = lab.log("mx")
+        check('"check":"dnsbl","phase":"connect","verdict":"reject"' in log, "decision logged")
+        # tag instead of refusing: delivered, with the header
+        lab.stop("mx")
+        lab.sections["check.dnsbl"]["action"] = "tag"
+        lab.start("mx")
+        with smtplib.SMTP("127.0.0.1", lab.ports["mx"], local_hostname="test.example", timeout=30) as c:
+            c.ehlo()
+            code, _ = c.docmd("XCLIENT", "ADDR=203.0.113.9 NAME=[UNAVAILABLE] HELO=client.example.org")
+            check(code == 220, "tagged client greeted: %d" % code)
+            c.ehlo("client.example.org")
+            c.sendmail("someone@example.org", ["alice@example.test"], message("tagged"))
+        got = lab.wait_mail("alice", 1)[0]
+        check(b"X-Rampart-DNSBL: score=2; threshold=2; listed=bl.example(+2)" in got, "header: %r" % got[:600])
+    finally:
+        lab.close()

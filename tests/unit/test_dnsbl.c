@@ -1,0 +1,320 @@
+/*
+ * test_dnsbl.c — the "dnsbl" check through the chain, with the shared
+ * resolver answering from local data: weights and threshold, answer
+ * filters, allow lists (negative weights), IPv6 and IPv4-mapped clients,
+ * the actions (reject, tempfail, tag with a header), the local allow list,
+ * a list that never answers (timeout: counted as not listed), and bad
+ * list entries.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "testutil.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "checks/chain.h"
+#include "checks/check.h"
+#include "mail/envelope.h"
+#include "util/alloc.h"
+#include "util/buf.h"
+#include "util/config.h"
+#include "util/dns.h"
+#include "util/log.h"
+#include "util/metrics.h"
+
+static const char zone[] =
+	/* 192.0.2.10: on bl (+2) and on the allow list wl (-5) */
+	"10.2.0.192.bl.example. 300 IN A 127.0.0.2\n"
+	"10.2.0.192.wl.example. 300 IN A 127.0.10.1\n"
+	/* 192.0.2.11: on bl only */
+	"11.2.0.192.bl.example. 300 IN A 127.0.0.3\n"
+	/* 192.0.2.12: bl2 answers a code its filter does not count */
+	"12.2.0.192.bl2.example. 300 IN A 127.0.0.9\n"
+	/* 192.0.2.13: bl answers outside 127/8 (a wildcard or error page) */
+	"13.2.0.192.bl.example. 300 IN A 10.0.0.1\n"
+	/* 192.0.2.14: on bl and bl2 (filter passes): 2 + 1 */
+	"14.2.0.192.bl.example. 300 IN A 127.0.0.2\n"
+	"14.2.0.192.bl2.example. 300 IN A 127.0.0.4\n"
+	/* 2001:db8::1 */
+	"1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl.example. 300 IN A 127.0.0.2\n";
+
+static const char sites[] = "sites = bl.example=127.0.0.[2..11]*2, bl2.example=127.0.0.[2;4..5], wl.example*-5\n";
+
+struct fx {
+	char dir[512];
+	char zone_path[600];
+	struct event_base *base;
+	struct dns *dns;
+	struct metrics *metrics;
+	struct config *cfg;
+	struct chain *chain;
+	struct envelope *e;
+	struct check_ctx ctx;
+	struct check_env env;
+	int ndone;
+	struct verdict v;
+};
+
+static int setup(void **state)
+{
+	struct fx *f = xcalloc(1, sizeof(*f));
+	if (tu_mkdtemp(f->dir, sizeof(f->dir), "dnsbl") != 0)
+		return -1;
+	snprintf(f->zone_path, sizeof(f->zone_path), "%s/zone", f->dir);
+	FILE *z = fopen(f->zone_path, "w");
+	if (!z)
+		return -1;
+	fputs(zone, z);
+	fclose(z);
+	log_init("mx", "mx");
+	log_set_level(LL_ERROR);
+	f->base = event_base_new();
+	struct dns_opts o = { .local_data = f->zone_path, .local_only = true };
+	char why[256];
+	f->dns = dns_new(f->base, &o, why, sizeof(why));
+	if (!f->dns)
+		return -1;
+	f->metrics = metrics_new("mx", "mx");
+	f->env.stage = "mx";
+	f->env.instance = "mx";
+	f->env.hostname = "mx.example.test";
+	f->env.metrics = f->metrics;
+	f->env.dns = f->dns;
+	f->env.base = f->base;
+	f->e = envelope_new();
+	f->ctx.sid = "S1";
+	f->ctx.client = &f->e->client;
+	f->ctx.env = f->e;
+	f->ctx.pool = f->e->pool;
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	chain_free(f->chain);
+	config_free(f->cfg);
+	for (size_t i = 0; i < f->ctx.nadd; i++) {
+		free(f->ctx.add[i].name);
+		free(f->ctx.add[i].value);
+	}
+	free(f->ctx.add);
+	envelope_free(f->e);
+	dns_free(f->dns);
+	metrics_free(f->metrics);
+	event_base_free(f->base);
+	tu_rmtree(f->dir);
+	free(f);
+	return 0;
+}
+
+static void use(struct fx *f, const char *conf)
+{
+	struct config_error err = { "" };
+	char why[512] = "";
+	chain_free(f->chain);
+	config_free(f->cfg);
+	f->cfg = config_parse_string("rampart.conf", conf, &err);
+	if (!f->cfg)
+		fail_msg("config: %s", err.msg);
+	char *words[] = { "lists", "dnsbl" };
+	struct strlist names = { 2, words };
+	f->chain = chain_new(f->cfg, &names, &f->env, why, sizeof(why));
+	if (!f->chain)
+		fail_msg("chain: %s", why);
+}
+
+static void on_done(void *arg, const struct verdict *v)
+{
+	struct fx *f = arg;
+	f->ndone++;
+	f->v = *v;
+}
+
+/* Run a phase for a client and wait (the loop runs) for its verdict. */
+static struct verdict run(struct fx *f, enum check_phase phase, const char *client)
+{
+	f->e->client.addr = pool_strdup(f->e->pool, client);
+	f->ndone = 0;
+	chain_run(f->chain, phase, &f->ctx, on_done, f);
+	for (int i = 0; i < 500 && f->ndone == 0; i++)
+		event_base_loop(f->base, EVLOOP_ONCE);
+	assert_int_equal(f->ndone, 1);
+	return f->v;
+}
+
+static bool metric_has(struct fx *f, const char *line)
+{
+	struct buf b = BUF_INIT;
+	metrics_render(f->metrics, &b);
+	bool ok = strstr(buf_cstr(&b), line) != NULL;
+	if (!ok)
+		print_message("metrics:\n%s\n", buf_cstr(&b));
+	buf_free(&b);
+	return ok;
+}
+
+static void test_scores_filters_and_allow_lists(void **state)
+{
+	struct fx *f = *state;
+	char conf[512];
+	snprintf(conf, sizeof(conf), "[check.dnsbl]\n%sthreshold = 2\n", sites);
+	use(f, conf);
+
+	struct verdict v = run(f, PHASE_CONNECT, "192.0.2.11");
+	assert_int_equal(v.kind, V_REJECT);
+	assert_int_equal(v.code, 554);
+	assert_string_equal(v.enh, "5.7.1");
+	assert_string_equal(v.reason, "Service unavailable; client [192.0.2.11] blocked using bl.example(+2)");
+	assert_int_equal(f->ctx.dnsbl_score, 2);
+
+	/* on a block list and an allow list: -3, and marked DNSWL */
+	v = run(f, PHASE_CONNECT, "192.0.2.10");
+	assert_int_equal(v.kind, V_CONTINUE);
+	assert_int_equal(f->ctx.dnsbl_score, -3);
+	assert_true(f->ctx.dnswl);
+	assert_non_null(strstr(f->ctx.dnsbl_listed, "wl.example(-5)"));
+
+	/* answers the filters do not count */
+	v = run(f, PHASE_CONNECT, "192.0.2.12");
+	assert_int_equal(v.kind, V_CONTINUE);
+	assert_int_equal(f->ctx.dnsbl_score, 0);
+	assert_false(f->ctx.dnswl);
+	v = run(f, PHASE_CONNECT, "192.0.2.13");
+	assert_int_equal(v.kind, V_CONTINUE);
+	assert_int_equal(f->ctx.dnsbl_score, 0);
+
+	/* two lists add up */
+	v = run(f, PHASE_CONNECT, "192.0.2.14");
+	assert_int_equal(v.kind, V_REJECT);
+	assert_int_equal(f->ctx.dnsbl_score, 3);
+	assert_non_null(strstr(v.reason, "bl.example(+2) bl2.example(+1)") ? v.reason : strstr(v.reason, "bl2.example(+1) bl.example(+2)"));
+
+	/* not listed anywhere */
+	v = run(f, PHASE_CONNECT, "203.0.113.5");
+	assert_int_equal(v.kind, V_CONTINUE);
+	assert_int_equal(f->ctx.dnsbl_score, 0);
+
+	/* IPv6 by nibbles, IPv4-mapped as IPv4 */
+	v = run(f, PHASE_CONNECT, "2001:db8::1");
+	assert_int_equal(v.kind, V_REJECT);
+	v = run(f, PHASE_CONNECT, "::ffff:192.0.2.11");
+	assert_int_equal(v.kind, V_REJECT);
+	assert_true(metric_has(f, "rampart_dnsbl_hits_total{stage=\"mx\",instance=\"mx\",list=\"bl.example\"} 5\n"));
+}
+
+static void test_actions(void **state)
+{
+	struct fx *f = *state;
+	char conf[512];
+	snprintf(conf, sizeof(conf), "[check.dnsbl]\n%sthreshold = 2\naction = tempfail\n", sites);
+	use(f, conf);
+	struct verdict v = run(f, PHASE_CONNECT, "192.0.2.11");
+	assert_int_equal(v.kind, V_TEMPFAIL);
+	assert_int_equal(v.code, 421);
+	assert_string_equal(v.enh, "4.7.1");
+
+	snprintf(conf, sizeof(conf), "[check.dnsbl]\n%sthreshold = 2\naction = tag\n", sites);
+	use(f, conf);
+	v = run(f, PHASE_CONNECT, "192.0.2.11");
+	assert_int_equal(v.kind, V_CONTINUE);
+	v = run(f, PHASE_MESSAGE, "192.0.2.11");
+	assert_int_equal(v.kind, V_CONTINUE);
+	assert_int_equal(f->ctx.nadd, 1);
+	assert_string_equal(f->ctx.add[0].name, "X-Rampart-DNSBL");
+	assert_string_equal(f->ctx.add[0].value, "score=2; threshold=2; listed=bl.example(+2)");
+
+	/* a client on the local allow list is not looked up */
+	snprintf(conf, sizeof(conf), "[check.lists]\nallow_clients = 192.0.2.0/28\n[check.dnsbl]\n%sthreshold = 2\n",
+		 sites);
+	use(f, conf);
+	f->ctx.client_allowed = false;
+	v = run(f, PHASE_CONNECT, "192.0.2.11");
+	assert_int_equal(v.kind, V_CONTINUE);
+	assert_true(f->ctx.client_allowed);
+	assert_int_equal(f->ctx.dnsbl_score, 0);
+	f->ctx.client_allowed = false;
+}
+
+/* A list that never answers: after the timeout it counts nothing, the
+ * others still count, and the failure is counted. */
+static void test_dead_list_times_out(void **state)
+{
+	struct fx *f = *state;
+	int trap = socket(AF_INET, SOCK_DGRAM, 0);
+	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t sl = sizeof(sin);
+	assert_int_equal(bind(trap, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(getsockname(trap, (struct sockaddr *)&sin, &sl), 0);
+	char fwd[64];
+	snprintf(fwd, sizeof(fwd), "127.0.0.1@%d", ntohs(sin.sin_port));
+	const char *fwds[] = { fwd, NULL };
+	struct dns_opts o = { .local_data = f->zone_path, .local_only = false, .timeout_ms = 30000 };
+	char why[256];
+	struct dns *slow = dns_new_fwd(f->base, &o, fwds, why, sizeof(why));
+	assert_non_null(slow);
+	f->env.dns = slow;
+	/* dead.example is not in the local data: its query goes to the trap */
+	use(f, "[check.dnsbl]\nsites = bl.example*2, dead.example*5\nthreshold = 2\ntimeout = 300ms\n");
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	struct verdict v = run(f, PHASE_CONNECT, "192.0.2.11");
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+	assert_true(ms >= 250 && ms < 3000);
+	assert_int_equal(v.kind, V_REJECT);             /* bl.example still counts */
+	assert_int_equal(f->ctx.dnsbl_score, 2);
+	assert_true(metric_has(f, "rampart_dnsbl_errors_total{stage=\"mx\",instance=\"mx\",list=\"dead.example\"} 1\n"));
+	chain_free(f->chain);
+	f->chain = NULL;
+	dns_free(slow);
+	f->env.dns = f->dns;
+	close(trap);
+}
+
+static void test_bad_entries(void **state)
+{
+	struct fx *f = *state;
+	static const char *const bad[] = {
+		"bl.example=127.0.0.[5..2]", "bl.example=127.0.0", "bl.example*0", "bl.example*x",
+		"=127.0.0.2", "bl.example=127.0.0.256", "bl/example", "bl.example=127.0.0.[2;3",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char conf[256], why[512] = "";
+		snprintf(conf, sizeof(conf), "[check.dnsbl]\nsites = %s\n", bad[i]);
+		struct config_error err = { "" };
+		struct config *cfg = config_parse_string("rampart.conf", conf, &err);
+		assert_non_null(cfg);
+		char *words[] = { "dnsbl" };
+		struct strlist names = { 1, words };
+		struct chain *c = chain_new(cfg, &names, &f->env, why, sizeof(why));
+		if (c || !strstr(why, "check dnsbl: sites: '"))
+			fail_msg("'%s' accepted or bad message: %s", bad[i], why);
+		config_free(cfg);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_scores_filters_and_allow_lists, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_actions, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dead_list_times_out, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bad_entries, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
