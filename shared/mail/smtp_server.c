@@ -18,6 +18,7 @@
 #include "../util/tls.h"
 
 #include <ctype.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,11 +72,28 @@ struct smtp_server {
 	size_t nsessions;
 	struct smtp_session *sessions;      /* doubly linked, for free() */
 	bool draining;                      /* shutting down: no new commands */
+	struct conn_count **counts;         /* per client and per network, CONN_BUCKETS chains */
+	/* data_rate_limit: the bucket configuration sessions share, and
+	 * those of earlier settings, kept while sessions may still use them */
+	struct ev_token_bucket_cfg *rate_cfg;
+	long long rate_cfg_rate;
+	struct ev_token_bucket_cfg **old_rate_cfgs;
+	size_t nold_rate_cfgs;
 };
+
+/* Connections now open per client address and per network. */
+#define CONN_BUCKETS 1024
+struct conn_count {
+	struct conn_count *next;
+	unsigned n;
+	char key[64];                       /* "192.0.2.7" or "net:192.0.2.0/24" */
+};
+static void conn_put(struct smtp_server *srv, struct conn_count *c);
 
 struct smtp_session {
 	struct smtp_server *srv;
 	struct smtp_session *prev, *next;
+	struct conn_count *by_client, *by_net;  /* counted here (NULL: exempt or no limit) */
 	char id[ID_LEN + 1];
 	struct bufferevent *bev;
 	struct event *timer;                /* greet pause */
@@ -1352,8 +1370,30 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 	smtp_session_unref(s);
 }
 
+/* The shared bucket for the current data_rate_limit. */
+static void rate_cfg_update(struct smtp_server *srv)
+{
+	long long rate = srv->opts.data_rate_limit;
+	if (rate == srv->rate_cfg_rate)
+		return;
+	if (srv->rate_cfg) {
+		srv->old_rate_cfgs = xrealloc(srv->old_rate_cfgs, (srv->nold_rate_cfgs + 1) * sizeof(*srv->old_rate_cfgs));
+		srv->old_rate_cfgs[srv->nold_rate_cfgs++] = srv->rate_cfg;
+		srv->rate_cfg = NULL;
+	}
+	srv->rate_cfg_rate = rate;
+	if (rate > 0) {
+		size_t r = rate > (long long)EV_RATE_LIMIT_MAX ? (size_t)EV_RATE_LIMIT_MAX : (size_t)rate;
+		srv->rate_cfg = ev_token_bucket_cfg_new(r, r, EV_RATE_LIMIT_MAX, EV_RATE_LIMIT_MAX, NULL);
+		if (!srv->rate_cfg)
+			log_fatal(NULL, NULL, "smtp.rate_limit_failed", "rate=%lld", rate);
+	}
+}
+
 static void install_callbacks(struct smtp_session *s)
 {
+	if (s->srv->rate_cfg)
+		bufferevent_set_rate_limit(s->bev, s->srv->rate_cfg);
 	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, 256 * 1024);
 	bufferevent_setwatermark(s->bev, EV_WRITE, OUT_LOW, 0);
@@ -1388,9 +1428,107 @@ static void session_free(struct smtp_session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	srv->nsessions--;
+	conn_put(srv, s->by_client);
+	conn_put(srv, s->by_net);
 	free(s->replies);
 	pool_free(s->pool);
 	free(s);
+}
+
+static unsigned conn_hash(const char *k)
+{
+	unsigned h = 2166136261u;
+	for (; *k; k++)
+		h = (h ^ (unsigned char)*k) * 16777619u;
+	return h % CONN_BUCKETS;
+}
+
+static struct conn_count *conn_get(struct smtp_server *srv, const char *key)
+{
+	if (!srv->counts)
+		srv->counts = xcalloc(CONN_BUCKETS, sizeof(*srv->counts));
+	struct conn_count **b = &srv->counts[conn_hash(key)];
+	for (struct conn_count *c = *b; c; c = c->next)
+		if (strcmp(c->key, key) == 0)
+			return c;
+	struct conn_count *c = xcalloc(1, sizeof(*c));
+	snprintf(c->key, sizeof(c->key), "%s", key);
+	c->next = *b;
+	*b = c;
+	return c;
+}
+
+static void conn_put(struct smtp_server *srv, struct conn_count *c)
+{
+	if (!c || --c->n > 0)
+		return;
+	struct conn_count **pp = &srv->counts[conn_hash(c->key)];
+	while (*pp && *pp != c)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = c->next;
+	free(c);
+}
+
+/* "net:192.0.2.0/24" for ip with the configured prefixes; false if ip is
+ * not an address. */
+static bool net_key(const struct smtp_server_opts *o, const char *ip, char *out, size_t len)
+{
+	unsigned char a[16];
+	int fam = AF_INET, bits = (int)o->net4_prefix, n = 4;
+	if (inet_pton(AF_INET, ip, a) != 1) {
+		if (inet_pton(AF_INET6, ip, a) != 1)
+			return false;
+		fam = AF_INET6;
+		bits = (int)o->net6_prefix;
+		n = 16;
+	}
+	for (int i = 0; i < n; i++) {
+		int keep = bits - i * 8;
+		a[i] &= keep >= 8 ? 0xff : keep <= 0 ? 0 : (unsigned char)(0xff << (8 - keep));
+	}
+	char t[INET6_ADDRSTRLEN];
+	if (!inet_ntop(fam, a, t, sizeof(t)))
+		return false;
+	snprintf(out, len, "net:%s/%d", t, bits);
+	return true;
+}
+
+/* The per-client and per-network limits at accept: NULL if within them
+ * (and counted in s), else the refusal. */
+static const char *conn_limits(struct smtp_server *srv, struct smtp_session *s, const char *ip)
+{
+	const struct smtp_server_opts *o = &srv->opts;
+	if ((!o->max_connections_per_client && !o->max_connections_per_network) || !*ip ||
+	    ip_in(o->xforward_hosts, ip) || ip_in(o->xclient_hosts, ip))
+		return NULL;
+	char nk[64];
+	struct conn_count *cc = o->max_connections_per_client ? conn_get(srv, ip) : NULL;
+	struct conn_count *nc = o->max_connections_per_network && net_key(o, ip, nk, sizeof(nk)) ? conn_get(srv, nk) : NULL;
+	const char *why = NULL;
+	if (cc && cc->n >= o->max_connections_per_client)
+		why = "421 4.7.0 Too many connections from your address, try again later\r\n";
+	else if (nc && nc->n >= o->max_connections_per_network)
+		why = "421 4.7.0 Too many connections from your network, try again later\r\n";
+	if (why) {
+		/* undo the lookups' zero entries */
+		if (cc) {
+			cc->n++;
+			conn_put(srv, cc);
+		}
+		if (nc) {
+			nc->n++;
+			conn_put(srv, nc);
+		}
+		return why;
+	}
+	if (cc)
+		cc->n++;
+	if (nc)
+		nc->n++;
+	s->by_client = cc;
+	s->by_net = nc;
+	return NULL;
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
@@ -1417,6 +1555,18 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		net_addr_text(sa, ip, sizeof(ip), &port);
 	else
 		snprintf(ip, sizeof(ip), "127.0.0.1");   /* unix socket: local */
+	const char *over = conn_limits(srv, s, ip);
+	if (over) {
+		ssize_t w = write(fd, over, strlen(over));
+		(void)w;
+		log_warn(s->id, NULL, "smtp.client_connection_limit", "client=%s reason=%.*s", ip,
+			 (int)strlen(over) - 2, over);
+		note(srv, NULL, "client_connection_limit");
+		close(fd);
+		pool_free(s->pool);
+		free(s);
+		return;
+	}
 	s->client.addr = pool_strdup(s->pool, ip);
 	s->client.name = pool_strdup(s->pool, "unknown");
 	s->client.helo = pool_strdup(s->pool, "");
@@ -1480,6 +1630,10 @@ static void set_defaults(struct smtp_server_opts *o)
 		o->max_errors = 10;
 	if (!o->max_connections)
 		o->max_connections = 1000;
+	if (!o->net4_prefix || o->net4_prefix > 32)
+		o->net4_prefix = 24;
+	if (!o->net6_prefix || o->net6_prefix > 128)
+		o->net6_prefix = 64;
 }
 
 struct smtp_server *smtp_server_new(struct event_base *base, const struct smtp_server_opts *opts,
@@ -1490,6 +1644,7 @@ struct smtp_server *smtp_server_new(struct event_base *base, const struct smtp_s
 	srv->opts = *opts;
 	set_defaults(&srv->opts);
 	srv->hooks = *hooks;
+	rate_cfg_update(srv);
 	return srv;
 }
 
@@ -1497,6 +1652,7 @@ void smtp_server_set_opts(struct smtp_server *srv, const struct smtp_server_opts
 {
 	srv->opts = *opts;
 	set_defaults(&srv->opts);
+	rate_cfg_update(srv);
 }
 
 bool smtp_server_listen_fd(struct smtp_server *srv, int fd, char *why, size_t whylen)
@@ -1555,6 +1711,12 @@ void smtp_server_free(struct smtp_server *srv)
 		s->refs = 1;
 		smtp_session_unref(s);
 	}
+	free(srv->counts);      /* every entry went with its last session */
+	if (srv->rate_cfg)
+		ev_token_bucket_cfg_free(srv->rate_cfg);
+	for (size_t i = 0; i < srv->nold_rate_cfgs; i++)
+		ev_token_bucket_cfg_free(srv->old_rate_cfgs[i]);
+	free(srv->old_rate_cfgs);
 	free(srv);
 }
 

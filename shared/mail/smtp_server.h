@@ -81,6 +81,18 @@ struct smtp_server_opts {
 	long long greet_pause_ms;       /* wait before the banner; talkers are refused */
 	unsigned max_errors;            /* bad commands before 421 and disconnect (default 10) */
 	unsigned max_connections;       /* process-wide cap (default 1000) */
+	/* Concurrent connections from one client address, and from one
+	 * network (IPv4 /net4_prefix, IPv6 /net6_prefix); 0: no limit.
+	 * Clients in xforward_hosts or xclient_hosts (previous stages,
+	 * trusted proxies) are not limited.  Over a limit: 421 4.7.0. */
+	unsigned max_connections_per_client;
+	unsigned max_connections_per_network;
+	unsigned net4_prefix, net6_prefix;      /* default 24, 64 */
+	/* Bytes per second one session may send us (a token bucket with one
+	 * second of burst, libevent's rate limiting); 0: no limit.  A client
+	 * faster than that is read more slowly (TCP pushes back), not
+	 * refused. */
+	long long data_rate_limit;
 	struct tls_ctx *tls;            /* NULL: no STARTTLS */
 	const struct strlist *xforward_hosts;   /* CIDRs allowed to send XFORWARD */
 	const struct strlist *xclient_hosts;    /* CIDRs allowed to send XCLIENT */

@@ -65,6 +65,11 @@ const struct param_def server_param_defs[] = {
 	{ "max_headers", PT_INT, "1000", 10, 100000, NULL, SRV(max_headers), "most header fields in a message" },
 	{ "max_recipients", PT_INT, "1000", 1, 100000, NULL, SRV(max_recipients), "most recipients per transaction" },
 	{ "max_connections", PT_INT, "1000", 1, 1000000, NULL, SRV(max_connections), "most concurrent client connections" },
+	{ "max_connections_per_client", PT_INT, "50", 0, 1000000, NULL, SRV(max_connections_per_client), "most concurrent connections from one client address (0: no limit; xforward_hosts and xclient_hosts are exempt)" },
+	{ "max_connections_per_network", PT_INT, "0", 0, 1000000, NULL, SRV(max_connections_per_network), "most concurrent connections from one network (see network_prefix4/6; 0: no limit)" },
+	{ "network_prefix4", PT_INT, "24", 1, 32, NULL, SRV(network_prefix4), "IPv4 prefix length of a client's network for max_connections_per_network" },
+	{ "data_rate_limit", PT_SIZE, "0", 0, 1LL << 32, NULL, SRV(data_rate_limit), "bytes per second one client session may send (0: no limit); a faster client is read more slowly" },
+	{ "network_prefix6", PT_INT, "64", 1, 128, NULL, SRV(network_prefix6), "IPv6 prefix length of a client's network for max_connections_per_network" },
 	{ "max_errors", PT_INT, "10", 1, 1000, NULL, SRV(max_errors), "bad commands before 421 and disconnect" },
 	{ "command_timeout", PT_TIME, "300s", 1000, 3600000, NULL, SRV(command_timeout), "deadline for each command line" },
 	{ "data_timeout", PT_TIME, "300s", 1000, 3600000, NULL, SRV(data_timeout), "deadline for each read during DATA" },
@@ -1659,6 +1664,11 @@ static void server_opts_from(const struct server_config *sc, struct stage *st, s
 	o->greet_pause_ms = sc->greet_pause;
 	o->max_errors = (unsigned)sc->max_errors;
 	o->max_connections = (unsigned)sc->max_connections;
+	o->max_connections_per_client = (unsigned)sc->max_connections_per_client;
+	o->max_connections_per_network = (unsigned)sc->max_connections_per_network;
+	o->net4_prefix = (unsigned)sc->network_prefix4;
+	o->net6_prefix = (unsigned)sc->network_prefix6;
+	o->data_rate_limit = sc->data_rate_limit;
 	o->tls = st->tls;
 	o->xforward_hosts = &sc->xforward_hosts;
 	o->xclient_hosts = &sc->xclient_hosts;

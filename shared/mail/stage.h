@@ -43,6 +43,9 @@ struct server_config {
 	long long max_headers;
 	long long max_recipients;
 	long long max_connections;
+	long long max_connections_per_client, max_connections_per_network;
+	long long network_prefix4, network_prefix6;
+	long long data_rate_limit;
 	long long max_errors;
 	long long command_timeout;
 	long long data_timeout;

@@ -645,6 +645,113 @@ static void test_connect_tempfail_closes(void **state)
 	WAIT_FOR(f, f->session_ends == 1);
 }
 
+/* ---- connection limits per client and per network ---------------------- */
+
+/* Another client connection from local address from (127.0.0.X); its first
+ * line (the banner or the refusal), the loop running meanwhile. */
+static int extra_client(struct fx *f, const char *from, char *line, size_t len)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	struct sockaddr_in me = { .sin_family = AF_INET };
+	assert_int_equal(inet_pton(AF_INET, from, &me.sin_addr), 1);
+	assert_int_equal(bind(fd, (struct sockaddr *)&me, sizeof(me)), 0);
+	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((uint16_t)f->port) };
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	size_t got = 0;
+	line[0] = '\0';
+	for (int i = 0; i < 400 && !strchr(line, '\n'); i++) {
+		pump_once(f, 5);
+		ssize_t n = recv(fd, line + got, len - 1 - got, MSG_DONTWAIT);
+		if (n > 0) {
+			got += (size_t)n;
+			line[got] = '\0';
+		}
+	}
+	return fd;
+}
+
+static void test_connection_limits(void **state)
+{
+	struct fx *f = *state;
+	char line[256];
+	f->opts.max_connections_per_client = 2;
+	f->opts.max_connections_per_network = 3;
+	start(f);                                   /* one from 127.0.0.1 */
+	EXPECT(f, "220 " HOST " ESMTP\r\n");
+	int a = extra_client(f, "127.0.0.1", line, sizeof(line));
+	assert_true(strncmp(line, "220 ", 4) == 0);
+	int b = extra_client(f, "127.0.0.1", line, sizeof(line));
+	assert_string_equal(line, "421 4.7.0 Too many connections from your address, try again later\r\n");
+	close(b);
+	int c = extra_client(f, "127.0.0.2", line, sizeof(line));  /* same /24, another address */
+	assert_true(strncmp(line, "220 ", 4) == 0);
+	int d = extra_client(f, "127.0.0.3", line, sizeof(line));
+	assert_string_equal(line, "421 4.7.0 Too many connections from your network, try again later\r\n");
+	close(d);
+	/* one leaves: room again */
+	close(a);
+	for (int i = 0; i < 20; i++)
+		pump_once(f, 5);
+	int e = extra_client(f, "127.0.0.1", line, sizeof(line));
+	assert_true(strncmp(line, "220 ", 4) == 0);
+	close(c);
+	close(e);
+	for (int i = 0; i < 20; i++)
+		pump_once(f, 5);
+	assert_int_equal(smtp_server_sessions(f->srv), 1);
+}
+
+/* Previous stages and trusted proxies are not limited. */
+static void test_connection_limits_exempt(void **state)
+{
+	struct fx *f = *state;
+	char line[256];
+	char net[] = "127.0.0.0/8";
+	char *v[] = { net };
+	struct strlist trusted = { 1, v };
+	f->opts.max_connections_per_client = 1;
+	f->opts.xforward_hosts = &trusted;
+	start(f);
+	EXPECT(f, "220 " HOST " ESMTP\r\n");
+	int fds[5];
+	for (int i = 0; i < 5; i++) {
+		fds[i] = extra_client(f, "127.0.0.1", line, sizeof(line));
+		assert_true(strncmp(line, "220 ", 4) == 0);
+	}
+	for (int i = 0; i < 5; i++)
+		close(fds[i]);
+}
+
+/* data_rate_limit: a 90 kB message at 30 kB/s (one second of burst)
+ * takes about two seconds to be read; it still arrives whole. */
+static void test_data_rate_limit(void **state)
+{
+	struct fx *f = *state;
+	f->opts.data_rate_limit = 30000;
+	start(f);
+	hello(f);
+	begin_data(f);
+	struct buf m = BUF_INIT;
+	make_message(&m, 90000);
+	long long t0 = now_ms();
+	csend(f, m.data, m.len);
+	SEND(f, ".\r\n");
+	int code = 0;
+	long long end = t0 + 10000;
+	while (now_ms() < end && !strstr(buf_cstr(&f->in), "\r\n"))
+		pump_once(f, 5);
+	long long took = now_ms() - t0;
+	code = atoi(buf_cstr(&f->in));
+	assert_int_equal(code, 250);
+	print_message("90 kB at data_rate_limit 30 kB/s: read in %lld ms\n", took);
+	assert_true(took >= 1500 && took < 8000);
+	assert_true(f->got_msg);
+	assert_int_equal(f->msg.len, m.len);
+	buf_free(&m);
+}
+
 /* ---- DATA: end detection and dot-stuffing --------------------------------- */
 
 static void split_every_offset(struct fx *f, const char *wire, const char *want, size_t headers)
@@ -1591,6 +1698,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_connect_refused_by_hook, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_connect_refused_then_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_connect_tempfail_closes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_connection_limits, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_connection_limits_exempt, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_data_rate_limit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_data_end_split_every_offset, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dot_stuffing_split_every_offset, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_one_byte_writes, setup, teardown),
