@@ -11,6 +11,7 @@ extern const struct check_def check_limits;
 extern const struct check_def check_users;
 extern const struct check_def check_lists;
 extern const struct check_def check_dnsbl;
+extern const struct check_def check_headers;
 
 const struct check_def *const check_registry[] = {
 	&check_relay,
@@ -18,6 +19,7 @@ const struct check_def *const check_registry[] = {
 	&check_users,
 	&check_lists,
 	&check_dnsbl,
+	&check_headers,
 	NULL
 };
 

@@ -1002,6 +1002,102 @@ static void test_lists_bad_entries(void **state)
 	}
 }
 
+/* ---- headers ------------------------------------------------------------ */
+
+static const char header_rules[] =
+	"# header rules\n"
+	"\n"
+	"/^X-Ok:/ accept\n"
+	"/^Subject:.*viagra/i reject Spam subject\n"
+	"/^X-Mailer: BadMailer/ tempfail\n"
+	"/^X-Trap:/ discard\n"
+	"/^X-Q:/ quarantine held for review\n"
+	"/^X-Path: \\/tmp\\// tag slash in a pattern\n";
+
+/* Run the end of message over a message whose header section is hdrs. */
+static struct verdict message_with(struct fx *f, const char *hdrs)
+{
+	static char msg[4096];
+	snprintf(msg, sizeof(msg), "%s\r\nBody viagra text.\r\n", hdrs);
+	f->ctx.data = msg;
+	f->ctx.len = strlen(msg);
+	f->ctx.header_bytes = strlen(hdrs) + 2;
+	return run(f, PHASE_MESSAGE);
+}
+
+static void use_rules(struct fx *f, const char *rules)
+{
+	char path[700], conf[800];
+	snprintf(path, sizeof(path), "%s/header-rules", f->dir);
+	write_file(path, rules);
+	snprintf(conf, sizeof(conf), "[check.headers]\nrules_file = %s\n", path);
+	use_chain(f, conf, "headers");
+}
+
+static void test_headers_rules(void **state)
+{
+	struct fx *f = *state;
+	use_rules(f, header_rules);
+	/* folded: unfolded before matching; caseless flag */
+	struct verdict v = message_with(f, "From: a@example.org\r\nSubject: buy\r\n VIAGRA now\r\n");
+	assert_verdict(v, V_REJECT, 550, "5.7.1", "Spam subject");
+	assert_string_equal(v.reason, "Spam subject");
+	v = message_with(f, "X-Mailer: BadMailer 1.0\r\nSubject: hi\r\n");
+	assert_verdict(v, V_TEMPFAIL, 451, "4.7.1", NULL);
+	assert_int_equal(message_with(f, "X-Trap: yes\r\n").kind, V_DISCARD);
+	v = message_with(f, "X-Q: 1\r\n");
+	assert_int_equal(v.kind, V_QUARANTINE);
+	assert_non_null(strstr(v.reason, "header-rules:7 matched \"X-Q: 1\": held for review"));
+	/* accept: no further rule for this message */
+	assert_int_equal(message_with(f, "X-Ok: 1\r\nSubject: viagra\r\n").kind, V_CONTINUE);
+	/* no rule matches: the body is not looked at */
+	assert_int_equal(message_with(f, "Subject: hello\r\nFrom: b@example.org\r\n").kind, V_CONTINUE);
+	/* tag: through, with a header naming the rule */
+	assert_int_equal(message_with(f, "X-Path: /tmp/x\r\n").kind, V_CONTINUE);
+	assert_int_equal(f->ctx.nadd, 1);
+	assert_string_equal(f->ctx.add[0].name, "X-Rampart-Header-Rule");
+	assert_non_null(strstr(f->ctx.add[0].value, "header-rules:8; slash in a pattern"));
+	assert_true(log_has(f, "\"check\":\"headers\",\"phase\":\"message\",\"verdict\":\"reject\""));
+}
+
+static void test_headers_bad_rules(void **state)
+{
+	struct fx *f = *state;
+	static const struct { const char *rules, *want; } bad[] = {
+		{ "# ok\n/a/ reject\n/b( reject\n", "header-rules:3: the pattern has no closing '/'" },
+		{ "/(unclosed/ reject\n", "header-rules:1: bad pattern at offset" },
+		{ "/a/ bounce\n", "header-rules:1: unknown action 'bounce'" },
+		{ "/a/q reject\n", "header-rules:1: unknown flag 'q'" },
+		{ "Subject: x reject\n", "header-rules:1: expected /PATTERN/FLAGS ACTION [TEXT]" },
+	};
+	char path[700], conf[800], why[512];
+	snprintf(path, sizeof(path), "%s/header-rules", f->dir);
+	snprintf(conf, sizeof(conf), "[check.headers]\nrules_file = %s\n", path);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		write_file(path, bad[i].rules);
+		load_config(f, conf);
+		assert_null(build(f, "headers", why, sizeof(why)));
+		if (!strstr(why, bad[i].want) || strncmp(why, "check headers: ", 15) != 0)
+			fail_msg("why: %s (want %s)", why, bad[i].want);
+	}
+	snprintf(conf, sizeof(conf), "[check.headers]\nrules_file = %s/none\n", f->dir);
+	load_config(f, conf);
+	assert_null(build(f, "headers", why, sizeof(why)));
+	assert_non_null(strstr(why, "No such file"));
+}
+
+/* A pattern with catastrophic backtracking meets the match limit: the
+ * rule does not match, the stage goes on, a warning is logged. */
+static void test_headers_match_limit(void **state)
+{
+	struct fx *f = *state;
+	use_rules(f, "/^Subject: (a+)+$/ reject\n");
+	char hdr[200];
+	snprintf(hdr, sizeof(hdr), "Subject: %s!\r\n", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+	assert_int_equal(message_with(f, hdr).kind, V_CONTINUE);
+	assert_true(log_has(f, "headers.match_error"));
+}
+
 /* ---- limits ------------------------------------------------------------- */
 
 static void test_limits_declared_size(void **state)
@@ -1235,6 +1331,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_lists_clients, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lists_helo_senders_recipients, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lists_bad_entries, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_headers_rules, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_headers_bad_rules, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_headers_match_limit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limits_declared_size, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limits_recipients, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limits_message_size, setup, teardown),

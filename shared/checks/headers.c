@@ -1,0 +1,341 @@
+/*
+ * headers.c — header regex rules (Maraboli DM23), on PCRE2.
+ *
+ * At the end of a message every header field, unfolded ("Name: value",
+ * the line breaks of folding removed), is matched against the rules of
+ * rules_file, in order; the first rule that matches a field decides for
+ * it, and the first field whose rule says more than "continue" decides for
+ * the message.  A rules file holds one rule per line ('#' comments, blank
+ * lines ignored):
+ *
+ *     /PATTERN/FLAGS  ACTION  [TEXT]
+ *
+ * PATTERN is a PCRE2 regular expression ('/' inside it written "\/");
+ * FLAGS are any of i (caseless), x (extended).  ACTION is one of
+ *     reject      550 5.7.1 TEXT (default "Message content rejected")
+ *     tempfail    451 4.7.1 TEXT
+ *     discard     accept and drop the message (logged)
+ *     quarantine  accept into quarantine
+ *     tag         let it through with an X-Rampart-Header-Rule header
+ *                 naming the rule (file:line) and TEXT
+ *     accept      no further rule is applied to this message
+ * A bad rule stops start-up with file:line, the PCRE2 error and where in
+ * the pattern.  Matching is bounded (a match limit per field, so a
+ * pathological pattern cannot stall the stage: over the limit the rule
+ * does not match and a warning is logged) and uses the JIT when PCRE2 has
+ * it.
+ */
+#define PCRE2_CODE_UNIT_WIDTH 8
+
+#include "check.h"
+#include "../util/alloc.h"
+#include "../util/buf.h"
+#include "../util/log.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <pcre2.h>
+
+#define RULE_LINE_MAX   4096
+#define RULES_MAX       10000
+#define FIELD_MAX       (64 * 1024)
+#define MATCH_LIMIT     100000
+
+struct headers_params {
+	char *rules_file;
+};
+
+static const struct param_def headers_param_defs[] = {
+	{ "rules_file", PT_STR, "", 0, 0, NULL, offsetof(struct headers_params, rules_file),
+	  "file of header rules, one per line: /PATTERN/FLAGS ACTION [TEXT] "
+	  "(ACTION: reject, tempfail, discard, quarantine, tag, accept)" },
+	PARAM_END
+};
+
+static const struct param_set headers_params_set = {
+	"check.headers", "regular-expression rules on header fields (PCRE2)", headers_param_defs,
+	sizeof(struct headers_params)
+};
+
+enum action { A_REJECT, A_TEMPFAIL, A_DISCARD, A_QUARANTINE, A_TAG, A_ACCEPT };
+static const char *const action_names[] = { "reject", "tempfail", "discard", "quarantine", "tag", "accept", NULL };
+
+struct rule {
+	pcre2_code *re;
+	enum action action;
+	char *text;
+	unsigned line;
+};
+
+struct headers {
+	const struct headers_params *p;
+	struct rule *rules;
+	size_t n;
+	pcre2_match_data *md;
+	pcre2_match_context *mctx;
+};
+
+static void headers_free(void *inst)
+{
+	struct headers *h = inst;
+	if (!h)
+		return;
+	for (size_t i = 0; i < h->n; i++) {
+		pcre2_code_free(h->rules[i].re);
+		free(h->rules[i].text);
+	}
+	free(h->rules);
+	pcre2_match_data_free(h->md);
+	pcre2_match_context_free(h->mctx);
+	free(h);
+}
+
+/* Parse one non-empty rule line into r; false with why. */
+static bool parse_rule(char *line, struct rule *r, char *why, size_t whylen)
+{
+	char *p = line;
+	if (*p != '/') {
+		snprintf(why, whylen, "expected /PATTERN/FLAGS ACTION [TEXT]");
+		return false;
+	}
+	p++;
+	struct buf pat = BUF_INIT;
+	for (; *p && *p != '/'; p++) {
+		if (*p == '\\' && p[1] == '/') {
+			buf_putc(&pat, '/');
+			p++;
+			continue;
+		}
+		if (*p == '\\' && p[1]) {
+			buf_putc(&pat, *p++);
+		}
+		buf_putc(&pat, *p);
+	}
+	if (*p != '/') {
+		buf_free(&pat);
+		snprintf(why, whylen, "the pattern has no closing '/'");
+		return false;
+	}
+	p++;
+	uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF;
+	for (; *p && !isspace((unsigned char)*p); p++) {
+		if (*p == 'i')
+			opts |= PCRE2_CASELESS;
+		else if (*p == 'x')
+			opts |= PCRE2_EXTENDED;
+		else {
+			buf_free(&pat);
+			snprintf(why, whylen, "unknown flag '%c' (expected i or x)", *p);
+			return false;
+		}
+	}
+	while (isspace((unsigned char)*p))
+		p++;
+	char *act = p;
+	while (*p && !isspace((unsigned char)*p))
+		p++;
+	if (*p)
+		*p++ = '\0';
+	while (isspace((unsigned char)*p))
+		p++;
+	int a = -1;
+	for (int i = 0; action_names[i]; i++)
+		if (strcasecmp(act, action_names[i]) == 0)
+			a = i;
+	if (a < 0) {
+		buf_free(&pat);
+		snprintf(why, whylen, "unknown action '%s' (expected reject, tempfail, discard, quarantine, tag or accept)",
+			 act);
+		return false;
+	}
+	int err;
+	PCRE2_SIZE off;
+	r->re = pcre2_compile((PCRE2_SPTR)buf_cstr(&pat), pat.len, opts, &err, &off, NULL);
+	buf_free(&pat);
+	if (!r->re) {
+		PCRE2_UCHAR msg[256];
+		pcre2_get_error_message(err, msg, sizeof(msg));
+		snprintf(why, whylen, "bad pattern at offset %zu: %s", (size_t)off, (char *)msg);
+		return false;
+	}
+	pcre2_jit_compile(r->re, PCRE2_JIT_COMPLETE);      /* fine without JIT */
+	r->action = (enum action)a;
+	size_t tl = strlen(p);
+	while (tl && isspace((unsigned char)p[tl - 1]))
+		p[--tl] = '\0';
+	r->text = xstrdup(p);
+	return true;
+}
+
+static bool load_rules(struct headers *h, const char *path, char *why, size_t whylen)
+{
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		snprintf(why, whylen, "rules_file %s: %s", path, strerror(errno));
+		return false;
+	}
+	char line[RULE_LINE_MAX + 2];
+	unsigned lineno = 0;
+	size_t cap = 0;
+	bool ok = true;
+	while (ok && fgets(line, sizeof(line), f)) {
+		lineno++;
+		size_t l = strlen(line);
+		if (l && line[l - 1] != '\n' && !feof(f)) {
+			snprintf(why, whylen, "%s:%u: line longer than %d bytes", path, lineno, RULE_LINE_MAX);
+			ok = false;
+			break;
+		}
+		while (l && (line[l - 1] == '\n' || line[l - 1] == '\r'))
+			line[--l] = '\0';
+		char *p = line;
+		while (isspace((unsigned char)*p))
+			p++;
+		if (!*p || *p == '#')
+			continue;
+		if (h->n == RULES_MAX) {
+			snprintf(why, whylen, "%s:%u: more than %d rules", path, lineno, RULES_MAX);
+			ok = false;
+			break;
+		}
+		if (h->n == cap) {
+			cap = cap ? cap * 2 : 16;
+			h->rules = xrealloc(h->rules, cap * sizeof(*h->rules));
+		}
+		struct rule *r = &h->rules[h->n];
+		memset(r, 0, sizeof(*r));
+		char rwhy[400];
+		if (!parse_rule(p, r, rwhy, sizeof(rwhy))) {
+			snprintf(why, whylen, "%s:%u: %s", path, lineno, rwhy);
+			ok = false;
+			break;
+		}
+		r->line = lineno;
+		h->n++;
+	}
+	if (ok && ferror(f)) {
+		snprintf(why, whylen, "rules_file %s: read error", path);
+		ok = false;
+	}
+	fclose(f);
+	return ok;
+}
+
+static void *headers_init(const void *params, const struct check_env *env, char *why, size_t whylen)
+{
+	(void)env;
+	struct headers *h = xcalloc(1, sizeof(*h));
+	h->p = params;
+	if (h->p->rules_file && *h->p->rules_file && !load_rules(h, h->p->rules_file, why, whylen)) {
+		headers_free(h);
+		return NULL;
+	}
+	h->md = pcre2_match_data_create(4, NULL);
+	h->mctx = pcre2_match_context_create(NULL);
+	if (!h->md || !h->mctx)
+		log_fatal(NULL, NULL, "pcre2_alloc_failed", "what=%s", "match data");
+	pcre2_set_match_limit(h->mctx, MATCH_LIMIT);
+	return h;
+}
+
+/* The first rule matching field (len bytes), or NULL. */
+static const struct rule *match(struct headers *h, const struct check_ctx *ctx, const char *field, size_t len)
+{
+	for (size_t i = 0; i < h->n; i++) {
+		int rc = pcre2_match(h->rules[i].re, (PCRE2_SPTR)field, len, 0, 0, h->md, h->mctx);
+		if (rc >= 0)
+			return &h->rules[i];
+		if (rc != PCRE2_ERROR_NOMATCH)
+			log_warn(ctx->sid, ctx->qid, "headers.match_error", "file=%s line=%u error=%d",
+				 h->p->rules_file, h->rules[i].line, rc);
+	}
+	return NULL;
+}
+
+static void headers_message(void *inst, struct check_ctx *ctx, struct check_call *call)
+{
+	struct headers *h = inst;
+	if (!h->n || !ctx->data) {
+		check_continue(call);
+		return;
+	}
+	const char *p = ctx->data, *end = ctx->data + ctx->header_bytes;
+	struct buf field = BUF_INIT;
+	const struct rule *hit = NULL;
+	char shown[120] = "";
+	while (p < end && !hit) {
+		/* one field: its first line and the folded lines after it */
+		buf_reset(&field);
+		const char *q = p;
+		do {
+			const char *nl = memchr(q, '\n', (size_t)(end - q));
+			const char *le = nl ? nl + 1 : end;
+			size_t l = (size_t)(le - q);
+			while (l && (q[l - 1] == '\n' || q[l - 1] == '\r'))
+				l--;
+			if (field.len + l <= FIELD_MAX)
+				buf_append(&field, q, l);
+			q = le;
+		} while (q < end && (*q == ' ' || *q == '\t'));
+		p = q;
+		if (!field.len)
+			continue;               /* the blank line */
+		const struct rule *r = match(h, ctx, field.data, field.len);
+		if (r && r->action == A_ACCEPT)
+			break;
+		if (r) {
+			hit = r;
+			snprintf(shown, sizeof(shown), "%.*s", (int)(field.len > 100 ? 100 : field.len), field.data);
+			for (char *s = shown; *s; s++)
+				if ((unsigned char)*s < 0x20 || (unsigned char)*s > 0x7e)
+					*s = '?';
+		}
+	}
+	buf_free(&field);
+	if (!hit) {
+		check_continue(call);
+		return;
+	}
+	const char *text = hit->text[0] ? hit->text : NULL;
+	struct verdict v = { 0 };
+	switch (hit->action) {
+	case A_REJECT:
+		check_reject(call, 550, "5.7.1", "%s", text ? text : "Message content rejected");
+		return;
+	case A_TEMPFAIL:
+		check_reject(call, 451, "4.7.1", "%s", text ? text : "Message content deferred, try again later");
+		return;
+	case A_DISCARD:
+	case A_QUARANTINE:
+		v.kind = hit->action == A_DISCARD ? V_DISCARD : V_QUARANTINE;
+		snprintf(v.reason, sizeof(v.reason), "rule %s:%u matched \"%s\"%s%s", h->p->rules_file, hit->line,
+			 shown, text ? ": " : "", text ? text : "");
+		check_done(call, &v);
+		return;
+	case A_TAG: {
+		char value[600];
+		snprintf(value, sizeof(value), "%s:%u%s%s", h->p->rules_file, hit->line, text ? "; " : "", text ? text : "");
+		check_ctx_add_header(ctx, "X-Rampart-Header-Rule", value);
+		log_info(ctx->sid, ctx->qid, "headers.tag", "file=%s line=%u field=%s", h->p->rules_file, hit->line, shown);
+		check_continue(call);
+		return;
+	}
+	case A_ACCEPT:
+		break;
+	}
+	check_continue(call);
+}
+
+const struct check_def check_headers = {
+	.name = "headers",
+	.doc = "regular-expression rules on header fields (PCRE2)",
+	.params = &headers_params_set,
+	.init = headers_init,
+	.free = headers_free,
+	.hooks = { [PHASE_MESSAGE] = headers_message },
+};
