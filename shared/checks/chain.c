@@ -199,6 +199,8 @@ void chain_run(struct chain *c, enum check_phase phase, struct check_ctx *ctx, c
 	 * facts checks left about the previous one go. */
 	if (phase == PHASE_CONNECT) {
 		ctx->client_allowed = false;
+		ctx->rdns = RDNS_UNCHECKED;
+		ctx->client_ptr[0] = '\0';
 		ctx->dnsbl_score = 0;
 		ctx->dnswl = false;
 		ctx->dnsbl_listed[0] = '\0';

@@ -71,6 +71,21 @@ struct check_header {
 	char *value;
 };
 
+/* How the sender authenticated, for the checks that come later: the spf
+ * check fills it at MAIL (greylisting keys on the SPF-authorised domain,
+ * DKIM verification writes one Authentication-Results header, RFC 8601,
+ * with SPF and DKIM).  Zero: not evaluated. */
+enum auth_spf {
+	AUTH_SPF_UNCHECKED,         /* no spf check, or the client is exempt */
+	AUTH_SPF_NONE, AUTH_SPF_NEUTRAL, AUTH_SPF_PASS, AUTH_SPF_FAIL, AUTH_SPF_SOFTFAIL,
+	AUTH_SPF_TEMPERROR, AUTH_SPF_PERMERROR,
+};
+struct check_auth {
+	enum auth_spf spf;          /* the SPF result (RFC 7208 2.6) */
+	char spf_domain[256];       /* the domain checked: authorised when spf is pass */
+	char spf_identity[16];      /* "mailfrom" or "helo" (smtp.mailfrom / smtp.helo) */
+};
+
 struct check_ctx {
 	const char *sid;            /* session id */
 	const char *qid;            /* queue id, NULL before MAIL */
@@ -81,12 +96,18 @@ struct check_ctx {
 	 * spam from unknown clients (greylisting, DNSBL, rate limits) let it
 	 * through. */
 	bool client_allowed;
+	/* The client's reverse DNS (check "hygiene", at CONNECT): its PTR
+	 * name and whether that name resolves back to the address
+	 * (forward-confirmed reverse DNS). */
+	enum { RDNS_UNCHECKED, RDNS_NONE, RDNS_MISMATCH, RDNS_CONFIRMED, RDNS_TEMPFAIL } rdns;
+	char client_ptr[256];
 	/* dnsbl_score: the client's DNSBL score (check "dnsbl": the sum of
 	 * the weights of the lists that list it, allow lists negative);
 	 * dnswl: an allow list (negative weight) lists it. */
 	int dnsbl_score;
 	bool dnswl;
 	char dnsbl_listed[200];     /* "list(weight) ..." for the logs and the header */
+	struct check_auth auth;     /* sender authentication so far (check "spf") */
 	const char *helo;
 	const struct envelope *env; /* NULL before MAIL */
 	long long declared_size;    /* MAIL SIZE=, -1 if not given */

@@ -12,6 +12,7 @@ extern const struct check_def check_users;
 extern const struct check_def check_lists;
 extern const struct check_def check_dnsbl;
 extern const struct check_def check_headers;
+extern const struct check_def check_hygiene;
 
 const struct check_def *const check_registry[] = {
 	&check_relay,
@@ -20,6 +21,7 @@ const struct check_def *const check_registry[] = {
 	&check_lists,
 	&check_dnsbl,
 	&check_headers,
+	&check_hygiene,
 	NULL
 };
 

@@ -1,10 +1,14 @@
 /*
- * test_dnsbl.c — the "dnsbl" check through the chain, with the shared
- * resolver answering from local data: weights and threshold, answer
- * filters, allow lists (negative weights), IPv6 and IPv4-mapped clients,
- * the actions (reject, tempfail, tag with a header), the local allow list,
- * a list that never answers (timeout: counted as not listed), and bad
- * list entries.
+ * test_dns_checks.c — the checks that ask DNS, through the chain, with the
+ * shared resolver answering from local data.
+ *
+ * dnsbl: weights and threshold, answer filters, allow lists (negative
+ * weights), IPv6 and IPv4-mapped clients, the actions (reject, tempfail,
+ * tag with a header), the local allow list, a list that never answers
+ * (timeout: counted as not listed), and bad list entries.
+ * hygiene: reverse DNS (confirmed, mismatch, none) and require_rdns, HELO
+ * syntax, FQDN and "not us", the sender domain (MX, A only, NXDOMAIN, no
+ * records, null MX, DNS failure).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -49,7 +53,17 @@ static const char zone[] =
 	"14.2.0.192.bl.example. 300 IN A 127.0.0.2\n"
 	"14.2.0.192.bl2.example. 300 IN A 127.0.0.4\n"
 	/* 2001:db8::1 */
-	"1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl.example. 300 IN A 127.0.0.2\n";
+	"1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl.example. 300 IN A 127.0.0.2\n"
+	/* reverse DNS: 192.0.2.20 confirmed, .21 a PTR that lies, .22 none */
+	"20.2.0.192.in-addr.arpa. 300 IN PTR mail.good.example.\n"
+	"mail.good.example. 300 IN A 192.0.2.20\n"
+	"21.2.0.192.in-addr.arpa. 300 IN PTR liar.example.\n"
+	"liar.example. 300 IN A 192.0.2.99\n"
+	/* sender domains */
+	"good.example. 300 IN MX 10 mail.good.example.\n"
+	"aonly.example. 300 IN A 192.0.2.30\n"
+	"nullmx.example. 300 IN MX 0 .\n"
+	"empty.example. 300 IN TXT \"v=spf1 -all\"\n";
 
 static const char sites[] = "sites = bl.example=127.0.0.[2..11]*2, bl2.example=127.0.0.[2;4..5], wl.example*-5\n";
 
@@ -131,8 +145,8 @@ static void use(struct fx *f, const char *conf)
 	f->cfg = config_parse_string("rampart.conf", conf, &err);
 	if (!f->cfg)
 		fail_msg("config: %s", err.msg);
-	char *words[] = { "lists", "dnsbl" };
-	struct strlist names = { 2, words };
+	char *words[] = { "lists", "dnsbl", "hygiene" };
+	struct strlist names = { 3, words };
 	f->chain = chain_new(f->cfg, &names, &f->env, why, sizeof(why));
 	if (!f->chain)
 		fail_msg("chain: %s", why);
@@ -308,6 +322,137 @@ static void test_bad_entries(void **state)
 	}
 }
 
+/* ---- hygiene -------------------------------------------------------------- */
+
+static void test_reverse_dns(void **state)
+{
+	struct fx *f = *state;
+	use(f, "");
+	assert_int_equal(run(f, PHASE_CONNECT, "192.0.2.20").kind, V_CONTINUE);
+	assert_int_equal(f->ctx.rdns, RDNS_CONFIRMED);
+	assert_string_equal(f->ctx.client_ptr, "mail.good.example");
+	assert_int_equal(run(f, PHASE_CONNECT, "192.0.2.21").kind, V_CONTINUE);
+	assert_int_equal(f->ctx.rdns, RDNS_MISMATCH);
+	assert_string_equal(f->ctx.client_ptr, "liar.example");
+	assert_int_equal(run(f, PHASE_CONNECT, "192.0.2.22").kind, V_CONTINUE);
+	assert_int_equal(f->ctx.rdns, RDNS_NONE);
+	assert_string_equal(f->ctx.client_ptr, "");
+
+	use(f, "[check.hygiene]\nrequire_rdns = confirmed\n");
+	struct verdict v = run(f, PHASE_CONNECT, "192.0.2.21");
+	assert_int_equal(v.kind, V_TEMPFAIL);
+	assert_int_equal(v.code, 450);
+	assert_string_equal(v.enh, "4.7.25");
+	assert_non_null(strstr(v.reason, "does not resolve back"));
+	assert_int_equal(run(f, PHASE_CONNECT, "192.0.2.20").kind, V_CONTINUE);
+	use(f, "[check.hygiene]\nrequire_rdns = ptr\n");
+	assert_int_equal(run(f, PHASE_CONNECT, "192.0.2.21").kind, V_CONTINUE);   /* a PTR is enough */
+	assert_int_equal(run(f, PHASE_CONNECT, "192.0.2.22").kind, V_TEMPFAIL);
+}
+
+static struct verdict helo(struct fx *f, const char *name)
+{
+	f->ctx.helo = name;
+	return run(f, PHASE_HELO, "203.0.113.5");
+}
+
+static void test_helo(void **state)
+{
+	struct fx *f = *state;
+	char *doms[] = { "example.test" };
+	struct strlist local = { 1, doms };
+	f->env.local_domains = &local;
+	use(f, "");
+	assert_int_equal(helo(f, "client.example.org").kind, V_CONTINUE);
+	assert_int_equal(helo(f, "client.example.org.").kind, V_CONTINUE);
+	assert_int_equal(helo(f, "[192.0.2.1]").kind, V_CONTINUE);
+	assert_int_equal(helo(f, "[IPv6:2001:db8::1]").kind, V_CONTINUE);
+	struct verdict v = helo(f, "bad..name");
+	assert_int_equal(v.code, 501);
+	assert_string_equal(v.enh, "5.5.2");
+	assert_int_equal(helo(f, "-lead.example").code, 501);
+	assert_int_equal(helo(f, "[192.0.2.300]").code, 501);
+	assert_int_equal(helo(f, "spaces in it").code, 501);
+	v = helo(f, "localhost");
+	assert_int_equal(v.code, 504);
+	assert_non_null(strstr(v.reason, "fully-qualified"));
+	v = helo(f, "MX.Example.Test");           /* our host name */
+	assert_int_equal(v.code, 550);
+	assert_string_equal(v.enh, "5.7.1");
+	assert_int_equal(helo(f, "example.test").code, 550);   /* a local domain */
+	/* allowed clients are not held to it */
+	f->ctx.client_allowed = true;
+	f->e->client.addr = pool_strdup(f->e->pool, "203.0.113.5");
+	f->ndone = 0;
+	f->ctx.helo = "localhost";
+	chain_run(f->chain, PHASE_HELO, &f->ctx, on_done, f);
+	assert_int_equal(f->v.kind, V_CONTINUE);
+	f->ctx.client_allowed = false;
+	/* each rule can be turned off */
+	use(f, "[check.hygiene]\nhelo_fqdn = no\nhelo_not_us = no\n");
+	assert_int_equal(helo(f, "localhost").kind, V_CONTINUE);
+	assert_int_equal(helo(f, "mx.example.test").kind, V_CONTINUE);
+	f->env.local_domains = NULL;
+}
+
+static struct verdict mail_from(struct fx *f, const char *sender)
+{
+	f->e->sender = pool_strdup(f->e->pool, sender);
+	return run(f, PHASE_MAIL, "203.0.113.5");
+}
+
+static void test_sender_domain(void **state)
+{
+	struct fx *f = *state;
+	use(f, "");
+	assert_int_equal(mail_from(f, "a@good.example").kind, V_CONTINUE);      /* MX */
+	assert_int_equal(mail_from(f, "a@aonly.example").kind, V_CONTINUE);     /* A, no MX */
+	assert_int_equal(mail_from(f, "").kind, V_CONTINUE);                    /* null sender */
+	assert_int_equal(mail_from(f, "a@[192.0.2.1]").kind, V_CONTINUE);       /* address literal */
+	struct verdict v = mail_from(f, "a@nx.example");
+	assert_int_equal(v.code, 550);
+	assert_string_equal(v.enh, "5.1.8");
+	assert_string_equal(v.reason, "<a@nx.example>: Sender address rejected: Domain not found");
+	v = mail_from(f, "a@empty.example");
+	assert_int_equal(v.code, 550);
+	assert_string_equal(v.enh, "5.1.8");
+	assert_non_null(strstr(v.reason, "no MX, A or AAAA"));
+	v = mail_from(f, "a@nullmx.example");
+	assert_int_equal(v.code, 550);
+	assert_string_equal(v.enh, "5.7.27");
+	use(f, "[check.hygiene]\nsender_domain = no\n");
+	assert_int_equal(mail_from(f, "a@nx.example").kind, V_CONTINUE);
+}
+
+/* DNS that does not answer: a temporary refusal, never a 5xx. */
+static void test_sender_domain_dns_failure(void **state)
+{
+	struct fx *f = *state;
+	int trap = socket(AF_INET, SOCK_DGRAM, 0);
+	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t sl = sizeof(sin);
+	assert_int_equal(bind(trap, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(getsockname(trap, (struct sockaddr *)&sin, &sl), 0);
+	char fwd[64];
+	snprintf(fwd, sizeof(fwd), "127.0.0.1@%d", ntohs(sin.sin_port));
+	const char *fwds[] = { fwd, NULL };
+	struct dns_opts o = { .local_data = f->zone_path, .timeout_ms = 30000 };
+	char why[256];
+	struct dns *slow = dns_new_fwd(f->base, &o, fwds, why, sizeof(why));
+	assert_non_null(slow);
+	f->env.dns = slow;
+	use(f, "[check.hygiene]\ntimeout = 300ms\n");
+	struct verdict v = mail_from(f, "a@elsewhere.example");
+	assert_int_equal(v.kind, V_TEMPFAIL);
+	assert_int_equal(v.code, 451);
+	assert_string_equal(v.enh, "4.1.8");
+	chain_free(f->chain);
+	f->chain = NULL;
+	dns_free(slow);
+	f->env.dns = f->dns;
+	close(trap);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -315,6 +460,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_actions, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dead_list_times_out, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_entries, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reverse_dns, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_helo, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sender_domain, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sender_domain_dns_failure, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
