@@ -137,6 +137,8 @@ static void finish(struct check_call *call)
 	chain_done_fn done = call->done;
 	void *arg = call->arg;
 	struct verdict v = call->v;
+	if (call->phase == PHASE_RCPT && (v.kind == V_REJECT || v.kind == V_TEMPFAIL))
+		call->ctx->rcpt_refused++;
 	free(call);
 	done(arg, &v);
 }
@@ -200,6 +202,7 @@ void chain_run(struct chain *c, enum check_phase phase, struct check_ctx *ctx, c
 	if (phase == PHASE_CONNECT) {
 		ctx->client_allowed = false;
 		ctx->rdns = RDNS_UNCHECKED;
+		ctx->rcpt_refused = 0;
 		ctx->client_ptr[0] = '\0';
 		ctx->dnsbl_score = 0;
 		ctx->dnswl = false;

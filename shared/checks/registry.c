@@ -13,6 +13,7 @@ extern const struct check_def check_lists;
 extern const struct check_def check_dnsbl;
 extern const struct check_def check_headers;
 extern const struct check_def check_hygiene;
+extern const struct check_def check_badrcpt;
 
 const struct check_def *const check_registry[] = {
 	&check_relay,
@@ -22,6 +23,7 @@ const struct check_def *const check_registry[] = {
 	&check_dnsbl,
 	&check_headers,
 	&check_hygiene,
+	&check_badrcpt,
 	NULL
 };
 

@@ -106,3 +106,34 @@ def test_dnsbl_refuses_listed_clients_and_tags():
         check(b"X-Rampart-DNSBL: score=2; threshold=2; listed=bl.example(+2)" in got, "header: %r" % got[:600])
     finally:
         lab.close()
+
+
+def test_bad_recipient_throttle():
+    """A dictionary attack: after two unknown recipients each RCPT waits,
+    after four the client is sent away with 421."""
+    import time
+    lab = Lab("badrcpt")
+    lab.add_store()
+    lab.add_mx(checks="badrcpt relay limits users", xclient_hosts="127.0.0.1/32")
+    lab.sections["check.badrcpt"] = {"delay_after": "2", "delay": "400ms", "disconnect_after": "4"}
+    lab.start("store")
+    lab.start("mx")
+    try:
+        r, code, _ = _as_client(lab, "203.0.113.50")
+        check(code == 220, "greeting %d" % code)
+        r.cmd("EHLO attacker.example.org")
+        check(r.cmd("MAIL FROM:<x@example.org>")[0] == 250, "MAIL")
+        t = []
+        for rcpt in ("nobody1", "nobody2", "alice", "nobody3", "nobody4"):
+            t0 = time.time()
+            code, text, _ = r.cmd("RCPT TO:<%s@example.test>" % rcpt)
+            t.append((rcpt, code, time.time() - t0))
+        check([c for _, c, _ in t] == [550, 550, 250, 550, 550], "replies: %r" % t)
+        check(t[0][2] < 0.3 and t[1][2] < 0.3, "no delay before two refusals: %r" % t)
+        check(all(d >= 0.35 for _, _, d in t[2:]), "delayed after two refusals: %r" % t)
+        code, text, _ = r.cmd("RCPT TO:<bob@example.test>")
+        check(code == 421 and "4.7.0" in text, "sent away: %d %s" % (code, text))
+        check(r.closed(), "connection closed")
+        check('"check":"badrcpt","phase":"rcpt","verdict":"tempfail","code":421' in lab.log("mx"), "logged")
+    finally:
+        lab.close()

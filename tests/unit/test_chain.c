@@ -863,6 +863,12 @@ static void test_relay_denied(void **state)
 	assert_verdict(rcpt(f, "x@example.test.evil.test"), V_REJECT, 554, "5.7.1", NULL);
 	assert_verdict(rcpt(f, "abuse"), V_REJECT, 554, "5.7.1", NULL);
 	assert_int_equal(f->e->nrcpt, 0);
+	/* the chain counts refused recipients for the session (badrcpt) */
+	assert_int_equal(f->ctx.rcpt_refused, 4);
+	assert_int_equal(rcpt(f, "alice@example.test").kind, V_CONTINUE);
+	assert_int_equal(f->ctx.rcpt_refused, 4);
+	run(f, PHASE_CONNECT);
+	assert_int_equal(f->ctx.rcpt_refused, 0);
 	assert_true(log_has(f, "\"check\":\"relay\",\"phase\":\"rcpt\",\"verdict\":\"reject\",\"code\":554,\"enh\":\"5.7.1\",\"reason\":\"<victim@elsewhere.test>: Relay access denied\""));
 }
 
