@@ -22,6 +22,7 @@
 struct dns;
 struct event_base;
 struct metrics;
+struct state;
 struct pool;
 
 enum check_phase {
@@ -63,6 +64,9 @@ struct check_env {
 	struct dns *dns;                         /* the process's resolver */
 	struct event_base *base;                 /* the event loop, for timers (NULL in
 						  * offline checks: no timers then) */
+	struct state *state;                     /* the process's state store ([state]),
+						  * opened when a check needs_state; NULL
+						  * when only checking a configuration */
 };
 
 /* A header a check wants added to the message. */
@@ -143,6 +147,7 @@ struct check_def {
 	void *(*init)(const void *params, const struct check_env *env, char *why, size_t whylen);
 	void (*free)(void *inst);
 	check_hook_fn hooks[PHASE_COUNT];   /* NULL: the check does nothing then */
+	bool needs_state;                   /* uses the state store (check_env.state) */
 };
 
 /* Every check the project has (checks/registry.c). */

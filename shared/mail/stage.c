@@ -14,6 +14,7 @@
 #include "stage.h"
 #include "dsn.h"
 #include "queue.h"
+#include "state.h"
 #include "smtp_client.h"
 #include "../checks/chain.h"
 #include "../util/alloc.h"
@@ -161,6 +162,7 @@ struct stage {
 	struct queue *queue;
 	struct metrics *metrics;
 	struct dns *dns;
+	struct state *state;            /* opened with the first generation whose checks need it */
 	struct metric *m_events;
 	struct metric *m_sessions, *m_messages, *m_rejects, *m_deliveries, *m_deferrals, *m_bounces;
 	struct event *sig_hup, *sig_term, *sig_int, *sig_usr1;
@@ -245,6 +247,36 @@ static struct generation *gen_load(struct stage *st, bool dry, char *why, size_t
 	g->env.metrics = st->metrics;
 	g->env.dns = st->dns;
 	g->env.base = st->base;
+	/* The state store: [state], checked always; opened once, by the first
+	 * generation whose checks use it (a change needs a restart). */
+	struct state_config scfg;
+	memset(&scfg, 0, sizeof(scfg));
+	if (!config_bind(cfg, "state", &state_param_set, &scfg, &err)) {
+		snprintf(why, whylen, "%s", err.msg);
+		gen_unref(st, g);
+		return NULL;
+	}
+	bool want_state = false;
+	for (size_t i = 0; i < sc->checks.n; i++) {
+		const struct check_def *d = check_find(sc->checks.v[i]);
+		if (d && d->needs_state)
+			want_state = true;
+	}
+	if (want_state && !dry && !st->state) {
+		char swhy[512] = "";
+		scfg.state_dir = g->g.state_dir;
+		scfg.metrics = st->metrics;
+		st->state = state_open(&scfg, st->base, swhy, sizeof(swhy));
+		if (!st->state) {
+			config_release(&state_param_set, &scfg);
+			snprintf(why, whylen, "%s: [state] %s", st->config_path, swhy);
+			gen_unref(st, g);
+			return NULL;
+		}
+		log_info(NULL, NULL, "state.opened", "backend=%s", state_backend_name(st->state));
+	}
+	config_release(&state_param_set, &scfg);
+	g->env.state = st->state;
 	if (dry && st->def->validate) {
 		char swhy[512] = "";
 		if (!st->def->validate(g->conf, &g->g, swhy, sizeof(swhy))) {
@@ -1916,6 +1948,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 			printf("%s: configuration OK\n", st->config_path);
 		}
 		gen_unref(st, st->gen);
+		state_close(st->state);
 		dns_free(st->dns);
 		metrics_free(st->metrics);
 		event_base_free(st->base);
@@ -2052,6 +2085,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	idle_close_all(st);
 	dest_free_all(st);
 	gen_unref(st, st->gen);
+	state_close(st->state);
 	tls_ctx_free(st->tls);
 	tls_ctx_free(st->client_tls);
 	dns_free(st->dns);

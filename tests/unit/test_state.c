@@ -50,6 +50,7 @@ struct suite {
 	int logfd;
 	int port;
 	pid_t redis;
+	struct tu_redis r;
 	int seq;
 };
 
@@ -67,102 +68,21 @@ static long long mono_ns(void)
 	return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* ---- the redis-server ---------------------------------------------------- */
-
-static int free_port(void)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(sa);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-	    getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	close(fd);
-	return ntohs(sa.sin_port);
-}
-
-/* Any reply to PING (NOAUTH counts: the server is there). */
-static bool redis_answers(int port)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	struct timeval tv = { 0, 300000 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	bool ok = false;
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 && write(fd, "PING\r\n", 6) == 6) {
-		char b[64];
-		ssize_t n = read(fd, b, sizeof(b));
-		ok = n > 0 && (b[0] == '+' || b[0] == '-');
-	}
-	close(fd);
-	return ok;
-}
-
-static pid_t spawn_redis(struct suite *s)
-{
-	char port[16], log[300];
-	snprintf(port, sizeof(port), "%d", s->port);
-	snprintf(log, sizeof(log), "%s/redis.log", s->dir);
-	pid_t pid = fork();
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);      /* never outlive a crashed test */
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-		if (fd >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-		}
-		execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-		       "--appendonly", "no", "--requirepass", REDIS_PASSWORD, "--unixsocket", s->sock,
-		       "--unixsocketperm", "700", "--dir", s->dir, "--daemonize", "no", (char *)NULL);
-		_exit(127);
-	}
-	long long deadline = mono_ms() + 10000;
-	while (mono_ms() < deadline) {
-		if (redis_answers(s->port))
-			return pid;
-		int st;
-		if (waitpid(pid, &st, WNOHANG) == pid)
-			return -1;              /* it died: port taken? */
-		usleep(20000);
-	}
-	kill(pid, SIGKILL);
-	waitpid(pid, NULL, 0);
-	return -1;
-}
+/* ---- the redis-server (tests/unit/testutil.c) ------------------------------ */
 
 static void start_redis(struct suite *s, bool same_port)
 {
-	for (int attempt = 0; attempt < 10; attempt++) {
-		if (!same_port || s->port <= 0)
-			s->port = free_port();
-		s->redis = spawn_redis(s);
-		if (s->redis > 0)
-			return;
-		usleep(100000);
-	}
-	fail_msg("redis-server did not start (is the Debian package redis-server installed?)");
+	s->r.port = s->port;
+	if (!tu_redis_start(&s->r, s->dir, REDIS_PASSWORD, same_port))
+		fail_msg("redis-server did not start (is the Debian package redis-server installed?)");
+	s->port = s->r.port;
+	s->redis = s->r.pid;
 }
 
 static void stop_redis(struct suite *s)
 {
-	if (s->redis <= 0)
-		return;
-	kill(s->redis, SIGCONT);
-	kill(s->redis, SIGTERM);
-	long long deadline = mono_ms() + 5000;
-	int st;
-	while (waitpid(s->redis, &st, WNOHANG) == 0) {
-		if (mono_ms() > deadline) {
-			kill(s->redis, SIGKILL);
-			waitpid(s->redis, &st, 0);
-			break;
-		}
-		usleep(10000);
-	}
+	s->r.pid = s->redis;
+	tu_redis_stop(&s->r);
 	s->redis = -1;
 }
 

@@ -3,10 +3,21 @@
  */
 #include "testutil.h"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <ftw.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 int tu_mkdtemp(char *out, size_t outlen, const char *tag)
 {
@@ -27,4 +38,112 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 void tu_rmtree(const char *dir)
 {
 	nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* ---- a private redis-server ---------------------------------------------- */
+
+static long long tu_mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int tu_free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(sa);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+	    getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	close(fd);
+	return ntohs(sa.sin_port);
+}
+
+bool tu_redis_answers(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct timeval tv = { 0, 300000 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	bool ok = false;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 && write(fd, "PING\r\n", 6) == 6) {
+		char b[64];
+		ssize_t n = read(fd, b, sizeof(b));
+		ok = n > 0 && (b[0] == '+' || b[0] == '-');
+	}
+	close(fd);
+	return ok;
+}
+
+static pid_t tu_redis_spawn(struct tu_redis *r)
+{
+	char port[16], log[300];
+	snprintf(port, sizeof(port), "%d", r->port);
+	snprintf(log, sizeof(log), "%s/redis.log", r->dir);
+	pid_t pid = fork();
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);      /* never outlive a crashed test */
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+		       "--appendonly", "no", "--requirepass", r->password, "--unixsocket", r->sock,
+		       "--unixsocketperm", "700", "--dir", r->dir, "--daemonize", "no", (char *)NULL);
+		_exit(127);
+	}
+	long long deadline = tu_mono_ms() + 10000;
+	while (tu_mono_ms() < deadline) {
+		if (tu_redis_answers(r->port))
+			return pid;
+		int st;
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			return -1;              /* it died: port taken? */
+		usleep(20000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	return -1;
+}
+
+bool tu_redis_start(struct tu_redis *r, const char *dir, const char *password, bool same_port)
+{
+	snprintf(r->dir, sizeof(r->dir), "%s", dir);
+	snprintf(r->sock, sizeof(r->sock), "%s/redis.sock", dir);
+	snprintf(r->password, sizeof(r->password), "%s", password);
+	for (int attempt = 0; attempt < 10; attempt++) {
+		if (!same_port || r->port <= 0)
+			r->port = tu_free_port();
+		r->pid = tu_redis_spawn(r);
+		if (r->pid > 0)
+			return true;
+		usleep(100000);
+	}
+	return false;
+}
+
+void tu_redis_stop(struct tu_redis *r)
+{
+	if (r->pid <= 0)
+		return;
+	kill(r->pid, SIGCONT);
+	kill(r->pid, SIGTERM);
+	long long deadline = tu_mono_ms() + 5000;
+	int st;
+	while (waitpid(r->pid, &st, WNOHANG) == 0) {
+		if (tu_mono_ms() > deadline) {
+			kill(r->pid, SIGKILL);
+			waitpid(r->pid, &st, 0);
+			break;
+		}
+		usleep(10000);
+	}
+	r->pid = -1;
 }
