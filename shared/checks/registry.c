@@ -14,6 +14,7 @@ extern const struct check_def check_dnsbl;
 extern const struct check_def check_headers;
 extern const struct check_def check_hygiene;
 extern const struct check_def check_badrcpt;
+extern const struct check_def check_spf;
 
 const struct check_def *const check_registry[] = {
 	&check_relay,
@@ -24,6 +25,7 @@ const struct check_def *const check_registry[] = {
 	&check_headers,
 	&check_hygiene,
 	&check_badrcpt,
+	&check_spf,
 	NULL
 };
 

@@ -7,6 +7,8 @@
  * run from an event of its own, so never inside dns_query() nor inside
  * ub_process().  With local_only the root is a "static" local zone: the
  * local data answers, everything else is NXDOMAIN, nothing is sent.
+ * Worker threads wait for their answers (dns_query_wait), which come
+ * through the same loop.
  */
 #include "dns.h"
 #include "alloc.h"
@@ -16,11 +18,13 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/event.h>
 #include <unbound.h>
@@ -52,6 +56,7 @@ struct dns {
 	struct event *ub_ev;
 	long long timeout_ms;
 	struct dns_query *queries;      /* started, not yet delivered */
+	pthread_t loop_thread;          /* the thread that made it: the loop's */
 };
 
 /* ---- local data ---------------------------------------------------------- */
@@ -190,7 +195,7 @@ static bool decode_rdata(int type, const unsigned char *p, size_t len, struct dn
 		hex(&out, p, len);
 		break;
 	}
-	rr->text = buf_steal(&out, NULL);
+	rr->text = buf_steal(&out, &rr->len);
 	return true;
 bad:
 	buf_free(&out);
@@ -395,6 +400,117 @@ bool dns_query(struct dns *d, const char *name, int type, dns_cb cb, void *arg)
 	return true;
 }
 
+/* ---- waiting queries, for worker threads --------------------------------
+ *
+ * The query goes to the same unbound context (thread-safe) as dns_query();
+ * its answer arrives, like every answer, through ub_process() on the
+ * loop's thread, which decodes it and wakes the waiting worker.  A worker
+ * that gives up cancels the query; when the cancel comes too late (the
+ * answer is being delivered), the answer frees the abandoned wait. */
+
+struct dns_wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	char *name;
+	int type;
+	bool answered;
+	bool abandoned;
+	struct dns_result res;
+};
+
+static void wait_free(struct dns_wait *w)
+{
+	result_clear(&w->res);
+	pthread_mutex_destroy(&w->mu);
+	pthread_cond_destroy(&w->cv);
+	free(w->name);
+	free(w);
+}
+
+/* From ub_process(), on the loop's thread. */
+static void on_wait_answer(void *mydata, int err, struct ub_result *r)
+{
+	struct dns_wait *w = mydata;
+	struct dns_result res;
+	decode_answer(w->name, w->type, &res, err, r);
+	if (r)
+		ub_resolve_free(r);
+	pthread_mutex_lock(&w->mu);
+	if (w->abandoned) {
+		pthread_mutex_unlock(&w->mu);
+		result_clear(&res);
+		wait_free(w);
+		return;
+	}
+	w->res = res;
+	w->answered = true;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+bool dns_query_wait(struct dns *d, const char *name, int type, long long timeout_ms, struct dns_result *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->status = DNS_TEMPFAIL;
+	if (!name || !*name || strlen(name) > 254 || type <= 0 || type > 65535)
+		return false;
+	if (pthread_equal(pthread_self(), d->loop_thread)) {
+		log_error(NULL, NULL, "dns_wait_on_loop", "name=%s type=%d", name, type);
+		return false;
+	}
+	if (timeout_ms <= 0 || timeout_ms > d->timeout_ms)
+		timeout_ms = d->timeout_ms;
+	struct dns_wait *w = xcalloc(1, sizeof(*w));
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&w->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	w->name = xstrdup(name);
+	w->type = type;
+	struct timespec until;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += (time_t)(timeout_ms / 1000);
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	int id = 0;
+	int r = ub_resolve_async(d->ub, name, type, 1 /* IN */, w, on_wait_answer, &id);
+	if (r != 0) {
+		log_warn(NULL, NULL, "dns_query_failed", "name=%s type=%d error=%s", name, type,
+			 ub_strerror(r));
+		wait_free(w);
+		return false;
+	}
+	pthread_mutex_lock(&w->mu);
+	while (!w->answered) {
+		if (pthread_cond_timedwait(&w->cv, &w->mu, &until) == ETIMEDOUT)
+			break;
+	}
+	if (w->answered) {
+		*out = w->res;
+		memset(&w->res, 0, sizeof(w->res));
+		pthread_mutex_unlock(&w->mu);
+		wait_free(w);
+		return true;
+	}
+	w->abandoned = true;
+	pthread_mutex_unlock(&w->mu);
+	log_info(NULL, NULL, "dns_timeout", "name=%s type=%d timeout_ms=%lld", name, type, timeout_ms);
+	if (ub_cancel(d->ub, id) == 0)
+		wait_free(w);          /* else the answer is on its way and frees it */
+	return true;
+}
+
+void dns_result_free(struct dns_result *r)
+{
+	if (r)
+		result_clear(r);
+}
+
 /* ---- the resolver -------------------------------------------------------- */
 
 struct dns *dns_new_fwd(struct event_base *base, const struct dns_opts *opts,
@@ -443,6 +559,7 @@ struct dns *dns_new_fwd(struct event_base *base, const struct dns_opts *opts,
 	d->base = base;
 	d->ub = ub;
 	d->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : DNS_DEFAULT_TIMEOUT_MS;
+	d->loop_thread = pthread_self();
 	d->ub_ev = event_new(base, ub_fd(ub), EV_READ | EV_PERSIST, on_ub_readable, d);
 	if (!d->ub_ev || event_add(d->ub_ev, NULL) != 0) {
 		set_why(why, whylen, "cannot watch the unbound descriptor");

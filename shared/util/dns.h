@@ -33,6 +33,7 @@ struct dns_rr {
 	unsigned ttl;
 	int pref;                   /* MX preference */
 	char *text;                 /* A/AAAA: address; MX/PTR/CNAME: name without trailing dot; TXT: strings joined */
+	size_t len;                 /* strlen(text), unless a TXT string holds a NUL byte */
 };
 /* More on text: the root name (null MX, RFC 7505) is "."; special bytes in
  * a label are escaped as in zone files (\. \\ \DDD); TXT strings are
@@ -66,6 +67,19 @@ bool dns_query(struct dns *d, const char *name, int type, dns_cb cb, void *arg);
  * delivered ones too): their callbacks are not called.  For a caller that
  * stops waiting (its own deadline) or goes away before the answers. */
 void dns_cancel(struct dns *d, void *arg);
+/* The same query, waited for: for worker threads (libspf2's resolver
+ * hook).  The answer is the one dns_query() would give (same local data,
+ * local_only, decoding), in out (release it with dns_result_free()); a
+ * query not answered within timeout_ms (<= 0 or more than the resolver's
+ * timeout: the resolver's) is DNS_TEMPFAIL.  The answer travels through
+ * the event loop, which must therefore be running on its own thread (the
+ * one that called dns_new): called on that thread, it would wait for
+ * itself, so it answers DNS_TEMPFAIL at once and returns false; false too
+ * if the query could not be started.  Every thread that may call it must
+ * have stopped before dns_free(). */
+bool dns_query_wait(struct dns *d, const char *name, int type, long long timeout_ms,
+		    struct dns_result *out);
+void dns_result_free(struct dns_result *r);
 /* Reverse name of an IPv4/IPv6 address ("4.3.2.1.in-addr.arpa"); false if not an IP. */
 bool dns_reverse_name(const char *ip, char *out, size_t outlen);
 const char *dns_status_name(enum dns_status s);

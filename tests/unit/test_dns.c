@@ -2,7 +2,8 @@
  * test_dns.c — the resolver against a local data file in a temporary
  * directory.  Nothing here reads the host's resolver configuration; the
  * only "server" is a UDP socket on 127.0.0.1 that never answers, used to
- * see whether queries leave (and to make one time out).
+ * see whether queries leave (and to make one time out).  Waiting queries
+ * (dns_query_wait) run on threads while the test's thread runs the loop.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -592,6 +594,133 @@ static void test_reverse_name(void **state)
 	assert_true(dns_reverse_name("192.0.2.1", out, 23));       /* exactly enough */
 }
 
+/* ---- waiting queries (dns_query_wait, worker threads) -------------------- */
+
+struct wjob {
+	struct dns *d;
+	const char *name;
+	int type;
+	long long timeout_ms;
+	bool ok;
+	struct dns_result res;
+	long ms;
+	int finished;
+};
+
+static void *wait_main(void *arg)
+{
+	struct wjob *j = arg;
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	j->ok = dns_query_wait(j->d, j->name, j->type, j->timeout_ms, &j->res);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	j->ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+	__atomic_store_n(&j->finished, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static void on_nothing(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what; (void)arg;
+}
+
+/* Each job waits on a thread of its own while this thread runs the loop. */
+static void run_waits(struct event_base *base, struct wjob *jobs, size_t n)
+{
+	pthread_t th[16];
+	assert_true(n <= 16);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(pthread_create(&th[i], NULL, wait_main, &jobs[i]), 0);
+	struct event *tick = event_new(base, -1, EV_PERSIST, on_nothing, NULL);
+	struct timeval tv = { 0, 10000 };
+	event_add(tick, &tv);
+	for (;;) {
+		size_t done = 0;
+		for (size_t i = 0; i < n; i++)
+			done += (size_t)__atomic_load_n(&jobs[i].finished, __ATOMIC_ACQUIRE);
+		if (done == n)
+			break;
+		event_base_loop(base, EVLOOP_ONCE);
+	}
+	event_free(tick);
+	for (size_t i = 0; i < n; i++)
+		pthread_join(th[i], NULL);
+}
+
+static void test_wait_from_threads(void **state)
+{
+	struct fixture *fx = *state;
+	struct dns *d = local_resolver(fx, false);
+	struct wjob j[] = {
+		{ .d = d, .name = "mx1.example.test", .type = 1 },
+		{ .d = d, .name = "example.test", .type = 15 },
+		{ .d = d, .name = "nothing.example.test", .type = 1 },
+		{ .d = d, .name = "mx2.example.test", .type = 16 },
+		{ .d = d, .name = "long.example.test", .type = 16 },
+		{ .d = d, .name = "mx1.example.test", .type = 28 },
+	};
+	run_waits(fx->base, j, sizeof(j) / sizeof(j[0]));
+	for (size_t i = 0; i < sizeof(j) / sizeof(j[0]); i++)
+		assert_true(j[i].ok);
+	assert_int_equal(j[0].res.status, DNS_OK);
+	assert_int_equal(j[0].res.n, 1);
+	assert_string_equal(j[0].res.rr[0].text, "192.0.2.1");
+	assert_int_equal(j[1].res.status, DNS_OK);
+	assert_int_equal(j[1].res.n, 2);
+	assert_int_equal(j[2].res.status, DNS_NXDOMAIN);
+	assert_int_equal(j[3].res.status, DNS_NODATA);
+	assert_int_equal(j[4].res.status, DNS_OK);
+	assert_string_equal(j[4].res.rr[0].text, "onetwothree");
+	assert_int_equal(j[4].res.rr[0].len, 11);
+	assert_int_equal(j[5].res.status, DNS_OK);
+	assert_string_equal(j[5].res.rr[0].text, "2001:db8::1");
+	for (size_t i = 0; i < sizeof(j) / sizeof(j[0]); i++)
+		dns_result_free(&j[i].res);
+	dns_free(d);
+}
+
+static void test_wait_timeout(void **state)
+{
+	struct fixture *fx = *state;
+	struct dns_opts o = { .local_data = fx->data, .timeout_ms = 300 };
+	const char *fwd[] = { fx->trap_fwd, NULL };
+	char why[256] = "";
+	struct dns *d = dns_new_fwd(fx->base, &o, fwd, why, sizeof(why));
+	assert_non_null(d);
+	struct wjob j[] = {
+		{ .d = d, .name = "elsewhere.example.org", .type = 1 },                 /* the resolver's 300 ms */
+		{ .d = d, .name = "other.example.org", .type = 1, .timeout_ms = 100 },  /* its own, shorter */
+		{ .d = d, .name = "mx1.example.test", .type = 1, .timeout_ms = 100 },   /* local: at once */
+	};
+	run_waits(fx->base, j, 3);
+	assert_true(j[0].ok);
+	assert_int_equal(j[0].res.status, DNS_TEMPFAIL);
+	assert_true(j[0].ms >= 250 && j[0].ms < 3000);
+	assert_int_equal(j[1].res.status, DNS_TEMPFAIL);
+	assert_true(j[1].ms >= 80 && j[1].ms < 250);
+	assert_int_equal(j[2].res.status, DNS_OK);
+	for (size_t i = 0; i < 3; i++)
+		dns_result_free(&j[i].res);
+	/* answers that come after their waiter gave up are dropped */
+	for (int i = 0; i < 20; i++)
+		event_base_loop(fx->base, EVLOOP_NONBLOCK);
+	dns_free(d);
+	trap_count(fx, 50);
+}
+
+/* On the loop's own thread it would wait for itself: refused at once. */
+static void test_wait_on_loop_thread(void **state)
+{
+	struct fixture *fx = *state;
+	struct dns *d = local_resolver(fx, false);
+	struct dns_result r;
+	assert_false(dns_query_wait(d, "mx1.example.test", 1, 0, &r));
+	assert_int_equal(r.status, DNS_TEMPFAIL);
+	assert_int_equal(r.n, 0);
+	dns_result_free(&r);
+	dns_free(d);
+}
+
 static void test_status_name(void **state)
 {
 	(void)state;
@@ -622,6 +751,9 @@ int main(void)
 		cmocka_unit_test(test_bad_queries),
 		cmocka_unit_test(test_reverse_name),
 		cmocka_unit_test(test_status_name),
+		cmocka_unit_test(test_wait_from_threads),
+		cmocka_unit_test(test_wait_timeout),
+		cmocka_unit_test(test_wait_on_loop_thread),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
