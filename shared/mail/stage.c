@@ -114,6 +114,9 @@ const struct param_set *stage_param_set(const struct stage_def *def)
 		nd++;
 	struct param_def *t = xcalloc(ns + nd + 1, sizeof(*t));
 	memcpy(t, server_param_defs, ns * sizeof(*t));
+	for (size_t i = 0; def->default_checks && i < ns; i++)
+		if (strcmp(t[i].name, "checks") == 0)
+			t[i].def = def->default_checks;
 	if (nd)
 		memcpy(t + ns, def->params, nd * sizeof(*t));
 	struct param_set *set = xcalloc(1, sizeof(*set));

@@ -104,6 +104,7 @@ struct stage_def {
 	const struct param_def *params; /* the stage's own parameters (offsets in its struct) */
 	size_t config_size;             /* sizeof its struct (begins with struct server_config) */
 	bool lmtp;                      /* serve LMTP instead of SMTP */
+	const char *default_checks;     /* this stage's default for "checks" (NULL: the server's) */
 	/* Start-up and reload: build the stage's state from its config. */
 	void *(*init)(const void *config, const struct stage_env *env, char *why, size_t whylen);
 	void (*free)(void *state);

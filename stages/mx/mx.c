@@ -21,5 +21,8 @@ const struct stage_def mx_stage = {
 	.params = NULL,
 	.config_size = sizeof(struct mx_config),
 	.lmtp = false,
+	/* The defences that need no site data; add users (recipient
+	 * validation, with the store's list), and the stateful ones. */
+	.default_checks = "lists hygiene dnsbl spf badrcpt relay limits headers",
 };
 
