@@ -305,7 +305,8 @@ static void on_deliver(evutil_socket_t fd, short what, void *arg)
 	dns_cb cb = q->cb;
 	void *cbarg = q->arg;
 	query_free(q);
-	cb(cbarg, &res);
+	if (cb)                 /* NULL: cancelled while its answer was on the way */
+		cb(cbarg, &res);
 	result_clear(&res);
 }
 
@@ -329,8 +330,12 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
 	if (!q->pending)
 		return;
 	int r = ub_cancel(q->d->ub, q->async_id);
-	if (r != 0)
+	if (r != 0) {
+		/* Too late: the answer is already on its way (unbound has it
+		 * queued for ub_process); on_answer delivers it shortly. */
 		log_debug(NULL, NULL, "dns_cancel", "name=%s error=%s", q->name, ub_strerror(r));
+		return;
+	}
 	q->pending = false;
 	log_info(NULL, NULL, "dns_timeout", "name=%s type=%d timeout_ms=%lld", q->name, q->type,
 		 q->d->timeout_ms);
@@ -353,12 +358,17 @@ void dns_cancel(struct dns *d, void *arg)
 {
 	for (struct dns_query *q = d->queries, *next; q; q = next) {
 		next = q->next;
-		if (q->arg != arg)
+		if (q->arg != arg || !q->cb)
 			continue;
 		if (q->pending) {
 			int r = ub_cancel(d->ub, q->async_id);
-			if (r != 0)
+			if (r != 0) {
+				/* its answer is on the way: on_answer and
+				 * on_deliver still run, and free it silently */
 				log_debug(NULL, NULL, "dns_cancel", "name=%s error=%s", q->name, ub_strerror(r));
+				q->cb = NULL;
+				continue;
+			}
 			q->pending = false;
 		}
 		query_unlink(q);

@@ -509,6 +509,50 @@ static void test_timeout(void **state)
 	trap_count(fx, 50);
 }
 
+/* Deadlines so short that answers and timeouts cross: an answer that
+ * arrives as its query times out, or is cancelled, is delivered at most
+ * once and never after the query is gone (ASan checks the second). */
+static void test_timeouts_cross_answers(void **state)
+{
+	struct fixture *fx = *state;
+	struct dns_opts o = { .local_data = fx->data, .local_only = true, .timeout_ms = 1 };
+	char why[256] = "";
+	struct dns *d = dns_new(fx->base, &o, why, sizeof(why));
+	assert_non_null(d);
+	enum { N = 300 };
+	struct req *q = calloc(N, sizeof(*q));
+	struct waiter w = { .base = fx->base };
+	size_t ok = 0, tempfail = 0;
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < N; i++)
+			start(d, &w, &q[i], i % 2 ? "mx1.example.test" : "example.test", 1);
+		/* a third cancelled at once: never called back */
+		for (int i = 0; i < N; i += 3) {
+			dns_cancel(d, &q[i]);
+			w.outstanding--;
+		}
+		wait_all(&w, 20);
+		for (int i = 0; i < N; i++) {
+			if (i % 3 == 0) {
+				assert_false(q[i].a.done);
+				continue;
+			}
+			assert_true(q[i].a.done);
+			assert_true(q[i].a.status == DNS_OK || q[i].a.status == DNS_TEMPFAIL);
+			ok += q[i].a.status == DNS_OK;
+			tempfail += q[i].a.status == DNS_TEMPFAIL;
+		}
+		/* stragglers of the cancelled ones must not call back later */
+		for (int k = 0; k < 20; k++)
+			event_base_loop(fx->base, EVLOOP_NONBLOCK);
+		for (int i = 0; i < N; i += 3)
+			assert_false(q[i].a.done);
+	}
+	print_message("answers %zu, timeouts %zu (1 ms deadline)\n", ok, tempfail);
+	free(q);
+	dns_free(d);
+}
+
 static void test_bad_local_data(void **state)
 {
 	struct fixture *fx = *state;
@@ -746,6 +790,7 @@ int main(void)
 		cmocka_unit_test(test_free_from_callback),
 		cmocka_unit_test(test_free_with_pending),
 		cmocka_unit_test(test_timeout),
+		cmocka_unit_test(test_timeouts_cross_answers),
 		cmocka_unit_test(test_bad_local_data),
 		cmocka_unit_test(test_resolv_conf),
 		cmocka_unit_test(test_bad_queries),
