@@ -37,7 +37,7 @@ struct check_call {
 };
 
 static const char *verdict_names[] = { "continue", "accept", "tempfail", "reject", "discard", "quarantine" };
-static const char *phase_names[] = { "connect", "helo", "mail", "rcpt", "data", "message" };
+static const char *phase_names[] = { "connect", "helo", "mail", "rcpt", "data", "headers", "message" };
 
 const char *verdict_name(enum verdict_kind k) { return verdict_names[k]; }
 const char *phase_name(enum check_phase p) { return phase_names[p]; }

@@ -31,6 +31,9 @@ enum check_phase {
 	PHASE_MAIL,
 	PHASE_RCPT,         /* the candidate is env->rcpts[env->nrcpt - 1] */
 	PHASE_DATA,         /* before the message is read */
+	PHASE_HEADERS,      /* the header section is complete: header checks (over SMTP
+			     * it runs at the end of the message, just before
+			     * PHASE_MESSAGE; a milter gets it at end of headers) */
 	PHASE_MESSAGE,      /* end of message: headers and body available */
 	PHASE_COUNT
 };
@@ -119,7 +122,7 @@ struct check_ctx {
 	const char *helo;
 	const struct envelope *env; /* NULL before MAIL */
 	long long declared_size;    /* MAIL SIZE=, -1 if not given */
-	const char *data;           /* PHASE_MESSAGE: the message */
+	const char *data;           /* PHASE_HEADERS, PHASE_MESSAGE: the message so far */
 	size_t len;
 	size_t header_bytes;        /* length of the header section within data */
 	struct pool *pool;          /* lives as long as the transaction */

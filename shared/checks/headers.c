@@ -1,7 +1,7 @@
 /*
  * headers.c — header regex rules (Maraboli DM23), on PCRE2.
  *
- * At the end of a message every header field, unfolded ("Name: value",
+ * When the header section is complete (PHASE_HEADERS) every header field, unfolded ("Name: value",
  * the line breaks of folding removed), is matched against the rules of
  * rules_file, in order; the first rule that matches a field decides for
  * it, and the first field whose rule says more than "continue" decides for
@@ -337,5 +337,5 @@ const struct check_def check_headers = {
 	.params = &headers_params_set,
 	.init = headers_init,
 	.free = headers_free,
-	.hooks = { [PHASE_MESSAGE] = headers_message },
+	.hooks = { [PHASE_HEADERS] = headers_message },
 };

@@ -831,6 +831,18 @@ static const enum check_phase phase_of[] = {
 	[SMTP_HOOK_RCPT] = PHASE_RCPT, [SMTP_HOOK_DATA] = PHASE_DATA, [SMTP_HOOK_MESSAGE] = PHASE_MESSAGE,
 };
 
+/* Over SMTP the header checks run at the end of the message, then the
+ * message checks unless a header check decided. */
+static void after_headers(void *arg, const struct verdict *v)
+{
+	struct sess *x = arg;
+	if (v->kind != V_CONTINUE || smtp_session_closed(x->s)) {
+		after_chain(x, v);
+		return;
+	}
+	chain_run(x->gen->chain, PHASE_MESSAGE, &x->ctx, after_chain, x);
+}
+
 static void on_hook(void *arg, struct smtp_session *s, enum smtp_hook_kind kind)
 {
 	struct stage *st = arg;
@@ -850,7 +862,10 @@ static void on_hook(void *arg, struct smtp_session *s, enum smtp_hook_kind kind)
 	if (kind == SMTP_HOOK_MAIL)
 		clear_added_headers(&x->ctx);
 	smtp_session_ref(s);
-	chain_run(x->gen->chain, phase_of[kind], &x->ctx, after_chain, x);
+	if (kind == SMTP_HOOK_MESSAGE)
+		chain_run(x->gen->chain, PHASE_HEADERS, &x->ctx, after_headers, x);
+	else
+		chain_run(x->gen->chain, phase_of[kind], &x->ctx, after_chain, x);
 }
 
 static void on_txn_end(void *arg, struct smtp_session *s)

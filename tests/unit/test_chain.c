@@ -1028,7 +1028,7 @@ static struct verdict message_with(struct fx *f, const char *hdrs)
 	f->ctx.data = msg;
 	f->ctx.len = strlen(msg);
 	f->ctx.header_bytes = strlen(hdrs) + 2;
-	return run(f, PHASE_MESSAGE);
+	return run(f, PHASE_HEADERS);
 }
 
 static void use_rules(struct fx *f, const char *rules)
@@ -1063,7 +1063,7 @@ static void test_headers_rules(void **state)
 	assert_int_equal(f->ctx.nadd, 1);
 	assert_string_equal(f->ctx.add[0].name, "X-Rampart-Header-Rule");
 	assert_non_null(strstr(f->ctx.add[0].value, "header-rules:8; slash in a pattern"));
-	assert_true(log_has(f, "\"check\":\"headers\",\"phase\":\"message\",\"verdict\":\"reject\""));
+	assert_true(log_has(f, "\"check\":\"headers\",\"phase\":\"headers\",\"verdict\":\"reject\""));
 }
 
 static void test_headers_bad_rules(void **state)
