@@ -3,6 +3,7 @@
  *
  *   rampartctl [-c rampart.conf] config check [--doc]
  *   rampartctl [-c rampart.conf] [-n instance] queue list|show ID|flush [ID]|delete ID|hold ID|release ID
+ *   rampartctl [-c rampart.conf] [-n instance] ratelimit show|reset KIND:VALUE | list [KIND]
  *
  * config check validates every section of the file with the same
  * parameter tables the programs use, and prints the effective values with
@@ -11,6 +12,7 @@
  * stage processes (a signal to make them act on a flush).
  */
 #include "dkim_keygen.h"
+#include "ratelimit_ctl.h"
 #include "checks/check.h"
 #include "mail/ledger.h"
 #include "mail/queue.h"
@@ -55,7 +57,12 @@ static int usage(void)
 		"  stats senders [sender|domain|login] [--top N]\n"
 		"                            per-sender accounting of an outgoing instance (-n out)\n"
 		"  dkim keygen DOMAIN SELECTOR [--ed25519] [--bits N] [--dir DIR] [--txt-only]\n"
-		"                            write a DKIM key (mode 0600) and print the DNS TXT record\n");
+		"                            write a DKIM key (mode 0600) and print the DNS TXT record\n"
+		"  ratelimit show KIND:VALUE | show ADDRESS\n"
+		"                            a rate-limit bucket (client:192.0.2.7, sender:a@example.org ...): tokens\n"
+		"                            left, rule, when full, whether the next message is limited\n"
+		"  ratelimit reset KIND:VALUE  delete a bucket (full again)\n"
+		"  ratelimit list [KIND]     every bucket in the state store\n");
 	return 2;
 }
 
@@ -338,6 +345,8 @@ int main(int argc, char **argv)
 		}
 		return 0;
 	}
+	if (strcmp(argv[0], "ratelimit") == 0)
+		return ratelimit_ctl_main(path, instance, argc - 1, argv + 1);
 	if (strcmp(argv[0], "dkim") == 0 && argc >= 2 && strcmp(argv[1], "keygen") == 0)
 		return dkim_keygen_main(argc - 1, argv + 1);
 	return usage();

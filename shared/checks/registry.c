@@ -14,6 +14,8 @@ extern const struct check_def check_dnsbl;
 extern const struct check_def check_headers;
 extern const struct check_def check_hygiene;
 extern const struct check_def check_badrcpt;
+extern const struct check_def check_ratelimit;
+extern const struct check_def check_traps;
 extern const struct check_def check_spf;
 
 const struct check_def *const check_registry[] = {
@@ -25,6 +27,8 @@ const struct check_def *const check_registry[] = {
 	&check_headers,
 	&check_hygiene,
 	&check_badrcpt,
+	&check_ratelimit,
+	&check_traps,
 	&check_spf,
 	NULL
 };
