@@ -1474,24 +1474,10 @@ static void conn_put(struct smtp_server *srv, struct conn_count *c)
  * not an address. */
 static bool net_key(const struct smtp_server_opts *o, const char *ip, char *out, size_t len)
 {
-	unsigned char a[16];
-	int fam = AF_INET, bits = (int)o->net4_prefix, n = 4;
-	if (inet_pton(AF_INET, ip, a) != 1) {
-		if (inet_pton(AF_INET6, ip, a) != 1)
-			return false;
-		fam = AF_INET6;
-		bits = (int)o->net6_prefix;
-		n = 16;
-	}
-	for (int i = 0; i < n; i++) {
-		int keep = bits - i * 8;
-		a[i] &= keep >= 8 ? 0xff : keep <= 0 ? 0 : (unsigned char)(0xff << (8 - keep));
-	}
-	char t[INET6_ADDRSTRLEN];
-	if (!inet_ntop(fam, a, t, sizeof(t)))
+	char n[INET6_ADDRSTRLEN + 8];
+	if (!net_prefix(ip, (int)o->net4_prefix, (int)o->net6_prefix, n, sizeof(n)))
 		return false;
-	snprintf(out, len, "net:%s/%d", t, bits);
-	return true;
+	return (size_t)snprintf(out, len, "net:%s", n) < len;
 }
 
 /* The per-client and per-network limits at accept: NULL if within them

@@ -531,3 +531,59 @@ bool cidr_list_match(const struct strlist *nets, const char *ip)
 	}
 	return false;
 }
+
+/* ---- canonical addresses and networks -------------------------------------- */
+
+static bool parse_ip_mapped(const char *ip, int *family, unsigned char a[16])
+{
+	if (!ip || !*ip)
+		return false;
+	memset(a, 0, 16);
+	if (inet_pton(AF_INET, ip, a) == 1) {
+		*family = AF_INET;
+		return true;
+	}
+	if (inet_pton(AF_INET6, ip, a) != 1)
+		return false;
+	static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+	if (memcmp(a, mapped, 12) == 0) {
+		memmove(a, a + 12, 4);
+		memset(a + 4, 0, 12);
+		*family = AF_INET;
+		return true;
+	}
+	*family = AF_INET6;
+	return true;
+}
+
+bool net_canon_ip(const char *ip, char *out, size_t outlen)
+{
+	int fam;
+	unsigned char a[16];
+	char t[INET6_ADDRSTRLEN];
+	if (!parse_ip_mapped(ip, &fam, a) || !inet_ntop(fam, a, t, sizeof(t)))
+		return false;
+	return (size_t)snprintf(out, outlen, "%s", t) < outlen;
+}
+
+bool net_prefix(const char *ip, int v4prefix, int v6prefix, char *out, size_t outlen)
+{
+	int fam;
+	unsigned char a[16];
+	char t[INET6_ADDRSTRLEN];
+	if (!parse_ip_mapped(ip, &fam, a))
+		return false;
+	int bits = fam == AF_INET ? v4prefix : v6prefix, len = fam == AF_INET ? 4 : 16;
+	if (bits < 0 || bits > len * 8)
+		return false;
+	for (int i = 0; i < len; i++) {
+		int keep = bits - i * 8;
+		if (keep <= 0)
+			a[i] = 0;
+		else if (keep < 8)
+			a[i] &= (unsigned char)(0xff << (8 - keep));
+	}
+	if (!inet_ntop(fam, a, t, sizeof(t)))
+		return false;
+	return (size_t)snprintf(out, outlen, "%s/%d", t, bits) < outlen;
+}

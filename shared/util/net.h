@@ -49,4 +49,11 @@ bool cidr_match(const struct cidr *net, const char *ip);   /* ip as text; IPv4-m
 struct strlist;
 bool cidr_list_match(const struct strlist *nets, const char *ip);
 
+/* An address in its canonical text form ("192.0.2.7", "2001:db8::7"; an
+ * IPv4-mapped IPv6 address as IPv4), and its network with the given prefix
+ * lengths ("192.0.2.0/24", "2001:db8::/64"): the keys of per-client and
+ * per-network limits.  False if ip is not an address or out too small. */
+bool net_canon_ip(const char *ip, char *out, size_t outlen);
+bool net_prefix(const char *ip, int v4prefix, int v6prefix, char *out, size_t outlen);
+
 #endif

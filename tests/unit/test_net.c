@@ -643,6 +643,32 @@ static void test_id_valid(void **state)
 	assert_false(id_valid("0123456789abcde\n"));
 }
 
+static void test_canon_and_prefix(void **state)
+{
+	(void)state;
+	char out[64];
+	assert_true(net_canon_ip("192.0.2.7", out, sizeof(out)));
+	assert_string_equal(out, "192.0.2.7");
+	assert_true(net_canon_ip("::ffff:192.0.2.7", out, sizeof(out)));
+	assert_string_equal(out, "192.0.2.7");
+	assert_true(net_canon_ip("2001:DB8:0:0::7", out, sizeof(out)));
+	assert_string_equal(out, "2001:db8::7");
+	assert_false(net_canon_ip("example.org", out, sizeof(out)));
+	assert_false(net_canon_ip("", out, sizeof(out)));
+	assert_true(net_prefix("192.0.2.77", 24, 64, out, sizeof(out)));
+	assert_string_equal(out, "192.0.2.0/24");
+	assert_true(net_prefix("192.0.2.77", 20, 64, out, sizeof(out)));
+	assert_string_equal(out, "192.0.0.0/20");
+	assert_true(net_prefix("::ffff:198.51.100.9", 16, 64, out, sizeof(out)));
+	assert_string_equal(out, "198.51.0.0/16");
+	assert_true(net_prefix("2001:db8:1:2:3:4:5:6", 24, 64, out, sizeof(out)));
+	assert_string_equal(out, "2001:db8:1:2::/64");
+	assert_true(net_prefix("2001:db8:1:2:3:4:5:6", 24, 50, out, sizeof(out)));
+	assert_string_equal(out, "2001:db8:1::/50");
+	assert_false(net_prefix("192.0.2.1", 33, 64, out, sizeof(out)));
+	assert_false(net_prefix("192.0.2.1", 24, 64, out, 8));      /* too small */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -663,6 +689,7 @@ int main(void)
 		cmocka_unit_test(test_cidr_list),
 		cmocka_unit_test(test_id_unique_valid),
 		cmocka_unit_test(test_id_valid),
+		cmocka_unit_test(test_canon_and_prefix),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
