@@ -4,6 +4,7 @@
  *   rampartctl [-c rampart.conf] config check [--doc]
  *   rampartctl [-c rampart.conf] [-n instance] queue list|show ID|flush [ID]|delete ID|hold ID|release ID
  *   rampartctl [-c rampart.conf] [-n instance] ratelimit show|reset KIND:VALUE | list [KIND]
+ *   rampartctl [-c rampart.conf] [-n instance] greylist list [FILTER] | allow CLIENT | purge [FILTER]
  *
  * config check validates every section of the file with the same
  * parameter tables the programs use, and prints the effective values with
@@ -13,6 +14,7 @@
  */
 #include "dkim_keygen.h"
 #include "ratelimit_ctl.h"
+#include "greylist_ctl.h"
 #include "checks/check.h"
 #include "mail/ledger.h"
 #include "mail/queue.h"
@@ -62,7 +64,11 @@ static int usage(void)
 		"                            a rate-limit bucket (client:192.0.2.7, sender:a@example.org ...): tokens\n"
 		"                            left, rule, when full, whether the next message is limited\n"
 		"  ratelimit reset KIND:VALUE  delete a bucket (full again)\n"
-		"  ratelimit list [KIND]     every bucket in the state store\n");
+		"  ratelimit list [KIND]     every bucket in the state store\n"
+		"  greylist list [FILTER]    greylisting triplets, auto-allow counters and manual allows (FILTER: an\n"
+		"                            address or network, a domain, a sender or recipient, a key prefix gl:...)\n"
+		"  greylist allow CLIENT     never greylist an address, a network or an SPF-authorised domain\n"
+		"  greylist purge [FILTER]   forget greylisting entries (without FILTER: all but manual allows)\n");
 	return 2;
 }
 
@@ -347,6 +353,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[0], "ratelimit") == 0)
 		return ratelimit_ctl_main(path, instance, argc - 1, argv + 1);
+	if (strcmp(argv[0], "greylist") == 0)
+		return greylist_ctl_main(path, instance, argc - 1, argv + 1);
 	if (strcmp(argv[0], "dkim") == 0 && argc >= 2 && strcmp(argv[1], "keygen") == 0)
 		return dkim_keygen_main(argc - 1, argv + 1);
 	return usage();

@@ -3,8 +3,8 @@
  * keeps naming recipients we refuse (a dictionary attack, a list of dead
  * addresses) is slowed down, then sent away.
  *
- * The chain counts the recipients refused in the session
- * (ctx->rcpt_refused).  Once delay_after of them have been refused, every
+ * The chain counts the recipients refused for good (5xx) in the session
+ * (ctx->rcpt_refused; a 4xx such as greylisting does not count).  Once delay_after of them have been refused, every
  * further RCPT waits delay before it is looked at; once disconnect_after
  * have been refused, the next RCPT gets 421 4.7.0 and the connection is
  * closed.  Put it first among the RCPT checks.  Clients on the local allow

@@ -137,7 +137,9 @@ static void finish(struct check_call *call)
 	chain_done_fn done = call->done;
 	void *arg = call->arg;
 	struct verdict v = call->v;
-	if (call->phase == PHASE_RCPT && (v.kind == V_REJECT || v.kind == V_TEMPFAIL))
+	/* refused for good only: a 4xx (greylisting, a rate limit) is no
+	 * sign of a dictionary attack */
+	if (call->phase == PHASE_RCPT && v.kind == V_REJECT)
 		call->ctx->rcpt_refused++;
 	free(call);
 	done(arg, &v);

@@ -108,9 +108,9 @@ struct check_ctx {
 	 * (forward-confirmed reverse DNS). */
 	enum { RDNS_UNCHECKED, RDNS_NONE, RDNS_MISMATCH, RDNS_CONFIRMED, RDNS_TEMPFAIL } rdns;
 	char client_ptr[256];
-	/* Recipients refused so far in this session (the chain counts every
-	 * RCPT verdict that refuses): check "badrcpt" slows and ends
-	 * dictionary attacks with it. */
+	/* Recipients refused for good (5xx) so far in this session (the
+	 * chain counts them; 4xx such as greylisting do not count): check
+	 * "badrcpt" slows and ends dictionary attacks with it. */
 	unsigned rcpt_refused;
 	/* dnsbl_score: the client's DNSBL score (check "dnsbl": the sum of
 	 * the weights of the lists that list it, allow lists negative);

@@ -16,6 +16,7 @@ extern const struct check_def check_hygiene;
 extern const struct check_def check_badrcpt;
 extern const struct check_def check_ratelimit;
 extern const struct check_def check_traps;
+extern const struct check_def check_greylist;
 extern const struct check_def check_spf;
 
 const struct check_def *const check_registry[] = {
@@ -29,6 +30,7 @@ const struct check_def *const check_registry[] = {
 	&check_badrcpt,
 	&check_ratelimit,
 	&check_traps,
+	&check_greylist,
 	&check_spf,
 	NULL
 };
