@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 
 from lib import REPO, check
 
@@ -29,11 +30,20 @@ def test_lab_up_demo_and_down():
         pids = [int(open(os.path.join(d, "pids", f)).read()) for f in os.listdir(os.path.join(d, "pids"))]
         check(len(pids) >= 4, "mx, store, out and the lab Internet run: %r" % pids)
         # the demonstrations the lab prints
-        out = _swaks()
-        check("250 2.0.0" in out and "Ok" in out, "ordinary mail accepted: %s" % out[-800:])
+        # a new triplet is greylisted, its retry after the lab's 2 s passes
+        out = _swaks("--to", "bob@example.test")
+        check("451 4.7.1" in out and "Greylisted" in out, "first attempt greylisted: %s" % out[-800:])
+        time.sleep(2.5)
+        out = _swaks("--to", "bob@example.test")
+        check("250 2.0.0" in out and "Ok" in out, "retry accepted: %s" % out[-800:])
+        # a spam trap blocks the client that writes to it
+        out = _swaks("--from", "spammer@example.org", "--to", "trap@example.test", "--xclient-addr", "192.0.2.99")
+        check("550" in out, "trap address refused: %s" % out[-800:])
+        out = _swaks("--from", "spammer@example.org", "--xclient-addr", "192.0.2.99")
+        check("554 5.7.1" in out and "trap" in out, "trapped client blocked: %s" % out[-800:])
         out = _swaks("--xclient-addr", "192.0.2.66")
         check("554 5.7.1" in out and "dnsbl.example.net" in out, "listed client refused: %s" % out[-800:])
-        out = _swaks("--h-Subject", "cheap viagra")
+        out = _swaks("--to", "bob@example.test", "--h-Subject", "cheap viagra")   # a passed triplet
         check("550 5.7.1" in out, "header rule: %s" % out[-800:])
         log = open(os.path.join(d, "log", "mx.log")).read()
         check('"event":"spf.result","result":"pass"' in log, "SPF passes for the lab's own domains")
