@@ -210,6 +210,12 @@ void chain_run(struct chain *c, enum check_phase phase, struct check_ctx *ctx, c
 		ctx->dnswl = false;
 		ctx->dnsbl_listed[0] = '\0';
 	}
+	/* A new transaction: no DKIM results yet (the dkim check fills them
+	 * at end of message; the spf check clears and fills its own at MAIL). */
+	if (phase == PHASE_MAIL) {
+		ctx->auth.dkim = AUTH_DKIM_UNCHECKED;
+		ctx->auth.ndkim = 0;
+	}
 	struct check_call *call = xcalloc(1, sizeof(*call));
 	call->chain = c;
 	call->phase = phase;

@@ -29,7 +29,8 @@ typedef void (*chain_done_fn)(void *arg, const struct verdict *v);
 /* Run phase; done() gets the deciding verdict (kind V_CONTINUE when no
  * check objected).  done may run before chain_run returns.  PHASE_CONNECT
  * first clears the session facts of ctx (client_allowed, the DNSBL
- * score): a new client starts from nothing. */
+ * score): a new client starts from nothing; PHASE_MAIL clears the DKIM
+ * results of ctx->auth (a new transaction). */
 void chain_run(struct chain *c, enum check_phase phase, struct check_ctx *ctx, chain_done_fn done,
 	       void *arg);
 

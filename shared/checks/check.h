@@ -72,25 +72,56 @@ struct check_env {
 						  * when only checking a configuration */
 };
 
-/* A header a check wants added to the message. */
+/* A header a check wants added to the message.  The value may be folded
+ * (CRLF followed by a tab, RFC 5322 2.2.3); it never ends with CRLF. */
 struct check_header {
 	char *name;
 	char *value;
 };
 
 /* How the sender authenticated, for the checks that come later: the spf
- * check fills it at MAIL (greylisting keys on the SPF-authorised domain,
- * DKIM verification writes one Authentication-Results header, RFC 8601,
- * with SPF and DKIM).  Zero: not evaluated. */
+ * check fills it at MAIL (greylisting keys on the SPF-authorised domain),
+ * the dkim check at end of message (it writes one Authentication-Results
+ * header, RFC 8601, with SPF and DKIM).  Zero: not evaluated.  At MAIL
+ * (a new transaction) the spf check clears it and the chain clears the
+ * DKIM results. */
 enum auth_spf {
 	AUTH_SPF_UNCHECKED,         /* no spf check, or the client is exempt */
 	AUTH_SPF_NONE, AUTH_SPF_NEUTRAL, AUTH_SPF_PASS, AUTH_SPF_FAIL, AUTH_SPF_SOFTFAIL,
 	AUTH_SPF_TEMPERROR, AUTH_SPF_PERMERROR,
 };
+/* DKIM results (check "dkim", at end of message; RFC 8601 2.7.1 names).
+ * Per signature: pass, fail (the signature or body hash did not verify),
+ * neutral (a syntax error in the signature, or not verified: body over
+ * the check's bound), temperror (the key could not be fetched now),
+ * permerror (no key, a broken or revoked key, expired, rsa-sha1).
+ * none: the message is not signed (the summary only). */
+enum auth_dkim {
+	AUTH_DKIM_UNCHECKED,        /* no dkim check ran on this message */
+	AUTH_DKIM_NONE, AUTH_DKIM_PASS, AUTH_DKIM_FAIL, AUTH_DKIM_NEUTRAL,
+	AUTH_DKIM_TEMPERROR, AUTH_DKIM_PERMERROR,
+};
+#define AUTH_DKIM_MAX 10            /* signatures verified per message, at most */
+struct auth_dkim_sig {
+	enum auth_dkim result;      /* never UNCHECKED or NONE */
+	char domain[254];           /* d= (header.d); "" if the signature has none */
+	char selector[254];         /* s= (header.s) */
+	char algorithm[24];         /* a= (header.a): rsa-sha256, ed25519-sha256 */
+	char b[9];                  /* the first 8 characters of b= (header.b, RFC 6008) */
+	char reason[128];           /* why not pass (RFC 6376 6.1 wording); "" for pass */
+};
 struct check_auth {
 	enum auth_spf spf;          /* the SPF result (RFC 7208 2.6) */
 	char spf_domain[256];       /* the domain checked: authorised when spf is pass */
 	char spf_identity[16];      /* "mailfrom" or "helo" (smtp.mailfrom / smtp.helo) */
+	/* dkim: the message's DKIM summary: none when unsigned, pass when
+	 * a signature passed, else the first of temperror, fail, permerror
+	 * and neutral (in that order) that some signature has.  dkim_sigs:
+	 * the signatures verified, in header order (those past
+	 * AUTH_DKIM_MAX are not verified). */
+	enum auth_dkim dkim;
+	unsigned ndkim;
+	struct auth_dkim_sig dkim_sigs[AUTH_DKIM_MAX];
 };
 
 struct check_ctx {
@@ -118,7 +149,7 @@ struct check_ctx {
 	int dnsbl_score;
 	bool dnswl;
 	char dnsbl_listed[200];     /* "list(weight) ..." for the logs and the header */
-	struct check_auth auth;     /* sender authentication so far (check "spf") */
+	struct check_auth auth;     /* sender authentication so far (checks "spf", "dkim") */
 	const char *helo;
 	const struct envelope *env; /* NULL before MAIL */
 	long long declared_size;    /* MAIL SIZE=, -1 if not given */

@@ -16,8 +16,9 @@ extern const struct check_def check_hygiene;
 extern const struct check_def check_badrcpt;
 extern const struct check_def check_ratelimit;
 extern const struct check_def check_traps;
-extern const struct check_def check_greylist;
 extern const struct check_def check_spf;
+extern const struct check_def check_greylist;
+extern const struct check_def check_dkim;
 
 const struct check_def *const check_registry[] = {
 	&check_relay,
@@ -30,8 +31,9 @@ const struct check_def *const check_registry[] = {
 	&check_badrcpt,
 	&check_ratelimit,
 	&check_traps,
-	&check_greylist,
 	&check_spf,
+	&check_greylist,
+	&check_dkim,
 	NULL
 };
 
