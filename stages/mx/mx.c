@@ -23,6 +23,6 @@ const struct stage_def mx_stage = {
 	.lmtp = false,
 	/* The defences that need no site data; add users (recipient
 	 * validation, with the store's list), and the stateful ones. */
-	.default_checks = "lists hygiene dnsbl spf badrcpt relay limits headers",
+	.default_checks = "lists hygiene dnsbl spf badrcpt relay limits headers dkim",
 };
 
