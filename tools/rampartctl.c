@@ -19,6 +19,7 @@
 #include "mail/ledger.h"
 #include "mail/queue.h"
 #include "mail/stage.h"
+#include "mail/state.h"
 #include "util/alloc.h"
 #include "util/config.h"
 #include "util/id.h"
@@ -83,6 +84,7 @@ static int config_check(const char *path, bool doc)
 			config_doc(stdout, set);
 			stage_param_set_free(set);
 		}
+		config_doc(stdout, &state_param_set);
 		for (size_t i = 0; check_registry[i]; i++)
 			if (check_registry[i]->params)
 				config_doc(stdout, check_registry[i]->params);

@@ -292,6 +292,20 @@ def test_bad_config_stops_startup():
         lab.write_config()
         out = lab.ctl("config", "check")
         check(out.returncode == 0 and "max_message_size = 20m" in out.stdout, "config check prints values: %s %s" % (out.stdout, out.stderr))
+        # the documentation covers every section a site may write
+        doc = lab.ctl("config", "check", "--doc").stdout
+        for sec in ("[global]", "[mx]", "[state]", "[check.spf]", "[check.greylist]", "[check.ratelimit]",
+                    "[check.dkim]", "[check.dnsbl]"):
+            check(sec in doc, "config check --doc lacks %s" % sec)
+        # a bad [state] value stops start-up like any other
+        lab.sections["state"] = {"backend": "cassandra"}
+        lab.write_config()
+        p = subprocess.run([BUILD + "/rampart-mx", "-t", "-c", lab.path("rampart.conf"), "-n", "mx"],
+                           capture_output=True, text=True, timeout=30)
+        check(p.returncode != 0 and "rampart.conf:" in p.stderr and "backend" in p.stderr,
+              "bad [state] backend: %s" % p.stderr)
+        del lab.sections["state"]
+        lab.write_config()
         # Values that parse but would not start: the same verdict from
         # rampart-mx -t and rampartctl config check, naming the problem.
         for key, val, word in (("checks", "relay nosuch", "nosuch"), ("next_hops", "127.0.0.1:99999", "next_hops"),
