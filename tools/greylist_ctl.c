@@ -30,6 +30,7 @@
 #include "checks/greylist.h"
 #include "mail/stage.h"
 #include "mail/state.h"
+#include "state_ctl.h"
 #include "util/alloc.h"
 #include "util/config.h"
 #include "util/log.h"
@@ -43,13 +44,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 struct ctl {
-	struct event_base *base;
-	struct state *st;               /* NULL: the LMDB file does not exist yet */
+	struct state_ctl sc;            /* sc.st NULL: the LMDB file does not exist yet */
 	struct state_config scfg;
 	bool scfg_bound;
 	struct greylist_params gp;
@@ -81,10 +80,9 @@ static void on_result(void *arg, const struct state_result *r)
 
 static bool wait_for(struct ctl *c, struct wait *w, const char *what)
 {
-	while (!w->done)
-		event_base_loop(c->base, EVLOOP_ONCE);
+	state_ctl_wait(&c->sc, &w->done);
 	if (w->status == STATE_ERROR) {
-		fprintf(stderr, "rampartctl: greylist: %s: state store (%s): %s\n", what, state_backend_name(c->st),
+		fprintf(stderr, "rampartctl: greylist: %s: state store (%s): %s\n", what, state_backend_name(c->sc.st),
 			w->reason);
 		return false;
 	}
@@ -93,37 +91,11 @@ static bool wait_for(struct ctl *c, struct wait *w, const char *what)
 
 static void ctl_close(struct ctl *c)
 {
-	if (c->st)
-		state_close(c->st);
-	if (c->base)
-		event_base_free(c->base);
+	state_ctl_close(&c->sc);
 	if (c->scfg_bound)
 		config_release(&state_param_set, &c->scfg);
 	if (c->gp_bound)
 		config_release(&greylist_params_set, &c->gp);
-}
-
-/* Files root creates for the daemons go to the owner of their directory. */
-static void give_to_dir_owner(const char *file)
-{
-	if (geteuid() != 0)
-		return;
-	char dir[4200];
-	snprintf(dir, sizeof(dir), "%s", file);
-	char *slash = strrchr(dir, '/');
-	if (slash && slash != dir)
-		*slash = '\0';
-	else
-		snprintf(dir, sizeof(dir), "%s", slash ? "/" : ".");
-	struct stat d, f;
-	if (stat(dir, &d) != 0 || d.st_uid == 0)
-		return;
-	char lock[4300];
-	snprintf(lock, sizeof(lock), "%s-lock", file);
-	const char *files[] = { file, lock };
-	for (size_t i = 0; i < 2; i++)
-		if (stat(files[i], &f) == 0 && f.st_uid == 0 && chown(files[i], d.st_uid, d.st_gid) != 0)
-			fprintf(stderr, "rampartctl: greylist: chown %s: %s\n", files[i], strerror(errno));
 }
 
 static bool ctl_open(struct ctl *c, const char *path, const char *instance, bool create)
@@ -141,8 +113,7 @@ static bool ctl_open(struct ctl *c, const char *path, const char *instance, bool
 		config_free(cfg);
 		return false;
 	}
-	bool ok = false, created = false;
-	char why[512] = "", file[4200] = "";
+	bool ok = false;
 	/* The instance's own settings replace everyone's, as in the chain. */
 	snprintf(c->section, sizeof(c->section), "check.greylist.%s", instance);
 	if (!config_has_section(cfg, c->section))
@@ -158,33 +129,7 @@ static bool ctl_open(struct ctl *c, const char *path, const char *instance, bool
 	}
 	c->gp_bound = true;
 	c->scfg.state_dir = g.state_dir;
-	if (c->scfg.backend == STATE_BACKEND_LMDB) {
-		if (*c->scfg.lmdb_path)
-			snprintf(file, sizeof(file), "%s", c->scfg.lmdb_path);
-		else
-			snprintf(file, sizeof(file), "%s/state.lmdb", g.state_dir);
-		struct stat sb;
-		if (stat(file, &sb) != 0) {
-			if (!create) {
-				ok = true;          /* nothing stored yet */
-				goto out;
-			}
-			created = true;
-		}
-	}
-	c->base = event_base_new();
-	if (!c->base) {
-		fprintf(stderr, "rampartctl: no event loop\n");
-		goto out;
-	}
-	c->st = state_open(&c->scfg, c->base, why, sizeof(why));
-	if (!c->st) {
-		fprintf(stderr, "rampartctl: %s: [state] %s\n", path, why);
-		goto out;
-	}
-	if (created)
-		give_to_dir_owner(file);
-	ok = true;
+	ok = state_ctl_open(&c->sc, &c->scfg, path, create);
 out:
 	/* state_dir is only read by state_open() */
 	config_release(&global_param_set, &g);
@@ -363,7 +308,7 @@ static bool scan_all(struct ctl *c, const char *prefix, void (*entry)(void *, co
 	char cursor[STATE_KEY_MAX + 64] = "";
 	do {
 		struct wait w = { .entry = entry, .arg = arg };
-		state_scan(c->st, prefix, cursor, STATE_SCAN_MAX, on_result, &w);
+		state_scan(c->sc.st, prefix, cursor, STATE_SCAN_MAX, on_result, &w);
 		if (!wait_for(c, &w, "scan"))
 			return false;
 		snprintf(cursor, sizeof(cursor), "%s", w.cursor);
@@ -457,7 +402,7 @@ static void list_entry(void *arg, const struct state_entry *e)
 static int list(struct ctl *c, const struct filter *f)
 {
 	struct lister l = { .c = c, .f = f, .now = now_ms() };
-	if (c->st && !scan_all(c, "gl:", list_entry, NULL, &l))
+	if (c->sc.st && !scan_all(c, "gl:", list_entry, NULL, &l))
 		return 1;
 	printf("%zu triplet%s (%zu waiting, %zu passed), %zu auto-allow counter%s (%zu auto-allowed), "
 	       "%zu manual allow%s\n", l.waiting + l.passed, l.waiting + l.passed == 1 ? "" : "s", l.waiting, l.passed,
@@ -498,7 +443,7 @@ static bool purge_page(void *arg)
 	struct ctl *c = pg->c;
 	struct wait *w = xcalloc(pg->n ? pg->n : 1, sizeof(*w));
 	for (size_t i = 0; i < pg->n; i++)
-		state_del(c->st, pg->keys[i], on_result, &w[i]);
+		state_del(c->sc.st, pg->keys[i], on_result, &w[i]);
 	for (size_t i = 0; i < pg->n; i++) {
 		if (!wait_for(c, &w[i], "del"))
 			pg->failed = true;
@@ -515,7 +460,7 @@ static int purge(struct ctl *c, const struct filter *f)
 {
 	struct purger pg = { .c = c, .f = f };
 	pg.keys = xcalloc(STATE_SCAN_MAX, sizeof(*pg.keys));
-	bool ok = !c->st || scan_all(c, f->kind == F_RAW ? f->text : "gl:", purge_entry, purge_page, &pg);
+	bool ok = !c->sc.st || scan_all(c, f->kind == F_RAW ? f->text : "gl:", purge_entry, purge_page, &pg);
 	for (size_t i = 0; i < pg.n; i++)
 		free(pg.keys[i]);
 	free(pg.keys);
@@ -574,7 +519,7 @@ static int allow(struct ctl *c, const char *text)
 	snprintf(key, sizeof(key), GL_MANUAL "%s", client);
 	snprintf(value, sizeof(value), "%lld", now_ms());
 	struct wait w = { 0 };
-	state_set(c->st, key, value, strlen(value), 0, on_result, &w);
+	state_set(c->sc.st, key, value, strlen(value), 0, on_result, &w);
 	if (!wait_for(c, &w, "set"))
 		return 1;
 	printf("%s: allowed, no expiry (rampartctl greylist purge %s removes it)\n", key, key);

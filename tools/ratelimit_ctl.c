@@ -13,6 +13,7 @@
 #include "checks/ratelimit.h"
 #include "mail/stage.h"
 #include "mail/state.h"
+#include "state_ctl.h"
 #include "util/alloc.h"
 #include "util/config.h"
 #include "util/log.h"
@@ -22,11 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 struct ctl {
-	struct event_base *base;
-	struct state *st;               /* NULL: the LMDB file does not exist yet */
+	struct state_ctl sc;            /* sc.st NULL: the LMDB file does not exist yet */
 	struct state_config scfg;
 	bool scfg_bound;
 	struct ratelimit_params rp;
@@ -69,10 +68,9 @@ static void on_result(void *arg, const struct state_result *r)
 
 static bool wait_for(struct ctl *c, struct wait *w, const char *what)
 {
-	while (!w->done)
-		event_base_loop(c->base, EVLOOP_ONCE);
+	state_ctl_wait(&c->sc, &w->done);
 	if (w->status == STATE_ERROR) {
-		fprintf(stderr, "rampartctl: ratelimit: %s: state store (%s): %s\n", what, state_backend_name(c->st),
+		fprintf(stderr, "rampartctl: ratelimit: %s: state store (%s): %s\n", what, state_backend_name(c->sc.st),
 			w->reason);
 		return false;
 	}
@@ -81,10 +79,7 @@ static bool wait_for(struct ctl *c, struct wait *w, const char *what)
 
 static void ctl_close(struct ctl *c)
 {
-	if (c->st)
-		state_close(c->st);
-	if (c->base)
-		event_base_free(c->base);
+	state_ctl_close(&c->sc);
 	if (c->scfg_bound)
 		config_release(&state_param_set, &c->scfg);
 	if (c->rp_bound)
@@ -127,29 +122,7 @@ static bool ctl_open(struct ctl *c, const char *path, const char *instance)
 		goto out;
 	}
 	c->scfg.state_dir = g.state_dir;
-	if (c->scfg.backend == STATE_BACKEND_LMDB) {
-		char file[4200];
-		if (*c->scfg.lmdb_path)
-			snprintf(file, sizeof(file), "%s", c->scfg.lmdb_path);
-		else
-			snprintf(file, sizeof(file), "%s/state.lmdb", g.state_dir);
-		struct stat sb;
-		if (stat(file, &sb) != 0) {
-			ok = true;          /* nothing stored yet */
-			goto out;
-		}
-	}
-	c->base = event_base_new();
-	if (!c->base) {
-		fprintf(stderr, "rampartctl: no event loop\n");
-		goto out;
-	}
-	c->st = state_open(&c->scfg, c->base, why, sizeof(why));
-	if (!c->st) {
-		fprintf(stderr, "rampartctl: %s: [state] %s\n", path, why);
-		goto out;
-	}
-	ok = true;
+	ok = state_ctl_open(&c->sc, &c->scfg, path, false);
 out:
 	/* state_dir is only read by state_open() */
 	config_release(&global_param_set, &g);
@@ -231,7 +204,7 @@ static long long key_ttl(struct ctl *c, const char *key)
 	char cursor[STATE_KEY_MAX + 64] = "";
 	do {
 		struct wait w = { .entry = ttl_entry, .arg = &f };
-		state_scan(c->st, key, cursor, STATE_SCAN_MAX, on_result, &w);
+		state_scan(c->sc.st, key, cursor, STATE_SCAN_MAX, on_result, &w);
 		if (!wait_for(c, &w, "scan"))
 			return -2;
 		snprintf(cursor, sizeof(cursor), "%s", w.cursor);
@@ -247,8 +220,8 @@ static int show(struct ctl *c, enum rl_kind kind, const char *value, bool quiet,
 	const struct rl_rule *r = &c->rules[kind];
 	const char *unit = kind == RL_RECIPIENT || kind == RL_CLIENT_RCPT ? "recipient" : "message";
 	struct wait w = { 0 };
-	if (c->st) {
-		state_get(c->st, key, on_result, &w);
+	if (c->sc.st) {
+		state_get(c->sc.st, key, on_result, &w);
 		if (!wait_for(c, &w, "get"))
 			return 1;
 	} else {
@@ -283,7 +256,7 @@ static int show(struct ctl *c, enum rl_kind kind, const char *value, bool quiet,
 	/* Refilled to now, by the store's own clock: a take of nothing. */
 	double rate = (double)r->count * 1000.0 / (double)r->period_ms;
 	struct wait t = { 0 };
-	state_take(c->st, key, rate, (double)r->count, 0, on_result, &t);
+	state_take(c->sc.st, key, rate, (double)r->count, 0, on_result, &t);
 	if (!wait_for(c, &t, "take"))
 		return 1;
 	double tokens = t.tokens;
@@ -313,12 +286,12 @@ static int show_trap(struct ctl *c, const char *ip, bool *printed)
 		printf("\n");
 	*printed = true;
 	snprintf(key, sizeof(key), "trap:%s", ip);
-	if (!c->st) {
+	if (!c->sc.st) {
 		printf("trap     not blocked\n");
 		return 0;
 	}
 	struct wait w = { 0 };
-	state_get(c->st, key, on_result, &w);
+	state_get(c->sc.st, key, on_result, &w);
 	if (!wait_for(c, &w, "get"))
 		return 1;
 	if (w.status == STATE_NOTFOUND) {
@@ -341,8 +314,8 @@ static int reset(struct ctl *c, enum rl_kind kind, const char *value)
 	char key[STATE_KEY_MAX + 1];
 	snprintf(key, sizeof(key), "rl:%s:%s", rl_kind_name(kind), value);
 	struct wait w = { 0 };
-	if (c->st) {
-		state_del(c->st, key, on_result, &w);
+	if (c->sc.st) {
+		state_del(c->sc.st, key, on_result, &w);
 		if (!wait_for(c, &w, "del"))
 			return 1;
 	} else {
@@ -409,10 +382,10 @@ static int list(struct ctl *c, const char *kindname)
 	}
 	struct lister l = { c, 0, 0 };
 	char cursor[STATE_KEY_MAX + 64] = "";
-	if (c->st) {
+	if (c->sc.st) {
 		do {
 			struct wait w = { .entry = list_entry, .arg = &l };
-			state_scan(c->st, prefix, cursor, STATE_SCAN_MAX, on_result, &w);
+			state_scan(c->sc.st, prefix, cursor, STATE_SCAN_MAX, on_result, &w);
 			if (!wait_for(c, &w, "scan"))
 				return 1;
 			snprintf(cursor, sizeof(cursor), "%s", w.cursor);
