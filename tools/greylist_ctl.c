@@ -31,6 +31,7 @@
 #include "mail/stage.h"
 #include "mail/state.h"
 #include "state_ctl.h"
+#include "checks/chain.h"
 #include "util/alloc.h"
 #include "util/config.h"
 #include "util/log.h"
@@ -115,9 +116,7 @@ static bool ctl_open(struct ctl *c, const char *path, const char *instance, bool
 	}
 	bool ok = false;
 	/* The instance's own settings replace everyone's, as in the chain. */
-	snprintf(c->section, sizeof(c->section), "check.greylist.%s", instance);
-	if (!config_has_section(cfg, c->section))
-		snprintf(c->section, sizeof(c->section), "check.greylist");
+	chain_check_section(cfg, "greylist", instance, c->section, sizeof(c->section));
 	if (!config_bind(cfg, "state", &state_param_set, &c->scfg, &err)) {
 		fprintf(stderr, "rampartctl: %s\n", err.msg);
 		goto out;

@@ -14,6 +14,7 @@
 #include "mail/stage.h"
 #include "mail/state.h"
 #include "state_ctl.h"
+#include "checks/chain.h"
 #include "util/alloc.h"
 #include "util/config.h"
 #include "util/log.h"
@@ -104,9 +105,7 @@ static bool ctl_open(struct ctl *c, const char *path, const char *instance)
 	bool ok = false;
 	char why[512] = "";
 	/* The instance's own rules replace everyone's, as in the chain. */
-	snprintf(c->section, sizeof(c->section), "check.ratelimit.%s", instance);
-	if (!config_has_section(cfg, c->section))
-		snprintf(c->section, sizeof(c->section), "check.ratelimit");
+	chain_check_section(cfg, "ratelimit", instance, c->section, sizeof(c->section));
 	if (!config_bind(cfg, "state", &state_param_set, &c->scfg, &err)) {
 		fprintf(stderr, "rampartctl: %s\n", err.msg);
 		goto out;

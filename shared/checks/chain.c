@@ -72,9 +72,7 @@ struct chain *chain_new_defs(const struct config *cfg, const struct check_def *c
 			/* [check.NAME.INSTANCE] (this instance's own settings)
 			 * replaces [check.NAME] (everyone's) when present. */
 			char section[160];
-			snprintf(section, sizeof(section), "check.%s.%s", d->name, env->instance ? env->instance : "");
-			if (!env->instance || !cfg || !config_has_section(cfg, section))
-				snprintf(section, sizeof(section), "check.%s", d->name);
+			chain_check_section(cfg, d->name, env->instance, section, sizeof(section));
 			it->params = xcalloc(1, d->params->size);
 			struct config_error err;
 			if (!config_bind(cfg, section, d->params, it->params, &err)) {
@@ -92,6 +90,14 @@ struct chain *chain_new_defs(const struct config *cfg, const struct check_def *c
 		}
 	}
 	return c;
+}
+
+void chain_check_section(const struct config *cfg, const char *name, const char *instance, char *out,
+			 size_t outlen)
+{
+	snprintf(out, outlen, "check.%s.%s", name, instance ? instance : "");
+	if (!instance || !cfg || !config_has_section(cfg, out))
+		snprintf(out, outlen, "check.%s", name);
 }
 
 struct chain *chain_new(const struct config *cfg, const struct strlist *names,

@@ -25,6 +25,11 @@ struct chain *chain_new_defs(const struct config *cfg, const struct check_def *c
 			     const struct check_env *env, char *why, size_t whylen);
 void chain_free(struct chain *c);
 
+/* The section a check's parameters come from: [check.NAME.INSTANCE] (the
+ * instance's own settings) when cfg has it, else [check.NAME]. */
+void chain_check_section(const struct config *cfg, const char *name, const char *instance, char *out,
+			 size_t outlen);
+
 typedef void (*chain_done_fn)(void *arg, const struct verdict *v);
 /* Run phase; done() gets the deciding verdict (kind V_CONTINUE when no
  * check objected).  done may run before chain_run returns.  PHASE_CONNECT
