@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 struct chain_item {
 	const struct check_def *def;
@@ -51,6 +52,35 @@ void check_ctx_add_header(struct check_ctx *ctx, const char *name, const char *v
 	ctx->add[ctx->nadd].name = xstrdup(name);
 	ctx->add[ctx->nadd].value = xstrdup(value);
 	ctx->nadd++;
+}
+
+void check_ctx_remove_header(struct check_ctx *ctx, const char *name, unsigned index)
+{
+	for (size_t i = 0; i < ctx->ndel; i++)
+		if (ctx->del[i].index == index && strcasecmp(ctx->del[i].name, name) == 0)
+			return;
+	if (ctx->ndel == ctx->del_cap) {
+		ctx->del_cap = ctx->del_cap ? ctx->del_cap * 2 : 4;
+		ctx->del = xrealloc(ctx->del, ctx->del_cap * sizeof(*ctx->del));
+	}
+	ctx->del[ctx->ndel].name = xstrdup(name);
+	ctx->del[ctx->ndel].index = index;
+	ctx->ndel++;
+}
+
+void check_ctx_clear_headers(struct check_ctx *ctx)
+{
+	for (size_t i = 0; i < ctx->nadd; i++) {
+		free(ctx->add[i].name);
+		free(ctx->add[i].value);
+	}
+	for (size_t i = 0; i < ctx->ndel; i++)
+		free(ctx->del[i].name);
+	free(ctx->add);
+	free(ctx->del);
+	ctx->add = NULL;
+	ctx->del = NULL;
+	ctx->nadd = ctx->add_cap = ctx->ndel = ctx->del_cap = 0;
 }
 
 struct chain *chain_new_defs(const struct config *cfg, const struct check_def *const *defs, size_t n,

@@ -79,6 +79,14 @@ struct check_header {
 	char *value;
 };
 
+/* A header a check wants removed from the message: the index-th field
+ * (from 1, in header order) named name, as the message arrived.  (A
+ * milter front-end passes it to smfi_chgheader unchanged.) */
+struct check_header_del {
+	char *name;
+	unsigned index;
+};
+
 /* How the sender authenticated, for the checks that come later: the spf
  * check fills it at MAIL (greylisting keys on the SPF-authorised domain),
  * the dkim check at end of message (it writes one Authentication-Results
@@ -157,12 +165,18 @@ struct check_ctx {
 	size_t len;
 	size_t header_bytes;        /* length of the header section within data */
 	struct pool *pool;          /* lives as long as the transaction */
-	/* Headers to add, collected across checks (chain-owned). */
+	/* Headers to add, and headers to remove, collected across checks
+	 * (chain-owned; the front-end applies them when it accepts). */
 	struct check_header *add;
 	size_t nadd, add_cap;
+	struct check_header_del *del;
+	size_t ndel, del_cap;
 };
 
 void check_ctx_add_header(struct check_ctx *ctx, const char *name, const char *value);
+void check_ctx_remove_header(struct check_ctx *ctx, const char *name, unsigned index);
+/* Forget what the checks asked to add and remove (a new transaction). */
+void check_ctx_clear_headers(struct check_ctx *ctx);
 
 struct check_call;      /* one hook invocation */
 void check_done(struct check_call *call, const struct verdict *v);

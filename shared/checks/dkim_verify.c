@@ -44,12 +44,9 @@
  * hostname as authserv-id, "spf=... smtp.mailfrom=..." (or smtp.helo)
  * when the spf check evaluated the sender, then one "dkim=..." per
  * signature with header.d, header.s, header.a and header.b (the first 8
- * characters of b=, RFC 6008), or "dkim=none".  Existing
- * Authentication-Results fields cannot be removed by a check (RFC 8601 5
- * asks an MTA to remove those carrying its own authserv-id): those that
- * claim ours are logged (dkim.forged_authentication_results); a
- * consumer must trust only the topmost field with our authserv-id, which
- * is ours (stages add their fields above the message's own).
+ * characters of b=, RFC 6008), or "dkim=none".  Authentication-Results
+ * fields that arrive carrying our authserv-id are forged or stale: they
+ * are removed (RFC 8601 5) and logged (dkim.forged_authentication_results).
  *
  * Verdict: continue (the results only inform, e.g. DMARC or spam scoring
  * later), unless reject_fail: a message with no passing signature, no
@@ -64,6 +61,7 @@
  * allocates as it likes here.
  */
 #include "dkim_verify.h"
+#include "../mail/header.h"
 #include "../util/alloc.h"
 #include "../util/dns.h"
 #include "../util/log.h"
@@ -215,50 +213,14 @@ static void clean(char *out, size_t outlen, const char *in)
 
 /* ---- the message's header section --------------------------------------- */
 
-/* Offset of the body: just after the empty line ending the header
- * section (CRLF or bare LF), or len when there is none. */
-static size_t body_start(const char *msg, size_t len)
+/* How many fields named name msg[0..hlen) has. */
+static unsigned count_fields(const char *msg, size_t hlen, const char *name)
 {
-	size_t i = 0;
-	while (i < len) {
-		const char *nl = memchr(msg + i, '\n', len - i);
-		if (!nl)
-			return len;
-		size_t e = (size_t)(nl - msg);
-		if (e == i || (e == i + 1 && msg[i] == '\r'))
-			return e + 1;
-		i = e + 1;
-	}
-	return len;
-}
-
-typedef bool (*field_fn)(void *arg, const char *value, size_t n);
-
-/* Call fn with the start of each field named name in msg[0..hlen) (the
- * value up to the end of its first line); stop when fn returns false. */
-static void each_field(const char *msg, size_t hlen, const char *name, field_fn fn, void *arg)
-{
-	size_t nlen = strlen(name);
-	for (size_t i = 0; i < hlen; ) {
-		const char *nl = memchr(msg + i, '\n', hlen - i);
-		size_t e = nl ? (size_t)(nl - msg) : hlen;
-		if (e - i > nlen && msg[i] != ' ' && msg[i] != '\t' && strncasecmp(msg + i, name, nlen) == 0) {
-			size_t j = i + nlen;
-			while (j < e && (msg[j] == ' ' || msg[j] == '\t'))
-				j++;
-			if (j < e && msg[j] == ':' && !fn(arg, msg + j + 1, e - j - 1))
-				return;
-		}
-		i = e + 1;
-	}
-}
-
-static bool count_field(void *arg, const char *value, size_t n)
-{
-	(void)value;
-	(void)n;
-	(*(unsigned *)arg)++;
-	return true;
+	struct hdr_field f;
+	unsigned n = 0;
+	for (size_t pos = 0; hdr_next(msg, hlen, &pos, &f); )
+		n += hdr_is(&f, name);
+	return n;
 }
 
 /* ---- libopendkim's hooks (worker threads) -------------------------------- */
@@ -541,15 +503,13 @@ static void run_job(struct vworker *w, struct vjob *j)
 	struct dkim_check *c = w->c;
 	struct dkim_outcome *o = &j->out;
 	struct vrun r = { .c = c, .j = j };
-	size_t hlen = body_start(j->msg, j->len);
-	unsigned nfields = 0;
+	size_t hlen = hdr_body_start(j->msg, j->len);
 	DKIM_STAT st = DKIM_STAT_OK;
 	DKIM *d = NULL;
 
 	memset(o, 0, sizeof(*o));
 	o->summary = AUTH_DKIM_NONE;
-	each_field(j->msg, hlen, "DKIM-Signature", count_field, &nfields);
-	if (nfields == 0)
+	if (count_fields(j->msg, hlen, "DKIM-Signature") == 0)
 		goto out;               /* unsigned: nothing for libopendkim to do */
 	if (now_ms() >= j->deadline_ms) {
 		o->summary = AUTH_DKIM_TEMPERROR;
@@ -857,22 +817,14 @@ struct dkim_hook {
 	struct check_call *call;
 };
 
-struct ar_scan {
-	const char *id;
-	unsigned n;
-};
-
-/* An Authentication-Results field whose authserv-id is ours. */
-static bool claims_our_id(void *arg, const char *value, size_t n)
+/* The field's value starts with authserv-id id (RFC 8601 2.2). */
+static bool claims_id(const struct hdr_field *f, const char *id)
 {
-	struct ar_scan *a = arg;
-	size_t i = 0, idlen = strlen(a->id);
-	while (i < n && (value[i] == ' ' || value[i] == '\t'))
+	size_t i = 0, n = f->value_len, idlen = strlen(id);
+	while (i < n && strchr(" \t\r\n", f->value[i]))
 		i++;
-	if (n - i >= idlen && strncasecmp(value + i, a->id, idlen) == 0 &&
-	    (n - i == idlen || strchr(" \t;\r(", value[i + idlen])))
-		a->n++;
-	return true;
+	return n - i >= idlen && strncasecmp(f->value + i, id, idlen) == 0 &&
+	       (n - i == idlen || strchr(" \t;\r\n(", f->value[i + idlen]));
 }
 
 static void dkim_answered(void *arg, const struct dkim_outcome *o)
@@ -927,21 +879,31 @@ static void dkim_message(void *inst, struct check_ctx *ctx, struct check_call *c
 		return;
 	}
 	size_t hlen = ctx->header_bytes && ctx->header_bytes <= ctx->len ? ctx->header_bytes
-									   : body_start(ctx->data, ctx->len);
-	struct ar_scan scan = { c->authserv, 0 };
-	each_field(ctx->data, hlen, "Authentication-Results", claims_our_id, &scan);
-	if (scan.n)
-		log_warn(ctx->sid, ctx->qid, "dkim.forged_authentication_results", "count=%u authserv_id=%s client=%s",
-			 scan.n, c->authserv, ctx->client ? ctx->client->addr : "");
+									   : hdr_body_start(ctx->data, ctx->len);
+	/* Authentication-Results fields that claim to be ours did not come
+	 * from us: removed (RFC 8601 5) when we add our own, else logged. */
+	struct hdr_field f;
+	unsigned nar = 0, nforged = 0;
+	for (size_t pos = 0; hdr_next(ctx->data, hlen, &pos, &f); )
+		if (hdr_is(&f, "Authentication-Results")) {
+			nar++;
+			if (claims_id(&f, c->authserv)) {
+				nforged++;
+				if (c->p->header)
+					check_ctx_remove_header(ctx, "Authentication-Results", nar);
+			}
+		}
+	if (nforged)
+		log_warn(ctx->sid, ctx->qid, "dkim.forged_authentication_results", "count=%u authserv_id=%s removed=%s "
+			 "client=%s", nforged, c->authserv, c->p->header ? "yes" : "no",
+			 ctx->client ? ctx->client->addr : "");
 	struct dkim_hook *h = xcalloc(1, sizeof(*h));
 	h->c = c;
 	h->ctx = ctx;
 	h->call = call;
 	/* Unsigned (most mail): the answer is known here, without the trip
 	 * through a worker thread. */
-	unsigned nfields = 0;
-	each_field(ctx->data, hlen, "DKIM-Signature", count_field, &nfields);
-	if (nfields == 0) {
+	if (count_fields(ctx->data, hlen, "DKIM-Signature") == 0) {
 		struct dkim_outcome o;
 		memset(&o, 0, sizeof(o));
 		o.summary = AUTH_DKIM_NONE;

@@ -28,6 +28,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 
 #include "check.h"
+#include "../mail/header.h"
 #include "../util/alloc.h"
 #include "../util/buf.h"
 #include "../util/log.h"
@@ -264,27 +265,24 @@ static void headers_message(void *inst, struct check_ctx *ctx, struct check_call
 		check_continue(call);
 		return;
 	}
-	const char *p = ctx->data, *end = ctx->data + ctx->header_bytes;
 	struct buf field = BUF_INIT;
 	const struct rule *hit = NULL;
 	char shown[120] = "";
-	while (p < end && !hit) {
-		/* one field: its first line and the folded lines after it */
+	struct hdr_field f;
+	for (size_t pos = 0; !hit && hdr_next(ctx->data, ctx->header_bytes, &pos, &f); ) {
+		/* the field unfolded: its line ends removed, bounded */
 		buf_reset(&field);
-		const char *q = p;
-		do {
+		const char *q = f.name, *end = f.value + f.value_len;
+		while (q < end && field.len < FIELD_MAX) {
 			const char *nl = memchr(q, '\n', (size_t)(end - q));
-			const char *le = nl ? nl + 1 : end;
-			size_t l = (size_t)(le - q);
-			while (l && (q[l - 1] == '\n' || q[l - 1] == '\r'))
+			size_t l = (size_t)((nl ? nl : end) - q);
+			while (l && q[l - 1] == '\r')
 				l--;
-			if (field.len + l <= FIELD_MAX)
-				buf_append(&field, q, l);
-			q = le;
-		} while (q < end && (*q == ' ' || *q == '\t'));
-		p = q;
-		if (!field.len)
-			continue;               /* the blank line */
+			if (l > FIELD_MAX - field.len)
+				l = FIELD_MAX - field.len;
+			buf_append(&field, q, l);
+			q = nl ? nl + 1 : end;
+		}
 		const struct rule *r = match(h, ctx, field.data, field.len);
 		if (r && r->action == A_ACCEPT)
 			break;

@@ -13,6 +13,7 @@
  */
 #include "stage.h"
 #include "dsn.h"
+#include "header.h"
 #include "queue.h"
 #include "state.h"
 #include "smtp_client.h"
@@ -343,17 +344,6 @@ static void fill_ctx(struct sess *x)
 	c->pool = t ? t->env->pool : NULL;
 }
 
-static void clear_added_headers(struct check_ctx *c)
-{
-	for (size_t i = 0; i < c->nadd; i++) {
-		free(c->add[i].name);
-		free(c->add[i].value);
-	}
-	free(c->add);
-	c->add = NULL;
-	c->nadd = c->add_cap = 0;
-}
-
 static void reply_verdict(struct sess *x, const struct verdict *v)
 {
 	switch (v->kind) {
@@ -395,30 +385,26 @@ static char *build_outgoing(struct sess *x, size_t *len)
 	struct tm tm;
 	localtime_r(&now, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-	/* Correlation id: kept from a previous stage, else this queue id. */
+	/* Correlation id: kept from a previous stage, else this queue id.
+	 * Only a previous stage's id is believed; from the Internet it is
+	 * just another header. */
 	const char *cid = NULL;
-	static const char hname[] = "X-Rampart-Id:";
 	const char *hdr = t->data.data;
 	size_t hlen = t->header_bytes;
 	char cidbuf[64] = "";
-	/* Only a previous stage's id is believed; from the Internet it is
-	 * just another header. */
-	for (size_t i = 0; hdr && smtp_session_trusted(x->s) && i + sizeof(hname) - 1 < hlen; ) {
-		if (strncasecmp(hdr + i, hname, sizeof(hname) - 1) == 0) {
-			size_t j = i + sizeof(hname) - 1, k = 0;
-			while (j < hlen && hdr[j] == ' ')
-				j++;
-			while (j < hlen && k < sizeof(cidbuf) - 1 && hdr[j] != '\r' && hdr[j] != ' ')
-				cidbuf[k++] = hdr[j++];
-			cidbuf[k] = '\0';
-			if (k)
-				cid = cidbuf;
-			break;
-		}
-		const char *nl = memchr(hdr + i, '\n', hlen - i);
-		if (!nl)
-			break;
-		i = (size_t)(nl - hdr) + 1;
+	struct hdr_field f;
+	for (size_t pos = 0; hdr && smtp_session_trusted(x->s) && hdr_next(hdr, hlen, &pos, &f); ) {
+		if (!hdr_is(&f, "X-Rampart-Id"))
+			continue;
+		size_t j = 0, k = 0;
+		while (j < f.value_len && f.value[j] == ' ')
+			j++;
+		while (j < f.value_len && k < sizeof(cidbuf) - 1 && !strchr(" \t\r\n", f.value[j]))
+			cidbuf[k++] = f.value[j++];
+		cidbuf[k] = '\0';
+		if (k)
+			cid = cidbuf;
+		break;
 	}
 	t->env->correlation_id = pool_strdup(t->env->pool, cid ? cid : t->qid);
 	/* Received describes this hop: the connected client (XFORWARD's
@@ -436,7 +422,25 @@ static char *build_outgoing(struct sess *x, size_t *len)
 		buf_printf(&b, "X-Rampart-Id: %s\r\n", t->qid);
 	for (size_t i = 0; i < x->ctx.nadd; i++)
 		buf_printf(&b, "%s: %s\r\n", x->ctx.add[i].name, x->ctx.add[i].value);
-	buf_append(&b, t->data.data, t->data.len);
+	if (!x->ctx.ndel) {
+		buf_append(&b, t->data.data, t->data.len);
+		return buf_steal(&b, len);
+	}
+	/* The fields the checks removed are left out. */
+	unsigned *seen = xcalloc(x->ctx.ndel, sizeof(*seen));   /* fields so far named as del[i] */
+	size_t pos = 0, kept = 0;
+	while (hdr_next(hdr, hlen, &pos, &f)) {
+		bool drop = false;
+		for (size_t i = 0; i < x->ctx.ndel; i++)
+			if (hdr_is(&f, x->ctx.del[i].name) && ++seen[i] == x->ctx.del[i].index)
+				drop = true;
+		if (drop) {
+			buf_append(&b, hdr + kept, f.off - kept);
+			kept = f.off + f.len;
+		}
+	}
+	free(seen);
+	buf_append(&b, t->data.data + kept, t->data.len - kept);
 	return buf_steal(&b, len);
 }
 
@@ -860,7 +864,7 @@ static void on_hook(void *arg, struct smtp_session *s, enum smtp_hook_kind kind)
 	x->kind = kind;
 	fill_ctx(x);
 	if (kind == SMTP_HOOK_MAIL)
-		clear_added_headers(&x->ctx);
+		check_ctx_clear_headers(&x->ctx);
 	smtp_session_ref(s);
 	if (kind == SMTP_HOOK_MESSAGE)
 		chain_run(x->gen->chain, PHASE_HEADERS, &x->ctx, after_headers, x);
@@ -874,7 +878,7 @@ static void on_txn_end(void *arg, struct smtp_session *s)
 	struct sess *x = smtp_session_data(s);
 	if (!x)
 		return;
-	clear_added_headers(&x->ctx);
+	check_ctx_clear_headers(&x->ctx);
 	free(x->out_data);
 	x->out_data = NULL;
 	x->proxied_rcpts = 0;
@@ -902,7 +906,7 @@ static void on_session_end(void *arg, struct smtp_session *s)
 		return;
 	if (x->client)
 		smtp_client_abort(x->client);
-	clear_added_headers(&x->ctx);
+	check_ctx_clear_headers(&x->ctx);
 	free(x->out_data);
 	free(x->rcpt_ok);
 	gen_unref(st, x->gen);

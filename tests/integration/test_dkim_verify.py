@@ -113,20 +113,28 @@ def test_dkim_in_the_mx_stage():
         _, res = _results(ar[0])
         check([r[1] for r in res] == ["pass", "fail", "fail"], "tampered: %r" % (res,))
 
-        # unsigned, from a client SPF does not allow; an Authentication-Results
-        # claiming our name comes with it: ours is the topmost one
-        forged = message("unsigned", extra="Authentication-Results: mx.example.test; dkim=pass header.d=example.org\r\n")
+        # unsigned, from a client SPF does not allow; two Authentication-Results
+        # claim our name (one folded, in capitals): both are removed
+        # (RFC 8601 5), another host's stays, below ours
+        forged = message("unsigned", extra="Authentication-Results: mx.example.test; dkim=pass header.d=example.org\r\n"
+                         "Authentication-Results: relay.example.net; spf=pass smtp.mailfrom=example.net\r\n"
+                         "Authentication-Results:\r\n MX.EXAMPLE.TEST; spf=pass smtp.mailfrom=example.net\r\n")
         with _session(lab, "203.0.113.5") as c:
             c.sendmail("carol@example.net", ["postmaster@example.test"], forged)
         got = lab.wait_mail("postmaster", 1)[0]
         ar = _auth_results(got)
-        check(len(ar) == 2, "two Authentication-Results: %r" % ar)
-        _, res = _results(ar[0])
+        check(len(ar) == 2, "ours and relay.example.net's: %r" % ar)
+        ident, res = _results(ar[0])
+        check(ident == "mx.example.test", "ours first: %r" % ar)
         check(res == [("spf", "none", {"smtp.mailfrom": "example.net"}), ("dkim", "none", {})], "unsigned: %r" % (res,))
+        check(_results(ar[1])[0] == "relay.example.net", "the other host's kept: %r" % ar)
+        check(b"dkim=pass" not in got and b"MX.EXAMPLE.TEST" not in got, "forged fields gone: %r" % got[:2000])
+        check(got.endswith(b"\n\n" + forged.encode().split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")), "body intact: %r" % got[-200:])
 
         log = lab.log("mx")
         check('"event":"dkim.result","result":"pass","signatures":2' in log, "result logged")
-        check('"event":"dkim.forged_authentication_results","count":1' in log, "forgery logged")
+        check('"event":"dkim.forged_authentication_results","count":2' in log and '"removed":"yes"' in log,
+              "forgery logged")
     finally:
         lab.close()
 

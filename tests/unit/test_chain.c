@@ -728,6 +728,32 @@ static void test_add_header(void **state)
 	assert_string_equal(f->ctx.add[2].name, "X-N0");
 }
 
+/* Removals are collected once each, and cleared with the additions. */
+static void test_remove_header(void **state)
+{
+	struct fx *f = *state;
+	char name[32];
+	check_ctx_add_header(&f->ctx, "X-Added", "1");
+	for (unsigned i = 1; i <= 6; i++) {
+		snprintf(name, sizeof(name), "Authentication-Results");
+		check_ctx_remove_header(&f->ctx, name, i);
+		strcpy(name, "scribbled");
+	}
+	check_ctx_remove_header(&f->ctx, "authentication-results", 3);  /* the same field again */
+	check_ctx_remove_header(&f->ctx, "Received", 3);
+	assert_int_equal(f->ctx.ndel, 7);
+	assert_true(f->ctx.del_cap >= 7);
+	assert_string_equal(f->ctx.del[5].name, "Authentication-Results");
+	assert_int_equal(f->ctx.del[5].index, 6);
+	assert_string_equal(f->ctx.del[6].name, "Received");
+	assert_int_equal(f->ctx.del[6].index, 3);
+	check_ctx_clear_headers(&f->ctx);
+	assert_int_equal(f->ctx.ndel, 0);
+	assert_int_equal(f->ctx.nadd, 0);
+	assert_null(f->ctx.del);
+	assert_null(f->ctx.add);
+}
+
 /* ---- chain construction ------------------------------------------------- */
 
 static void test_unknown_check(void **state)
@@ -1324,6 +1350,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_async_last_check, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_async_from_event_loop, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_add_header, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_remove_header, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unknown_check, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_init_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_param_error_names_file_line, setup, teardown),
