@@ -4,6 +4,7 @@ lab says, and down stops everything it started.  The lab listens on its
 fixed ports (2424, 2525, 2626, 10026, 9024-9026): they must be free."""
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -29,6 +30,13 @@ def test_lab_up_demo_and_down():
         check("Rampart lab is up" in up.stdout, "banner: %s" % up.stdout[-500:])
         pids = [int(open(os.path.join(d, "pids", f)).read()) for f in os.listdir(os.path.join(d, "pids"))]
         check(len(pids) >= 4, "mx, store, out and the lab Internet run: %r" % pids)
+        # the self-check message came from example.net, signed: the MX verified it
+        box = os.path.join(d, "mail", "example.test", "postmaster", "Maildir", "new")
+        got = open(os.path.join(box, sorted(os.listdir(box))[-1])).read()
+        ar = re.sub(r"\n[ \t]+", " ", got).split("\n")
+        ar = [l for l in ar if l.startswith("Authentication-Results:")]
+        check(len(ar) == 1 and re.search(r"dkim=pass[^;]* header\.d=example\.net", ar[0])
+              and "spf=pass" in ar[0], "self-check verified: %r" % ar)
         # the demonstrations the lab prints
         # a new triplet is greylisted, its retry after the lab's 2 s passes
         out = _swaks("--to", "bob@example.test")
