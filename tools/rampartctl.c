@@ -3,6 +3,7 @@
  *
  *   rampartctl [-c rampart.conf] config check [--doc]
  *   rampartctl [-c rampart.conf] [-n instance] queue list|show ID|flush [ID]|delete ID|hold ID|release ID
+ *   rampartctl [-c rampart.conf] [-n instance] quarantine list|show ID|release ID|delete ID
  *   rampartctl [-c rampart.conf] [-n instance] ratelimit show|reset KIND:VALUE | list [KIND]
  *   rampartctl [-c rampart.conf] [-n instance] greylist list [FILTER] | allow CLIENT | purge [FILTER]
  *
@@ -57,6 +58,9 @@ static int usage(void)
 		"  queue delete ID           remove a message\n"
 		"  queue hold ID | release ID\n"
 		"  queue requeue ID          failed recipients are tried again (from failed/ too)\n"
+		"  quarantine list           messages a check quarantined, with the check and its reason\n"
+		"  quarantine show ID | release ID | delete ID\n"
+		"                            release: delivered as if never quarantined\n"
 		"  stats senders [sender|domain|login] [--top N]\n"
 		"                            per-sender accounting of an outgoing instance (-n out)\n"
 		"  dkim keygen DOMAIN SELECTOR [--ed25519] [--bits N] [--dir DIR] [--txt-only]\n"
@@ -250,6 +254,65 @@ static void poke(const char *state_dir, const char *instance)
 		kill((pid_t)pid, SIGUSR1);
 }
 
+struct find_place {
+	const char *qid;
+	const char *where;
+};
+
+static void note_place(void *arg, const struct queue_entry *e)
+{
+	struct find_place *f = arg;
+	if (strcmp(e->qid, f->qid) == 0)
+		f->where = e->where;
+}
+
+struct quarantine_count {
+	int n;
+};
+
+static void count_quarantined(void *arg, const struct queue_entry *e)
+{
+	struct quarantine_count *c = arg;
+	if (strcmp(e->where, "quarantine") == 0) {
+		print_entry(NULL, e);
+		c->n++;
+	}
+}
+
+/* rampartctl quarantine: the queue's commands, on quarantine/ only. */
+static int queue_cmd(const char *path, const char *instance, int argc, char **argv);
+static int quarantine_cmd(const char *path, const char *instance, int argc, char **argv)
+{
+	if (argc < 1)
+		return usage();
+	char spool[1024], state_dir[1024];
+	if (!spool_of(path, instance, spool, sizeof(spool), state_dir, sizeof(state_dir)))
+		return 1;
+	if (strcmp(argv[0], "list") == 0 && argc == 1) {
+		struct quarantine_count c = { 0 };
+		if (queue_list(spool, count_quarantined, &c) < 0) {
+			fprintf(stderr, "rampartctl: cannot read the queue in %s: %s\n", spool, strerror(errno));
+			return 1;
+		}
+		printf("%d message%s in quarantine\n", c.n, c.n == 1 ? "" : "s");
+		return 0;
+	}
+	if (argc != 2 || (strcmp(argv[0], "show") && strcmp(argv[0], "release") && strcmp(argv[0], "delete")))
+		return usage();
+	if (!id_valid(argv[1])) {
+		fprintf(stderr, "rampartctl: '%s' is not a queue id\n", argv[1]);
+		return 1;
+	}
+	struct find_place f = { argv[1], NULL };
+	queue_list(spool, note_place, &f);
+	if (!f.where || strcmp(f.where, "quarantine") != 0) {
+		fprintf(stderr, "rampartctl: quarantine %s %s: %s\n", argv[0], argv[1],
+			f.where ? "not in quarantine (see rampartctl queue)" : "no such message");
+		return 1;
+	}
+	return queue_cmd(path, instance, argc, argv);
+}
+
 static int queue_cmd(const char *path, const char *instance, int argc, char **argv)
 {
 	if (argc < 1)
@@ -355,6 +418,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[0], "ratelimit") == 0)
 		return ratelimit_ctl_main(path, instance, argc - 1, argv + 1);
+	if (strcmp(argv[0], "quarantine") == 0)
+		return quarantine_cmd(path, instance, argc - 1, argv + 1);
 	if (strcmp(argv[0], "greylist") == 0)
 		return greylist_ctl_main(path, instance, argc - 1, argv + 1);
 	if (strcmp(argv[0], "dkim") == 0 && argc >= 2 && strcmp(argv[1], "keygen") == 0)

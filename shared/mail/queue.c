@@ -369,14 +369,17 @@ static int rename_noreplace(int from, const char *name, int to, const char *newn
 /* ---- spool directories --------------------------------------------------- */
 
 struct spool {
-	int root, tmp, active, hold, corrupt, failed;
+	int root, tmp, active, hold, corrupt, failed, quarantine;
 };
 
-static const char *const spool_subdirs[] = { "tmp", "active", "hold", "corrupt", "failed" };
+static const char *const spool_subdirs[] = { "tmp", "active", "hold", "corrupt", "failed", "quarantine" };
+/* Made by a newer version: a spool from before it lacks the directory
+ * until the daemon next starts; offline, it is then just empty. */
+#define SPOOL_LATE_SUBDIR "quarantine"
 
 static void spool_close(struct spool *sp)
 {
-	int *fds[] = { &sp->root, &sp->tmp, &sp->active, &sp->hold, &sp->corrupt, &sp->failed };
+	int *fds[] = { &sp->root, &sp->tmp, &sp->active, &sp->hold, &sp->corrupt, &sp->failed, &sp->quarantine };
 	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
 		if (*fds[i] >= 0)
 			close(*fds[i]);
@@ -386,9 +389,9 @@ static void spool_close(struct spool *sp)
 
 static bool spool_open(const char *dir, bool create, struct spool *sp, char *why, size_t whylen)
 {
-	int *fds[] = { &sp->tmp, &sp->active, &sp->hold, &sp->corrupt, &sp->failed };
+	int *fds[] = { &sp->tmp, &sp->active, &sp->hold, &sp->corrupt, &sp->failed, &sp->quarantine };
 	bool made = false;
-	sp->root = sp->tmp = sp->active = sp->hold = sp->corrupt = sp->failed = -1;
+	sp->root = sp->tmp = sp->active = sp->hold = sp->corrupt = sp->failed = sp->quarantine = -1;
 	if (create && mkdir(dir, 0700) < 0 && errno != EEXIST) {
 		snprintf(why, whylen, "mkdir %s: %s", dir, strerror(errno));
 		return false;
@@ -411,6 +414,8 @@ static bool spool_open(const char *dir, bool create, struct spool *sp, char *why
 		}
 		*fds[i] = openat(sp->root, spool_subdirs[i],
 				 O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+		if (*fds[i] < 0 && !create && errno == ENOENT && strcmp(spool_subdirs[i], SPOOL_LATE_SUBDIR) == 0)
+			continue;
 		if (*fds[i] < 0) {
 			snprintf(why, whylen, "open %s/%s: %s", dir, spool_subdirs[i],
 				 strerror(errno));
@@ -573,7 +578,7 @@ static void tlv_u32(struct buf *b, unsigned tag, uint32_t v)
 /* Serialise a whole new queue file into b.  The data checksum and the
  * trailer checksum are filled in later by qf_seal() (commit thread). */
 static bool qf_build(struct buf *b, const char *qid, const struct envelope *env, const char *data,
-		     size_t len, size_t *data_off, char *why, size_t whylen)
+		     size_t len, const char *note, size_t *data_off, char *why, size_t whylen)
 {
 	unsigned char blk[RETRY_SIZE > RS_SIZE ? RETRY_SIZE : RS_SIZE];
 	unsigned char x[8];
@@ -619,6 +624,8 @@ static bool qf_build(struct buf *b, const char *qid, const struct envelope *env,
 	uint32_t hcrc = crc32c(0, b->data, PRE_SIZE + hdr_len);
 
 	struct retry r = { 0 };
+	if (note)
+		snprintf(r.err, sizeof(r.err), "%s", note);
 	retry_encode(blk, &r);
 	buf_append(b, blk, RETRY_SIZE);
 	for (size_t i = 0; i < env->nrcpt; i++) {
@@ -939,6 +946,7 @@ struct job {
 	char *file;
 	size_t file_len, data_off, data_len, nrcpt;
 	bool renamed;
+	bool quarantine;            /* into quarantine/, not active/: never delivered */
 	char *sender, *correlation;
 	queue_submit_cb cb;
 	void *cb_arg;
@@ -1099,7 +1107,13 @@ static void job_fail(struct job *j, const char *step, int err)
 	j->err = err;
 }
 
-/* Write a new message under tmp/ and rename it into active/. */
+/* Where a new message goes: active/, or quarantine/. */
+static int submit_dir(const struct queue *q, const struct job *j)
+{
+	return j->quarantine ? q->sp.quarantine : q->sp.active;
+}
+
+/* Write a new message under tmp/ and rename it into active/ (quarantine/). */
 static void prepare_submit(struct queue *q, struct job *j)
 {
 	int e;
@@ -1126,7 +1140,7 @@ static void prepare_submit(struct queue *q, struct job *j)
 	free(j->file);
 	j->file = NULL;
 	if ((e = fault(q, "rename")) != 0 ||
-	    (e = rename_noreplace(q->sp.tmp, j->qid, q->sp.active, j->qid)) != 0) {
+	    (e = rename_noreplace(q->sp.tmp, j->qid, submit_dir(q, j), j->qid)) != 0) {
 		job_fail(j, "rename", e);
 		goto undo;
 	}
@@ -1199,7 +1213,7 @@ static unsigned long long run_batch(struct queue *q, struct job **batch, size_t 
 			e = sync_fd(one->fd, false);
 			if (!e) {
 				syncs++;
-				e = sync_fd(q->sp.active, false);
+				e = sync_fd(submit_dir(q, one), false);
 			}
 		} else if (ok == 1) {
 			syncs++;
@@ -1226,7 +1240,7 @@ static unsigned long long run_batch(struct queue *q, struct job **batch, size_t 
 		if (e && !j->err) {
 			job_fail(j, "sync", e);
 			if (j->kind == JOB_SUBMIT && j->renamed)
-				unlinkat(q->sp.active, j->qid, 0);
+				unlinkat(submit_dir(q, j), j->qid, 0);
 		}
 		/* closing releases the lock: rampartctl may act on the file
 		 * from here on, before the event loop hears of it */
@@ -1596,6 +1610,13 @@ static void complete_job(struct queue *q, struct job *j)
 			item_forget(q, it);
 			if (j->cb)
 				j->cb(j->cb_arg, false, qid);
+		} else if (j->quarantine) {
+			q->stats.quarantined++;
+			log_info(NULL, qid, "quarantined", "sender=%s nrcpt=%zu size=%zu correlation=%s",
+				 j->sender, j->nrcpt, j->data_len, j->correlation);
+			item_forget(q, it);
+			if (j->cb)
+				j->cb(j->cb_arg, true, qid);
 		} else {
 			q->stats.accepted++;
 			log_info(NULL, qid, "queued", "sender=%s nrcpt=%zu size=%zu correlation=%s",
@@ -1923,8 +1944,8 @@ void queue_flush_now(struct queue *q)
 	pump(q);
 }
 
-void queue_submit(struct queue *q, const struct envelope *env, const char *data, size_t len,
-		  queue_submit_cb cb, void *arg)
+static void submit(struct queue *q, const struct envelope *env, const char *data, size_t len, const char *reason,
+		   queue_submit_cb cb, void *arg)
 {
 	char qid[ID_LEN + 1];
 	char why[WHY_MAX];
@@ -1935,6 +1956,7 @@ void queue_submit(struct queue *q, const struct envelope *env, const char *data,
 	struct job *j = xcalloc(1, sizeof(*j));
 	struct buf b = BUF_INIT;
 	j->kind = JOB_SUBMIT;
+	j->quarantine = reason != NULL;
 	j->fd = -1;
 	memcpy(j->qid, qid, sizeof(qid));
 	j->cb = cb;
@@ -1943,7 +1965,7 @@ void queue_submit(struct queue *q, const struct envelope *env, const char *data,
 	j->data_len = len;
 	j->sender = xstrdup(env->sender ? env->sender : "");
 	j->correlation = env->correlation_id ? xstrdup(env->correlation_id) : NULL;
-	if (qf_build(&b, qid, env, data ? data : "", len, &j->data_off, why, sizeof(why))) {
+	if (qf_build(&b, qid, env, data ? data : "", len, reason, &j->data_off, why, sizeof(why))) {
 		j->file = buf_steal(&b, &j->file_len);
 	} else {
 		buf_free(&b);
@@ -1954,6 +1976,18 @@ void queue_submit(struct queue *q, const struct envelope *env, const char *data,
 	j->it->st = IT_COMMITTING;
 	j->it->arrival = env->arrival;
 	enqueue(q, j);
+}
+
+void queue_submit(struct queue *q, const struct envelope *env, const char *data, size_t len,
+		  queue_submit_cb cb, void *arg)
+{
+	submit(q, env, data, len, NULL, cb, arg);
+}
+
+void queue_quarantine(struct queue *q, const struct envelope *env, const char *data, size_t len, const char *reason,
+		      queue_submit_cb cb, void *arg)
+{
+	submit(q, env, data, len, reason && *reason ? reason : "quarantined", cb, arg);
 }
 
 const char *queue_item_id(const struct queue_item *it)
@@ -2103,6 +2137,7 @@ void queue_get_stats(struct queue *q, struct queue_stats *st)
 			st->oldest = it->arrival;
 	}
 	st->held = count_dir(q->sp.hold);
+	st->quarantined_msgs = count_dir(q->sp.quarantine);
 	st->failed_msgs = count_dir(q->sp.failed);
 	pthread_mutex_lock(&q->mu);
 	st->syncs = q->syncs;
@@ -2116,13 +2151,14 @@ struct place {
 	int fd;
 };
 
-#define NPLACES 4
+#define NPLACES 5
 static void places(const struct spool *sp, struct place out[NPLACES])
 {
 	out[0] = (struct place){ "active", sp->active };
 	out[1] = (struct place){ "hold", sp->hold };
 	out[2] = (struct place){ "corrupt", sp->corrupt };
 	out[3] = (struct place){ "failed", sp->failed };
+	out[4] = (struct place){ "quarantine", sp->quarantine };
 }
 
 /* Which directory holds qid (validated by the caller); -1 if none. */
@@ -2132,7 +2168,7 @@ static int locate(const struct spool *sp, const char *qid, const char **where)
 	struct stat st;
 	places(sp, pl);
 	for (int i = 0; i < NPLACES; i++)
-		if (fstatat(pl[i].fd, qid, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)) {
+		if (pl[i].fd >= 0 && fstatat(pl[i].fd, qid, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)) {
 			*where = pl[i].where;
 			return pl[i].fd;
 		}
@@ -2468,22 +2504,22 @@ bool queue_release(const char *dir, const char *qid, char *why, size_t whylen)
 	if (!admin_find(dir, qid, &sp, &dirfd, &where, why, whylen))
 		return false;
 	bool ok = false;
-	if (dirfd != sp.hold) {
-		snprintf(why, whylen, "message is in %s/, not on hold", where);
+	if (dirfd != sp.hold && dirfd != sp.quarantine) {
+		snprintf(why, whylen, "message is in %s/, not on hold or in quarantine", where);
 	} else {
-		int fd = open_locked(sp.hold, qid, O_RDWR, why, whylen);
+		int fd = open_locked(dirfd, qid, O_RDWR, why, whylen);
 		if (fd >= 0) {
 			char err[WHY_MAX];
 			/* due at once; an unreadable file goes back anyway and the
 			 * daemon moves it to corrupt/ with the reason */
 			if (!make_due(fd, qid, err, sizeof(err)))
 				log_warn(NULL, qid, "queue_release_unreadable", "reason=%s", err);
-			ok = move_msg(sp.hold, sp.active, qid, why, whylen);
+			ok = move_msg(dirfd, sp.active, qid, why, whylen);
 			close(fd);
 		}
 	}
 	if (ok)
-		log_info(NULL, qid, "queue_released", "to=%s", "active");
+		log_info(NULL, qid, "queue_released", "from=%s to=%s", where, "active");
 	spool_close(&sp);
 	return ok;
 }

@@ -14,6 +14,8 @@
  *     corrupt/   unreadable queue files, moved aside and logged
  *     failed/    messages with a permanently failed recipient, kept until a
  *                delivery status notification has been sent (later: DSN)
+ *     quarantine/ messages a check quarantined: kept with the reason, never
+ *                delivered unless an administrator releases them
  * A queue file holds the envelope (with one status per recipient, updated
  * in place and synced after each delivery attempt, so a recipient that was
  * delivered is never delivered again) followed by the message bytes and an
@@ -107,6 +109,11 @@ void queue_flush_now(struct queue *q);
 /* Accept a message.  The envelope and data are copied before return. */
 void queue_submit(struct queue *q, const struct envelope *env, const char *data, size_t len,
 		  queue_submit_cb cb, void *arg);
+/* Accept a message into quarantine/, as durably as queue_submit(), with
+ * the reason as its last error; it is not delivered (queue_release()
+ * moves it to active/). */
+void queue_quarantine(struct queue *q, const struct envelope *env, const char *data, size_t len, const char *reason,
+		      queue_submit_cb cb, void *arg);
 
 /* Item access for deliverers. */
 const char *queue_item_id(const struct queue_item *it);
@@ -146,9 +153,11 @@ void queue_item_unpark(struct queue *q, struct queue_item *it);
 struct queue_stats {
 	size_t messages;            /* in active/ */
 	size_t held;
+	size_t quarantined_msgs;    /* messages in quarantine/ */
 	size_t failed_msgs;         /* in failed/: a recipient failed, no DSN sent yet */
 	time_t oldest;              /* arrival of the oldest message, 0 if none */
 	unsigned long long accepted, delivered, deferred, failed, expired, corrupt;
+	unsigned long long quarantined;
 	unsigned long long syncs;   /* sync calls made by the commit thread */
 };
 void queue_get_stats(struct queue *q, struct queue_stats *st);
@@ -165,7 +174,7 @@ uint32_t queue_crc32c(const void *p, size_t n);
 
 struct queue_entry {
 	char qid[64];
-	const char *where;          /* "active", "hold", "corrupt" or "failed" */
+	const char *where;          /* "active", "hold", "corrupt", "failed" or "quarantine" */
 	time_t arrival;
 	time_t next_try;
 	unsigned attempts;
@@ -181,6 +190,7 @@ int queue_list(const char *dir, queue_list_cb cb, void *arg);       /* count or 
 bool queue_show(const char *dir, const char *qid, FILE *out);
 bool queue_delete(const char *dir, const char *qid, char *why, size_t whylen);
 bool queue_hold(const char *dir, const char *qid, char *why, size_t whylen);
+/* From hold/ or quarantine/ back to active/, due now. */
 bool queue_release(const char *dir, const char *qid, char *why, size_t whylen);
 /* Recipients that failed become pending again (attempts start over); the
  * message returns to active/ (from failed/ or hold/) and is due now. */

@@ -324,6 +324,7 @@ struct sess {
 	size_t rcpt_ok_cap;
 	char *out_data;                 /* message as sent on (headers added) */
 	size_t out_len;
+	char *quarantine;               /* a check quarantined the transaction: why */
 };
 
 static void fill_ctx(struct sess *x)
@@ -768,6 +769,56 @@ static void prepared(void *arg, bool ok, struct buf *add, const char *why)
 	smtp_session_unref(s);
 }
 
+/* -- quarantine -- */
+
+static void quarantined(void *arg, bool ok, const char *qid)
+{
+	struct sess *x = arg;
+	struct smtp_txn *t = smtp_session_txn(x->s);
+	if (ok) {
+		if (x->st->m_messages)
+			metric_inc(x->st->m_messages, "result=\"quarantined\"");
+		log_info(smtp_session_id(x->s), qid, "message.quarantined", "from=%s nrcpt=%zu size=%zu reason=%s",
+			 t ? t->env->sender : "", t ? t->env->nrcpt : 0, x->out_len, x->quarantine ? x->quarantine : "");
+		/* the client is told what any accepted message gets */
+		char text[128];
+		snprintf(text, sizeof(text), "Ok: queued as %s", qid);
+		if (!smtp_session_closed(x->s))
+			smtp_session_reply(x->s, 250, "2.0.0", text);
+	} else {
+		if (x->st->m_messages)
+			metric_inc(x->st->m_messages, "result=\"queue_error\"");
+		if (!smtp_session_closed(x->s))
+			smtp_session_reply(x->s, 451, "4.3.0", "Temporary failure: cannot queue the message, try again later");
+	}
+	free(x->out_data);
+	x->out_data = NULL;
+	smtp_session_unref(x->s);
+}
+
+/* The message goes to the spool's quarantine/ (queue and proxy mode
+ * alike), durably before the 250.  A delivering stage (the store) has no
+ * spool: it delivers the message marked with an X-Rampart-Quarantine
+ * header, and says so in the log. */
+static void quarantine_message(struct sess *x)
+{
+	struct smtp_session *s = x->s;
+	struct smtp_txn *t = smtp_session_txn(s);
+	if (!x->st->queue) {
+		log_warn(smtp_session_id(s), t->qid, "message.quarantine_marked", "reason=%s", x->quarantine);
+		char h[300];
+		struct buf b = BUF_INIT;
+		buf_printf(&b, "X-Rampart-Quarantine: %s\r\n", header_safe(h, sizeof(h), x->quarantine));
+		buf_append(&b, x->out_data, x->out_len);
+		free(x->out_data);
+		x->out_data = buf_steal(&b, &x->out_len);
+		message_ready(x);
+		return;
+	}
+	smtp_session_ref(s);
+	queue_quarantine(x->st->queue, t->env, x->out_data, x->out_len, x->quarantine, quarantined, x);
+}
+
 /* -- chain results -- */
 
 static void after_chain(void *arg, const struct verdict *v)
@@ -802,6 +853,15 @@ static void after_chain(void *arg, const struct verdict *v)
 		smtp_session_unref(s);
 		return;
 	}
+	if (v->kind == V_QUARANTINE && !x->quarantine) {
+		/* before the end of the message: the transaction goes on and
+		 * its message is quarantined when complete */
+		struct smtp_txn *t = smtp_session_txn(s);
+		x->quarantine = xasprintf("check %s: %s", v->check ? v->check : "", v->reason);
+		if (x->kind != SMTP_HOOK_MESSAGE)
+			log_info(smtp_session_id(s), t ? t->qid : NULL, "message.quarantine_pending", "reason=%s",
+				 x->quarantine);
+	}
 	const struct server_config *sc = x->gen->sc;
 	switch (x->kind) {
 	case SMTP_HOOK_RCPT:
@@ -813,6 +873,10 @@ static void after_chain(void *arg, const struct verdict *v)
 		break;
 	case SMTP_HOOK_MESSAGE: {
 		x->out_data = build_outgoing(x, &x->out_len);
+		if (x->quarantine) {
+			quarantine_message(x);
+			break;
+		}
 		if (x->st->def->prepare) {
 			/* The stage's last look (DKIM signing) may run on another
 			 * thread; the session waits, referenced. */
@@ -881,6 +945,8 @@ static void on_txn_end(void *arg, struct smtp_session *s)
 	check_ctx_clear_headers(&x->ctx);
 	free(x->out_data);
 	x->out_data = NULL;
+	free(x->quarantine);
+	x->quarantine = NULL;
 	x->proxied_rcpts = 0;
 	if (x->client) {
 		smtp_client_quit(x->client);   /* an unfinished transaction is abandoned */
@@ -908,6 +974,7 @@ static void on_session_end(void *arg, struct smtp_session *s)
 		smtp_client_abort(x->client);
 	check_ctx_clear_headers(&x->ctx);
 	free(x->out_data);
+	free(x->quarantine);
 	free(x->rcpt_ok);
 	gen_unref(st, x->gen);
 	free(x);
@@ -1842,6 +1909,13 @@ static double gauge_queue_failed(void *arg)
 	return (double)qs.failed_msgs;
 }
 
+static double gauge_queue_quarantined(void *arg)
+{
+	struct queue_stats qs;
+	queue_get_stats(((struct stage *)arg)->queue, &qs);
+	return (double)qs.quarantined_msgs;
+}
+
 static void drop_privileges(const char *user)
 {
 	if (!user || !*user || geteuid() != 0)
@@ -2047,6 +2121,9 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 		metrics_gauge_cb(st->metrics, "rampart_queue_failed_messages",
 				 "Messages kept in failed/: a recipient failed permanently (see rampartctl queue list).",
 				 NULL, gauge_queue_failed, st);
+		metrics_gauge_cb(st->metrics, "rampart_queue_quarantined_messages",
+				 "Messages a check quarantined, kept in quarantine/ (rampartctl quarantine list).", NULL,
+				 gauge_queue_quarantined, st);
 		metrics_gauge_cb(st->metrics, "rampart_queue_oldest_seconds", "Age of the oldest queued message.", NULL,
 				 gauge_queue_age, st);
 	}

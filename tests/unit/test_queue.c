@@ -193,6 +193,17 @@ static bool submit_wait(struct ctx *c, struct envelope *env, const char *data, s
 	return c->nok == ok_before + 1;
 }
 
+static bool quarantine_wait(struct ctx *c, struct envelope *env, const char *data, size_t len, const char *why)
+{
+	int before = c->ncb, ok_before = c->nok;
+	queue_quarantine(c->q, env, data, len, why, submit_cb, c);
+	envelope_free(env);
+	for (int i = 0; i < 2000 && c->ncb == before; i++)
+		run_for(c, 5);
+	assert_int_equal(c->ncb, before + 1);
+	return c->nok == ok_before + 1;
+}
+
 static bool exists(struct ctx *c, const char *sub, const char *name)
 {
 	char p[PATH_MAX + 64];
@@ -820,6 +831,60 @@ static void test_hold_release_with_daemon(void **state)
 	assert_int_equal(c->ndeliver, 2);
 }
 
+/* A quarantined message is durable in quarantine/ with its reason, is
+ * never handed to the deliverer, survives a restart there, and is
+ * delivered once released. */
+static void test_quarantine(void **state)
+{
+	struct ctx *c = *state;
+	char why[256];
+	struct queue_stats st;
+	open_q(c, true);
+	c->act = ACT_OK;
+	queue_start(c->q, deliver, c);
+	assert_true(quarantine_wait(c, make_env("a@example.com", "b@example.org", NULL), body, sizeof(body) - 1,
+				    "check headers: rule 3 matched"));
+	assert_true(exists(c, "quarantine", c->qid));
+	assert_int_equal(count_files(c, "active"), 0);
+	assert_int_equal(count_files(c, "tmp"), 0);
+	queue_get_stats(c->q, &st);
+	assert_int_equal(st.messages, 0);
+	assert_int_equal(st.quarantined, 1);
+	assert_int_equal(st.quarantined_msgs, 1);
+	assert_int_equal(st.accepted, 0);
+	assert_true(log_contains(c, "\"event\":\"quarantined\""));
+	queue_flush_now(c->q);
+	run_for(c, 50);
+	assert_int_equal(c->ndeliver, 0);
+	struct queue_entry e = list_one(c);
+	assert_string_equal(e.where, "quarantine");
+	assert_string_equal(e.last_error, "check headers: rule 3 matched");
+	assert_string_equal(e.qid, c->qid);
+	/* still there after a restart, still not delivered */
+	reopen_q(c, true);
+	queue_start(c->q, deliver, c);
+	run_for(c, 50);
+	assert_int_equal(c->ndeliver, 0);
+	assert_true(exists(c, "quarantine", c->qid));
+	/* hold and flush do not touch it; release delivers it */
+	assert_false(queue_hold(c->dir, c->qid, why, sizeof(why)));
+	assert_true(queue_release(c->dir, c->qid, why, sizeof(why)));
+	queue_flush_now(c->q);
+	assert_true(run_until(c, pred_active_empty, 5000));
+	assert_int_equal(c->ndeliver, 1);
+	assert_int_equal(count_files(c, "quarantine"), 0);
+	/* a spool from before quarantine/ existed: offline it is just empty */
+	queue_close(c->q);
+	c->q = NULL;
+	char p[PATH_MAX + 64];
+	snprintf(p, sizeof(p), "%s/quarantine", c->dir);
+	assert_int_equal(rmdir(p), 0);
+	struct listed l = { 0 };
+	assert_int_equal(queue_list(c->dir, list_cb, &l), 0);
+	assert_false(queue_release(c->dir, c->qid, why, sizeof(why)));
+	assert_string_equal(why, "no such message");
+}
+
 static bool pred_held(struct ctx *c) { return c->held != NULL; }
 
 static void test_locked_while_delivering(void **state)
@@ -1003,6 +1068,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_offline_admin, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_offline_flush_picked_up, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_hold_release_with_daemon, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_quarantine, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_locked_while_delivering, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_max_active, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_park_unpark, setup, teardown),
