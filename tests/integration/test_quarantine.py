@@ -95,3 +95,24 @@ def test_quarantine_queue_mode():
 
 def test_quarantine_proxy_mode():
     _run("proxy")
+
+
+def test_quarantine_at_the_store_marks_the_message():
+    """The store delivers; it has no spool: a quarantined message is
+    delivered marked with an X-Rampart-Quarantine header, and logged."""
+    lab = Lab("quarantine-store")
+    with open(lab.path("header-rules"), "w") as f:
+        f.write(RULES)
+    lab.sections["check.headers"] = {"rules_file": lab.path("header-rules")}
+    lab.add_store(checks="users headers")
+    lab.start("store")
+    try:
+        with smtplib.LMTP("127.0.0.1", lab.ports["store"], timeout=30) as c:
+            refused = c.sendmail("a@example.org", ["alice@example.test"], message("lottery win"))
+        check(refused == {}, "delivered: %r" % refused)
+        got = lab.wait_mail("alice", 1)[0]
+        check(re.search(rb"^X-Rampart-Quarantine: check headers: rule .*suspected lottery scam", got, re.M),
+              "marked: %r" % got[:600])
+        check('"event":"message.quarantine_marked"' in lab.log("store"), "logged")
+    finally:
+        lab.close()
