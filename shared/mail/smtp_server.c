@@ -11,6 +11,7 @@
  */
 #include "smtp_server.h"
 #include "address.h"
+#include "sasl.h"
 #include "../util/alloc.h"
 #include "../util/id.h"
 #include "../util/log.h"
@@ -34,6 +35,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -61,13 +63,25 @@ enum pending {
 	PEND_RCPT,
 	PEND_DATA,
 	PEND_MESSAGE,
+	PEND_AUTH,
+};
+
+/* Where an AUTH exchange is (RFC 4954): waiting for the client's next
+ * base64 line, or not in one. */
+enum sasl_step { SASL_NONE, SASL_PLAIN, SASL_LOGIN_USER, SASL_LOGIN_PASS };
+
+/* A listening socket and how its connections begin. */
+struct listener {
+	struct smtp_server *srv;
+	struct evconnlistener *l;
+	bool implicit_tls;
 };
 
 struct smtp_server {
 	struct event_base *base;
 	struct smtp_server_opts opts;
 	struct smtp_server_hooks hooks;
-	struct evconnlistener *listeners[16];
+	struct listener listeners[16];
 	size_t nlisteners;
 	size_t nsessions;
 	struct smtp_session *sessions;      /* doubly linked, for free() */
@@ -111,6 +125,11 @@ struct smtp_session {
 	bool esmtp;
 	bool tls;
 	bool xforward_ok, xclient_ok;
+	/* SMTP AUTH */
+	enum sasl_step sasl;
+	const char *sasl_mech;
+	struct sasl_creds *creds;           /* presented, while the AUTH hook runs */
+	char *login;                        /* authenticated identity (pool) */
 	char tls_info[128];
 	struct env_client client;           /* strings owned by pool */
 	struct pool *pool;                  /* session-lifetime strings */
@@ -453,6 +472,8 @@ static void finish_pending(struct smtp_session *s)
 				   o->hostname, o->max_message_size);
 			if (o->tls && !s->tls)
 				buf_puts(&b, "\nSTARTTLS");
+			if (o->auth && s->tls && !s->login)
+				buf_puts(&b, "\nAUTH PLAIN LOGIN");
 			if (s->xforward_ok)
 				buf_puts(&b, "\nXFORWARD NAME ADDR PORT PROTO HELO LOGIN SOURCE IDENT");
 			if (s->xclient_ok)
@@ -493,6 +514,28 @@ static void finish_pending(struct smtp_session *s)
 		s->line_overflow = false;
 		enter_state(s, ST_DATA, "354");
 		break;
+	case PEND_AUTH: {
+		char user[SASL_FIELD_MAX];
+		snprintf(user, sizeof(user), "%s", s->creds ? s->creds->user : "");
+		if (s->creds) {
+			sasl_creds_wipe(s->creds);
+			free(s->creds);
+			s->creds = NULL;
+		}
+		if (s->reply_code == 0 || (s->reply_code >= 200 && s->reply_code < 300)) {
+			s->login = pool_strdup(s->pool, user);
+			s->client.login = s->login;
+			log_info(s->id, NULL, "smtp.auth", "result=ok mech=%s user=%s client=%s", s->sasl_mech, user,
+				 s->client.addr);
+			reply(s, 235, "2.7.0", "Authentication successful");
+			break;
+		}
+		log_warn(s->id, NULL, "smtp.auth", "result=failed mech=%s user=%s code=%d client=%s", s->sasl_mech, user,
+			 s->reply_code, s->client.addr);
+		note(s->srv, s, s->reply_code >= 500 ? "auth_failed" : "auth_tempfail");
+		hook_objected(s);
+		break;
+	}
 	case PEND_MESSAGE:
 		if (s->srv->opts.lmtp) {
 			/* Exactly one reply per accepted recipient, in order. */
@@ -957,6 +1000,117 @@ static void cmd_xclient(struct smtp_session *s, char *arg)
 	run_hook(s, SMTP_HOOK_CONNECT, PEND_CONNECT);
 }
 
+/* ---- SMTP AUTH (RFC 4954) ---------------------------------------------- */
+
+static void auth_fail(struct smtp_session *s, int code, const char *enh, const char *text)
+{
+	s->sasl = SASL_NONE;
+	if (s->creds) {
+		sasl_creds_wipe(s->creds);
+		free(s->creds);
+		s->creds = NULL;
+	}
+	bad_command(s, code, enh, text);
+}
+
+/* The credentials are complete: the hook checks them. */
+static void auth_check(struct smtp_session *s)
+{
+	s->sasl = SASL_NONE;
+	run_hook(s, SMTP_HOOK_AUTH, PEND_AUTH);
+}
+
+/* One base64 line of an exchange in progress ("*" cancels it). */
+static void auth_continue(struct smtp_session *s, const char *line)
+{
+	if (strcmp(line, "*") == 0) {
+		auth_fail(s, 501, "5.7.0", "Authentication cancelled");
+		return;
+	}
+	unsigned char raw[3 * SASL_FIELD_MAX + 4];
+	size_t len;
+	const char *why = NULL;
+	if (!sasl_decode(line, raw, sizeof(raw), &len)) {
+		OPENSSL_cleanse(raw, sizeof(raw));
+		auth_fail(s, 501, "5.5.2", "Cannot decode the response (base64 expected)");
+		return;
+	}
+	bool ok = true;
+	switch (s->sasl) {
+	case SASL_PLAIN:
+		ok = sasl_plain(raw, len, s->creds, &why);
+		break;
+	case SASL_LOGIN_USER:
+		ok = sasl_login_field(raw, len, s->creds->user, &why);
+		break;
+	case SASL_LOGIN_PASS:
+		ok = sasl_login_field(raw, len, s->creds->pass, &why);
+		break;
+	case SASL_NONE:
+		break;
+	}
+	OPENSSL_cleanse(raw, sizeof(raw));
+	if (!ok) {
+		char text[128];
+		snprintf(text, sizeof(text), "Malformed %s response: %s", s->sasl_mech, why);
+		auth_fail(s, 501, "5.5.2", text);
+		return;
+	}
+	if (s->sasl == SASL_LOGIN_USER) {
+		s->sasl = SASL_LOGIN_PASS;
+		reply(s, 334, NULL, "UGFzc3dvcmQ6");           /* "Password:" */
+		return;
+	}
+	/* An authorization identity other than the user's own would be
+	 * acting for someone else: not offered. */
+	if (*s->creds->authzid && strcmp(s->creds->authzid, s->creds->user) != 0) {
+		auth_fail(s, 535, "5.7.8", "Authentication failed: authorization identity not allowed");
+		return;
+	}
+	auth_check(s);
+}
+
+static void cmd_auth(struct smtp_session *s, char *arg)
+{
+	const struct smtp_server_opts *o = &s->srv->opts;
+	if (!o->auth || !s->esmtp) {
+		bad_command(s, 503, "5.5.1", "Error: authentication not enabled");
+		return;
+	}
+	if (!s->tls) {
+		bad_command(s, 538, "5.7.11", "Encryption required for requested authentication mechanism");
+		return;
+	}
+	if (s->login) {
+		bad_command(s, 503, "5.5.1", "Error: already authenticated");
+		return;
+	}
+	if (s->txn) {
+		bad_command(s, 503, "5.5.1", "Error: AUTH not allowed during a mail transaction");
+		return;
+	}
+	char *initial = strchr(arg, ' ');
+	if (initial)
+		*initial++ = '\0';
+	if (strcasecmp(arg, "PLAIN") == 0) {
+		s->sasl_mech = "PLAIN";
+		s->sasl = SASL_PLAIN;
+	} else if (strcasecmp(arg, "LOGIN") == 0) {
+		s->sasl_mech = "LOGIN";
+		s->sasl = SASL_LOGIN_USER;
+	} else {
+		bad_command(s, 504, "5.5.4", "Unrecognized authentication type");
+		return;
+	}
+	s->creds = xcalloc(1, sizeof(*s->creds));
+	if (initial && *initial) {
+		/* RFC 4954 4: "=" is an empty initial response */
+		auth_continue(s, strcmp(initial, "=") == 0 ? "" : initial);
+		return;
+	}
+	reply(s, 334, NULL, "%s", s->sasl == SASL_PLAIN ? "" : "VXNlcm5hbWU6");   /* "Username:" */
+}
+
 static const struct command commands[] = {
 	{ "HELO", CF_PRE_HELO | CF_SMTP_ONLY, cmd_helo },
 	{ "EHLO", CF_PRE_HELO | CF_SMTP_ONLY, cmd_ehlo },
@@ -970,6 +1124,7 @@ static const struct command commands[] = {
 	{ "VRFY", CF_PRE_HELO | CF_COUNT, cmd_vrfy },
 	{ "HELP", CF_PRE_HELO, cmd_help },
 	{ "STARTTLS", CF_COUNT, cmd_starttls },
+	{ "AUTH", CF_COUNT | CF_SMTP_ONLY, cmd_auth },
 	{ "XFORWARD", CF_COUNT, cmd_xforward },
 	{ "XCLIENT", CF_PRE_HELO | CF_COUNT, cmd_xclient },
 	{ "GET", CF_PRE_HELO, cmd_http },
@@ -985,10 +1140,26 @@ static void shutdown_reply(struct smtp_session *s)
 	close_after_flush(s, "shutdown");
 }
 
+/* Before TLS on a listener that requires it: only what leads to TLS. */
+static bool allowed_before_tls(void (*fn)(struct smtp_session *, char *))
+{
+	return fn == cmd_ehlo || fn == cmd_helo || fn == cmd_starttls || fn == cmd_noop || fn == cmd_rset ||
+	       fn == cmd_quit || fn == cmd_xclient || fn == cmd_http;
+}
+
 static void dispatch(struct smtp_session *s, char *line, size_t len)
 {
 	if (s->srv->draining) {
+		s->sasl = SASL_NONE;
 		shutdown_reply(s);
+		return;
+	}
+	if (s->sasl != SASL_NONE) {
+		if (memchr(line, '\0', len)) {
+			auth_fail(s, 501, "5.5.2", "Cannot decode the response (base64 expected)");
+			return;
+		}
+		auth_continue(s, line);
 		return;
 	}
 	if (memchr(line, '\0', len)) {
@@ -1035,6 +1206,14 @@ static void dispatch(struct smtp_session *s, char *line, size_t len)
 	}
 	if (!(c->flags & CF_PRE_HELO) && !s->helo_seen) {
 		bad_command(s, 503, "5.5.1", lmtp ? "Error: send LHLO first" : "Error: send HELO/EHLO first");
+		return;
+	}
+	if (s->srv->opts.tls_required && !s->tls && !allowed_before_tls(c->fn) && c->fn != cmd_auth) {
+		bad_command(s, 530, "5.7.0", "Must issue a STARTTLS command first");
+		return;
+	}
+	if (c->fn == cmd_mail && s->srv->opts.auth_required && !s->client.login) {
+		bad_command(s, 530, "5.7.0", "Authentication required");
 		return;
 	}
 	c->fn(s, arg);
@@ -1431,6 +1610,10 @@ static void session_free(struct smtp_session *s)
 	conn_put(srv, s->by_client);
 	conn_put(srv, s->by_net);
 	free(s->replies);
+	if (s->creds) {
+		sasl_creds_wipe(s->creds);
+		free(s->creds);
+	}
 	pool_free(s->pool);
 	free(s);
 }
@@ -1520,7 +1703,8 @@ static const char *conn_limits(struct smtp_server *srv, struct smtp_session *s, 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
 	(void)l; (void)salen;
-	struct smtp_server *srv = arg;
+	const struct listener *li = arg;
+	struct smtp_server *srv = li->srv;
 	if (srv->nsessions >= srv->opts.max_connections) {
 		static const char msg[] = "421 4.3.2 Too many connections, try again later\r\n";
 		ssize_t w = write(fd, msg, sizeof(msg) - 1);
@@ -1570,7 +1754,28 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	int one = 1;
 	if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	SSL *ssl = NULL;
+	if (li->implicit_tls && (!srv->opts.tls || (ssl = SSL_new(tls_ctx_ssl(srv->opts.tls))) == NULL)) {
+		/* never plaintext on a TLS port */
+		s->bev = NULL;
+	} else if (li->implicit_tls) {
+		/* Implicit TLS: the handshake first; the banner waits in the
+		 * output until it is done. */
+		s->bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+							BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+		s->tls = true;
+	} else {
+		s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	}
+	if (!s->bev) {
+		if (ssl)
+			SSL_free(ssl);
+		close(fd);
+		log_error(s->id, NULL, "smtp.accept_failed", "client=%s tls=%s", ip, li->implicit_tls ? "implicit" : "no");
+		s->closed = true;
+		smtp_session_unref(s);
+		return;
+	}
 	s->state = ST_GREET_PAUSE;
 	install_callbacks(s);
 	log_info(s->id, NULL, "smtp.connect", "client=%s port=%d", ip, port);
@@ -1641,27 +1846,43 @@ void smtp_server_set_opts(struct smtp_server *srv, const struct smtp_server_opts
 	rate_cfg_update(srv);
 }
 
-bool smtp_server_listen_fd(struct smtp_server *srv, int fd, char *why, size_t whylen)
+static bool listen_on(struct smtp_server *srv, int fd, bool implicit_tls, char *why, size_t whylen)
 {
 	if (srv->nlisteners == sizeof(srv->listeners) / sizeof(srv->listeners[0])) {
 		snprintf(why, whylen, "too many listeners");
 		return false;
 	}
-	struct evconnlistener *l = evconnlistener_new(srv->base, on_accept, srv,
-						      LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
-	if (!l) {
+	if (implicit_tls && !srv->opts.tls) {
+		snprintf(why, whylen, "implicit TLS needs a certificate and key");
+		return false;
+	}
+	struct listener *li = &srv->listeners[srv->nlisteners];
+	li->srv = srv;
+	li->implicit_tls = implicit_tls;
+	li->l = evconnlistener_new(srv->base, on_accept, li, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
+	if (!li->l) {
 		snprintf(why, whylen, "cannot listen: %s", strerror(errno));
 		return false;
 	}
-	evconnlistener_set_error_cb(l, on_accept_error);
-	srv->listeners[srv->nlisteners++] = l;
+	evconnlistener_set_error_cb(li->l, on_accept_error);
+	srv->nlisteners++;
 	return true;
+}
+
+bool smtp_server_listen_fd(struct smtp_server *srv, int fd, char *why, size_t whylen)
+{
+	return listen_on(srv, fd, false, why, whylen);
+}
+
+bool smtp_server_listen_fd_tls(struct smtp_server *srv, int fd, char *why, size_t whylen)
+{
+	return listen_on(srv, fd, true, why, whylen);
 }
 
 void smtp_server_stop_listening(struct smtp_server *srv)
 {
 	for (size_t i = 0; i < srv->nlisteners; i++)
-		evconnlistener_free(srv->listeners[i]);
+		evconnlistener_free(srv->listeners[i].l);
 	srv->nlisteners = 0;
 }
 
@@ -1718,8 +1939,17 @@ const char *smtp_session_proto(const struct smtp_session *s)
 {
 	if (s->srv->opts.lmtp)
 		return s->tls ? "LMTPS" : "LMTP";
-	return s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP") : "SMTP";
+	if (!s->esmtp)
+		return "SMTP";
+	if (s->login)
+		return s->tls ? "ESMTPSA" : "ESMTPA";
+	return s->tls ? "ESMTPS" : "ESMTP";
 }
+
+const char *smtp_session_login(const struct smtp_session *s) { return s->login; }
+const char *smtp_session_auth_user(const struct smtp_session *s) { return s->creds ? s->creds->user : NULL; }
+const char *smtp_session_auth_password(const struct smtp_session *s) { return s->creds ? s->creds->pass : NULL; }
+const char *smtp_session_auth_mech(const struct smtp_session *s) { return s->sasl_mech; }
 struct smtp_txn *smtp_session_txn(struct smtp_session *s) { return s->txn; }
 const struct env_client *smtp_session_client(const struct smtp_session *s) { return &s->client; }
 bool smtp_session_tls(const struct smtp_session *s) { return s->tls; }

@@ -47,6 +47,9 @@ enum smtp_hook_kind {
 	SMTP_HOOK_RCPT,             /* the candidate is txn->env->rcpts[nrcpt-1] */
 	SMTP_HOOK_DATA,             /* DATA command, before 354 */
 	SMTP_HOOK_MESSAGE,          /* complete message received; answer = final reply(ies) */
+	SMTP_HOOK_AUTH,             /* AUTH credentials presented (smtp_session_auth_user/
+				     * _password): 0 or 2xx accepts (235), 535 refuses,
+				     * 454 is a temporary failure */
 };
 
 struct smtp_server_hooks {
@@ -94,6 +97,14 @@ struct smtp_server_opts {
 	 * refused. */
 	long long data_rate_limit;
 	struct tls_ctx *tls;            /* NULL: no STARTTLS */
+	/* Submission (RFC 6409, RFC 8314).  tls_required: nothing but EHLO,
+	 * STARTTLS, NOOP, RSET and QUIT before TLS (530 5.7.0).  auth: AUTH
+	 * PLAIN and LOGIN are offered, over TLS only (never in plaintext:
+	 * 538 5.7.11).  auth_required: no MAIL without authentication
+	 * (530 5.7.0). */
+	bool tls_required;
+	bool auth;
+	bool auth_required;
 	const struct strlist *xforward_hosts;   /* CIDRs allowed to send XFORWARD */
 	const struct strlist *xclient_hosts;    /* CIDRs allowed to send XCLIENT */
 };
@@ -102,6 +113,9 @@ struct smtp_server *smtp_server_new(struct event_base *base, const struct smtp_s
 				    const struct smtp_server_hooks *hooks);
 /* Start accepting on an already-listening socket (net_listen). */
 bool smtp_server_listen_fd(struct smtp_server *srv, int fd, char *why, size_t whylen);
+/* The same with implicit TLS (port 465, RFC 8314): the TLS handshake
+ * comes first, then the banner; needs opts.tls. */
+bool smtp_server_listen_fd_tls(struct smtp_server *srv, int fd, char *why, size_t whylen);
 /* Replace the options (SIGHUP); sessions in progress keep running. */
 void smtp_server_set_opts(struct smtp_server *srv, const struct smtp_server_opts *opts);
 /* Stop accepting; existing sessions finish. */
@@ -125,6 +139,14 @@ bool smtp_session_trusted(const struct smtp_session *s);
 /* "SMTP", "ESMTP", "ESMTPS" or "LMTP": how this session talks. */
 const char *smtp_session_proto(const struct smtp_session *s);
 bool smtp_session_tls(const struct smtp_session *s);
+/* The identity the client authenticated as (AUTH), or NULL. */
+const char *smtp_session_login(const struct smtp_session *s);
+/* During the AUTH hook only: what the client presented, and the
+ * mechanism ("PLAIN", "LOGIN").  The password is wiped after the hook
+ * answers. */
+const char *smtp_session_auth_user(const struct smtp_session *s);
+const char *smtp_session_auth_password(const struct smtp_session *s);
+const char *smtp_session_auth_mech(const struct smtp_session *s);
 const char *smtp_session_tls_info(const struct smtp_session *s);  /* "" without TLS */
 bool smtp_session_lmtp(const struct smtp_session *s);
 void *smtp_session_data(const struct smtp_session *s);
