@@ -9,7 +9,8 @@
  * verifications run on worker threads that wait for their answers
  * (dns_query_wait, SELECTOR._domainkey.DOMAIN TXT, bounded by what is
  * left of the timeout), and results come back to the event loop through
- * an eventfd, as in the spf check.  The loop never waits.  Each worker
+ * an eventfd (shared/util/workers, as in the spf check).  The loop never
+ * waits.  Each worker
  * owns one DKIM_LIB, made once with the options below; per message only
  * the DKIM handle is made.
  *
@@ -66,10 +67,9 @@
 #include "../util/dns.h"
 #include "../util/log.h"
 #include "../util/metrics.h"
+#include "../util/workers.h"
 
 #include <ctype.h>
-#include <errno.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -77,11 +77,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/eventfd.h>
 #include <time.h>
-#include <unistd.h>
 
-#include <event2/event.h>
 #include <openssl/err.h>
 #include <opendkim/dkim.h>
 
@@ -131,19 +128,13 @@ static const struct param_set dkim_params_set = {
 /* ---- state --------------------------------------------------------------- */
 
 struct vjob {
+	struct workers_job link;        /* first: the pool's */
 	const char *msg;
 	size_t len;
 	long long start_ms, deadline_ms;
 	dkim_done_fn done;
 	void *arg;
 	struct dkim_outcome out;
-	struct vjob *next;
-};
-
-struct vworker {
-	struct dkim_check *c;
-	pthread_t th;
-	DKIM_LIB *lib;
 };
 
 struct dkim_check {
@@ -151,15 +142,7 @@ struct dkim_check {
 	struct dns *dns;
 	char authserv[256];
 	struct metric *m_results;
-	struct vworker *w;
-	size_t nworkers;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	struct vjob *todo, **todo_tail, *done;
-	size_t waiting;
-	bool stop;
-	int efd;
-	struct event *ev;
+	struct workers *pool;           /* the worker threads, a DKIM_LIB each */
 };
 
 /* What the key lookup found for one signature, when it decides. */
@@ -498,9 +481,11 @@ static enum auth_dkim summary_of(const struct dkim_outcome *o)
 	return AUTH_DKIM_NONE;
 }
 
-static void run_job(struct vworker *w, struct vjob *j)
+static void run_job(void *owner, void *state, struct workers_job *job)
 {
-	struct dkim_check *c = w->c;
+	struct dkim_check *c = owner;
+	DKIM_LIB *lib = state;
+	struct vjob *j = (struct vjob *)job;
 	struct dkim_outcome *o = &j->out;
 	struct vrun r = { .c = c, .j = j };
 	size_t hlen = hdr_body_start(j->msg, j->len);
@@ -516,7 +501,7 @@ static void run_job(struct vworker *w, struct vjob *j)
 		snprintf(o->problem, sizeof(o->problem), "waited past the timeout for a worker");
 		goto out;
 	}
-	d = dkim_verify(w->lib, (const unsigned char *)"rampart", NULL, &st);
+	d = dkim_verify(lib, (const unsigned char *)"rampart", NULL, &st);
 	if (!d) {
 		o->summary = AUTH_DKIM_TEMPERROR;
 		snprintf(o->problem, sizeof(o->problem), "dkim_verify: %s", dkim_getresultstr(st));
@@ -591,33 +576,6 @@ out:
 	o->ms = now_ms() - j->start_ms;
 }
 
-static void *worker_main(void *arg)
-{
-	struct vworker *w = arg;
-	struct dkim_check *c = w->c;
-	pthread_mutex_lock(&c->mu);
-	for (;;) {
-		while (!c->todo && !c->stop)
-			pthread_cond_wait(&c->cv, &c->mu);
-		if (c->stop)
-			break;
-		struct vjob *j = c->todo;
-		c->todo = j->next;
-		if (!c->todo)
-			c->todo_tail = &c->todo;
-		pthread_mutex_unlock(&c->mu);
-		run_job(w, j);
-		pthread_mutex_lock(&c->mu);
-		j->next = c->done;
-		c->done = j;
-		uint64_t one = 1;
-		ssize_t wr = write(c->efd, &one, sizeof(one));
-		(void)wr;
-	}
-	pthread_mutex_unlock(&c->mu);
-	return NULL;
-}
-
 static void count_result(struct dkim_check *c, enum auth_dkim r)
 {
 	if (!c->m_results)
@@ -627,44 +585,32 @@ static void count_result(struct dkim_check *c, enum auth_dkim r)
 	metric_inc(c->m_results, l);
 }
 
-/* From the loop: hand finished verifications to their callers, oldest first. */
-static void on_done(evutil_socket_t fd, short what, void *arg)
+/* From the loop, each finished verification before any is handed back:
+ * one count per signature; an unsigned message (or one no signature of
+ * which could be read) counts its summary. */
+static void count_job(void *owner, struct workers_job *job)
 {
-	(void)what;
-	struct dkim_check *c = arg;
-	uint64_t v;
-	ssize_t rd = read(fd, &v, sizeof(v));
-	(void)rd;
-	pthread_mutex_lock(&c->mu);
-	struct vjob *list = c->done;
-	c->done = NULL;
-	pthread_mutex_unlock(&c->mu);
-	struct vjob *rev = NULL;
-	size_t n = 0;
-	while (list) {
-		struct vjob *next = list->next;
-		list->next = rev;
-		rev = list;
-		list = next;
-		/* one per signature; an unsigned message (or one no signature
-		 * of which could be read) counts its summary */
-		for (unsigned i = 0; i < rev->out.nsigs; i++)
-			count_result(c, rev->out.sigs[i].result);
-		if (rev->out.nsigs == 0)
-			count_result(c, rev->out.summary);
-		n++;
-	}
-	pthread_mutex_lock(&c->mu);
-	c->waiting -= n;
-	pthread_mutex_unlock(&c->mu);
-	/* From here on c is not touched: the last callback may free the
-	 * check (its session was the last user of the chain). */
-	while (rev) {
-		struct vjob *j = rev;
-		rev = j->next;
-		j->done(j->arg, &j->out);
-		free(j);
-	}
+	struct dkim_check *c = owner;
+	struct vjob *j = (struct vjob *)job;
+	for (unsigned i = 0; i < j->out.nsigs; i++)
+		count_result(c, j->out.sigs[i].result);
+	if (j->out.nsigs == 0)
+		count_result(c, j->out.summary);
+}
+
+/* From the loop: a finished verification to its caller.  The check is
+ * not touched: the last callback may free it (its session was the last
+ * user of the chain). */
+static void job_done(struct workers_job *job)
+{
+	struct vjob *j = (struct vjob *)job;
+	j->done(j->arg, &j->out);
+	free(j);
+}
+
+static void free_job(struct workers_job *job)
+{
+	free(job);
 }
 
 void dkim_verify_message(struct dkim_check *c, const char *msg, size_t len, dkim_done_fn done, void *arg)
@@ -676,23 +622,12 @@ void dkim_verify_message(struct dkim_check *c, const char *msg, size_t len, dkim
 	j->deadline_ms = j->start_ms + c->p->timeout;
 	j->done = done;
 	j->arg = arg;
-	pthread_mutex_lock(&c->mu);
-	c->waiting++;
-	if (c->waiting > MAX_WAITING) {
+	if (!workers_submit(c->pool, &j->link)) {
 		/* Overloaded: answered at once, through the loop all the same. */
 		j->out.summary = AUTH_DKIM_TEMPERROR;
 		snprintf(j->out.problem, sizeof(j->out.problem), "too many verifications waiting");
-		j->next = c->done;
-		c->done = j;
-		uint64_t one = 1;
-		ssize_t wr = write(c->efd, &one, sizeof(one));
-		(void)wr;
-	} else {
-		*c->todo_tail = j;
-		c->todo_tail = &j->next;
-		pthread_cond_signal(&c->cv);
+		workers_return(c->pool, &j->link);
 	}
-	pthread_mutex_unlock(&c->mu);
 }
 
 /* ---- the header ---------------------------------------------------------- */
@@ -914,40 +849,6 @@ static void dkim_message(void *inst, struct check_ctx *ctx, struct check_call *c
 	dkim_verify_message(c, ctx->data, ctx->len, dkim_answered, h);
 }
 
-static void dkim_free_check(void *inst)
-{
-	struct dkim_check *c = inst;
-	if (!c)
-		return;
-	pthread_mutex_lock(&c->mu);
-	c->stop = true;
-	pthread_cond_broadcast(&c->cv);
-	pthread_mutex_unlock(&c->mu);
-	for (size_t i = 0; i < c->nworkers; i++)
-		pthread_join(c->w[i].th, NULL);
-	/* Verifications not handed back belong to sessions that are gone (a
-	 * check is freed only when no session uses it). */
-	for (struct vjob *j = c->todo, *n; j; j = n) {
-		n = j->next;
-		free(j);
-	}
-	for (struct vjob *j = c->done, *n; j; j = n) {
-		n = j->next;
-		free(j);
-	}
-	for (size_t i = 0; c->w && i < (size_t)c->p->threads; i++)
-		if (c->w[i].lib)
-			dkim_close(c->w[i].lib);
-	free(c->w);
-	if (c->ev)
-		event_free(c->ev);
-	if (c->efd >= 0)
-		close(c->efd);
-	pthread_mutex_destroy(&c->mu);
-	pthread_cond_destroy(&c->cv);
-	free(c);
-}
-
 /* One worker's library instance, with its options and hooks. */
 static DKIM_LIB *make_lib(const struct dkim_params *p, char *why, size_t whylen)
 {
@@ -969,6 +870,40 @@ static DKIM_LIB *make_lib(const struct dkim_params *p, char *why, size_t whylen)
 	return lib;
 }
 
+static void *worker_init(void *owner, size_t i, char *why, size_t whylen)
+{
+	(void)i;
+	struct dkim_check *c = owner;
+	return make_lib(c->p, why, whylen);
+}
+
+static void worker_fini(void *owner, void *state)
+{
+	(void)owner;
+	dkim_close(state);
+}
+
+/* Verifications not handed back at the end belong to sessions that are
+ * gone (a check is freed only when no session uses it). */
+static const struct workers_def dkim_workers = {
+	.max_waiting = MAX_WAITING,
+	.init = worker_init,
+	.fini = worker_fini,
+	.run = run_job,
+	.collect = count_job,
+	.done = job_done,
+	.discard = free_job,
+};
+
+static void dkim_free_check(void *inst)
+{
+	struct dkim_check *c = inst;
+	if (!c)
+		return;
+	workers_free(c->pool);
+	free(c);
+}
+
 static void *dkim_init_check(const void *params, const struct check_env *env, char *why, size_t whylen)
 {
 	const struct dkim_params *p = params;
@@ -980,41 +915,13 @@ static void *dkim_init_check(const void *params, const struct check_env *env, ch
 	c->p = p;
 	c->dns = env->dns;
 	snprintf(c->authserv, sizeof(c->authserv), "%s", env->hostname && *env->hostname ? env->hostname : "localhost");
-	c->efd = -1;
-	pthread_mutex_init(&c->mu, NULL);
-	pthread_cond_init(&c->cv, NULL);
-	c->todo_tail = &c->todo;
 	if (env->metrics)
 		c->m_results = metrics_counter(env->metrics, "rampart_dkim_verify_total",
 					       "DKIM signatures verified, by result (none: an unsigned message).");
-	c->w = xcalloc((size_t)p->threads, sizeof(*c->w));
-	for (size_t i = 0; i < (size_t)p->threads; i++) {
-		c->w[i].c = c;
-		c->w[i].lib = make_lib(p, why, whylen);
-		if (!c->w[i].lib) {
-			dkim_free_check(c);
-			return NULL;
-		}
-	}
-	c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (c->efd < 0) {
-		snprintf(why, whylen, "cannot create an eventfd: %s", strerror(errno));
+	c->pool = workers_new(env->base, (size_t)p->threads, &dkim_workers, c, why, whylen);
+	if (!c->pool) {
 		dkim_free_check(c);
 		return NULL;
-	}
-	c->ev = event_new(env->base, c->efd, EV_READ | EV_PERSIST, on_done, c);
-	if (!c->ev || event_add(c->ev, NULL) != 0) {
-		snprintf(why, whylen, "cannot watch the eventfd");
-		dkim_free_check(c);
-		return NULL;
-	}
-	for (size_t i = 0; i < (size_t)p->threads; i++) {
-		if (pthread_create(&c->w[i].th, NULL, worker_main, &c->w[i]) != 0) {
-			snprintf(why, whylen, "cannot start a worker thread");
-			dkim_free_check(c);
-			return NULL;
-		}
-		c->nworkers++;
 	}
 	return c;
 }

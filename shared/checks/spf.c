@@ -7,9 +7,10 @@
  * evaluated first and a HELO fail decides (RFC 7208 2.3 recommends it);
  * otherwise the MAIL FROM result does.  libspf2 evaluates the records, and
  * its DNS goes through the process's resolver (shared/util/dns): libspf2's
- * resolver hook is synchronous, so evaluations run on worker threads that
- * wait for their answers (dns_query_wait), and the results come back to the
- * event loop through an eventfd.  The loop never waits.
+ * resolver hook is synchronous, so evaluations run on worker threads
+ * (shared/util/workers) that wait for their answers (dns_query_wait), and
+ * the results come back to the event loop through an eventfd.  The loop
+ * never waits.
  *
  * Around libspf2, this file closes what it misses of RFC 7208:
  *   - records (libspf2's get_spf hook): TXT only; "v=spf1" then a space or
@@ -53,6 +54,7 @@
 #include "../util/log.h"
 #include "../util/metrics.h"
 #include "../util/net.h"
+#include "../util/workers.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -65,11 +67,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/eventfd.h>
 #include <time.h>
-#include <unistd.h>
 
-#include <event2/event.h>
 #include <spf2/spf.h>
 #include <spf2/spf_dns.h>
 
@@ -145,6 +144,7 @@ static const struct param_set spf_params_set = {
 /* ---- state --------------------------------------------------------------- */
 
 struct spf_job {
+	struct workers_job link;        /* first: the pool's */
 	char ip[INET6_ADDRSTRLEN];
 	char *mailfrom;
 	char *helo;
@@ -152,12 +152,10 @@ struct spf_job {
 	spf_done_fn done;
 	void *arg;
 	struct spf_outcome out;
-	struct spf_job *next;
 };
 
 struct spf_worker {
 	struct spf_check *c;
-	pthread_t th;
 	SPF_server_t *server;
 	SPF_dns_server_t layer;         /* libspf2's resolver: hook is this worker */
 	struct spf_eval *ev;            /* the evaluation running on this thread */
@@ -168,15 +166,7 @@ struct spf_check {
 	struct dns *dns;
 	char receiver[256];
 	struct metric *m_results;
-	struct spf_worker *w;
-	size_t nworkers;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	struct spf_job *todo, **todo_tail, *done;
-	size_t waiting;
-	bool stop;
-	int efd;
-	struct event *ev;
+	struct workers *pool;           /* the worker threads */
 };
 
 /* One evaluation of one identity, on a worker thread. */
@@ -585,21 +575,13 @@ static bool count_term(struct spf_eval *e)
 
 /* One query, within the evaluation's deadline and query cap.  False: the
  * evaluation is stopped (res is then DNS_TEMPFAIL, nothing to free). */
-static bool stopping(struct spf_check *c)
-{
-	pthread_mutex_lock(&c->mu);
-	bool stop = c->stop;
-	pthread_mutex_unlock(&c->mu);
-	return stop;
-}
-
 static bool raw_query(struct spf_eval *e, const char *name, int type, struct dns_result *res)
 {
 	memset(res, 0, sizeof(*res));
 	res->status = DNS_TEMPFAIL;
 	if (e->stop)
 		return false;
-	if (stopping(e->c)) {
+	if (workers_stopping(e->c->pool)) {
 		stop_eval(e, STOP_TIME, "the check is stopping (%u DNS queries)", e->queries);
 		return false;
 	}
@@ -1067,8 +1049,11 @@ static void eval_identity(struct spf_worker *w, const struct spf_job *j, bool he
 	SPF_request_free(req);
 }
 
-static void run_job(struct spf_worker *w, struct spf_job *j)
+static void run_job(void *owner, void *state, struct workers_job *job)
 {
+	(void)owner;
+	struct spf_worker *w = state;
+	struct spf_job *j = (struct spf_job *)job;
 	struct spf_outcome *o = &j->out;
 	bool null_sender = !*j->mailfrom;
 	if (now_ms() >= j->deadline_ms) {
@@ -1090,72 +1075,34 @@ out:
 	o->ms = now_ms() - j->start_ms;
 }
 
-static void *worker_main(void *arg)
+/* From the loop, each finished evaluation before any is handed back. */
+static void count_job(void *owner, struct workers_job *job)
 {
-	struct spf_worker *w = arg;
-	struct spf_check *c = w->c;
-	pthread_mutex_lock(&c->mu);
-	for (;;) {
-		while (!c->todo && !c->stop)
-			pthread_cond_wait(&c->cv, &c->mu);
-		if (c->stop)
-			break;
-		struct spf_job *j = c->todo;
-		c->todo = j->next;
-		if (!c->todo)
-			c->todo_tail = &c->todo;
-		pthread_mutex_unlock(&c->mu);
-		run_job(w, j);
-		pthread_mutex_lock(&c->mu);
-		j->next = c->done;
-		c->done = j;
-		uint64_t one = 1;
-		ssize_t wr = write(c->efd, &one, sizeof(one));
-		(void)wr;
+	struct spf_check *c = owner;
+	struct spf_job *j = (struct spf_job *)job;
+	if (c->m_results) {
+		char l[64];
+		snprintf(l, sizeof(l), "result=\"%s\"", spf_result_name(j->out.result));
+		metric_inc(c->m_results, l);
 	}
-	pthread_mutex_unlock(&c->mu);
-	return NULL;
 }
 
-/* From the loop: hand finished evaluations to their callers, oldest first. */
-static void on_done(evutil_socket_t fd, short what, void *arg)
+static void free_job(struct workers_job *job)
 {
-	(void)what;
-	struct spf_check *c = arg;
-	uint64_t v;
-	ssize_t rd = read(fd, &v, sizeof(v));
-	(void)rd;
-	pthread_mutex_lock(&c->mu);
-	struct spf_job *list = c->done;
-	c->done = NULL;
-	pthread_mutex_unlock(&c->mu);
-	struct spf_job *rev = NULL;
-	size_t n = 0;
-	while (list) {
-		struct spf_job *next = list->next;
-		list->next = rev;
-		rev = list;
-		list = next;
-		if (c->m_results) {
-			char l[64];
-			snprintf(l, sizeof(l), "result=\"%s\"", spf_result_name(rev->out.result));
-			metric_inc(c->m_results, l);
-		}
-		n++;
-	}
-	pthread_mutex_lock(&c->mu);
-	c->waiting -= n;
-	pthread_mutex_unlock(&c->mu);
-	/* From here on c is not touched: the last callback may free the
-	 * check (its session was the last user of the chain). */
-	while (rev) {
-		struct spf_job *j = rev;
-		rev = j->next;
-		j->done(j->arg, &j->out);
-		free(j->mailfrom);
-		free(j->helo);
-		free(j);
-	}
+	struct spf_job *j = (struct spf_job *)job;
+	free(j->mailfrom);
+	free(j->helo);
+	free(j);
+}
+
+/* From the loop: a finished evaluation to its caller.  The check is not
+ * touched: the last callback may free it (its session was the last user
+ * of the chain). */
+static void job_done(struct workers_job *job)
+{
+	struct spf_job *j = (struct spf_job *)job;
+	j->done(j->arg, &j->out);
+	free_job(job);
 }
 
 void spf_evaluate(struct spf_check *c, const struct spf_request *rq, spf_done_fn done, void *arg)
@@ -1168,24 +1115,13 @@ void spf_evaluate(struct spf_check *c, const struct spf_request *rq, spf_done_fn
 	j->deadline_ms = j->start_ms + c->p->timeout;
 	j->done = done;
 	j->arg = arg;
-	pthread_mutex_lock(&c->mu);
-	c->waiting++;
-	if (c->waiting > MAX_WAITING) {
+	if (!workers_submit(c->pool, &j->link)) {
 		/* Overloaded: answered at once, through the loop all the same. */
 		j->out.result = AUTH_SPF_TEMPERROR;
 		snprintf(j->out.identity, sizeof(j->out.identity), "%s", *j->mailfrom ? "mailfrom" : "helo");
 		snprintf(j->out.problem, sizeof(j->out.problem), "too many evaluations waiting");
-		j->next = c->done;
-		c->done = j;
-		uint64_t one = 1;
-		ssize_t wr = write(c->efd, &one, sizeof(one));
-		(void)wr;
-	} else {
-		*c->todo_tail = j;
-		c->todo_tail = &j->next;
-		pthread_cond_signal(&c->cv);
+		workers_return(c->pool, &j->link);
 	}
-	pthread_mutex_unlock(&c->mu);
 }
 
 /* ---- the header ---------------------------------------------------------- */
@@ -1397,41 +1333,53 @@ static void set_handlers(void)
 	SPF_debug_handler = spf_log_other;
 }
 
+/* One worker's libspf2 server, its resolver hooked to the worker. */
+static void *worker_init(void *owner, size_t i, char *why, size_t whylen)
+{
+	(void)i;
+	(void)why;
+	(void)whylen;
+	struct spf_check *c = owner;
+	struct spf_worker *w = xcalloc(1, sizeof(*w));
+	w->c = c;
+	w->layer.lookup = spf_lookup;
+	w->layer.get_spf = spf_get_spf;
+	w->layer.get_exp = spf_get_exp;
+	w->layer.name = "rampart";
+	w->layer.hook = w;
+	w->server = SPF_server_new_dns(&w->layer, 0);
+	if (!w->server)
+		log_fatal(NULL, NULL, "out_of_memory", "what=%s", "libspf2 server");
+	SPF_server_set_rec_dom(w->server, c->receiver);
+	return w;
+}
+
+static void worker_fini(void *owner, void *state)
+{
+	(void)owner;
+	struct spf_worker *w = state;
+	SPF_server_free(w->server);
+	free(w);
+}
+
+/* Evaluations not handed back at the end belong to sessions that are
+ * gone (a check is freed only when no session uses it). */
+static const struct workers_def spf_workers = {
+	.max_waiting = MAX_WAITING,
+	.init = worker_init,
+	.fini = worker_fini,
+	.run = run_job,
+	.collect = count_job,
+	.done = job_done,
+	.discard = free_job,
+};
+
 static void spf_free(void *inst)
 {
 	struct spf_check *c = inst;
 	if (!c)
 		return;
-	pthread_mutex_lock(&c->mu);
-	c->stop = true;
-	pthread_cond_broadcast(&c->cv);
-	pthread_mutex_unlock(&c->mu);
-	for (size_t i = 0; i < c->nworkers; i++)
-		pthread_join(c->w[i].th, NULL);
-	/* Evaluations not handed back belong to sessions that are gone (a
-	 * check is freed only when no session uses it). */
-	for (struct spf_job *j = c->todo, *n; j; j = n) {
-		n = j->next;
-		free(j->mailfrom);
-		free(j->helo);
-		free(j);
-	}
-	for (struct spf_job *j = c->done, *n; j; j = n) {
-		n = j->next;
-		free(j->mailfrom);
-		free(j->helo);
-		free(j);
-	}
-	for (size_t i = 0; c->w && i < (size_t)c->p->threads; i++)
-		if (c->w[i].server)
-			SPF_server_free(c->w[i].server);
-	free(c->w);
-	if (c->ev)
-		event_free(c->ev);
-	if (c->efd >= 0)
-		close(c->efd);
-	pthread_mutex_destroy(&c->mu);
-	pthread_cond_destroy(&c->cv);
+	workers_free(c->pool);
 	free(c);
 }
 
@@ -1460,46 +1408,13 @@ static void *spf_init(const void *params, const struct check_env *env, char *why
 	c->p = p;
 	c->dns = env->dns;
 	snprintf(c->receiver, sizeof(c->receiver), "%s", env->hostname && *env->hostname ? env->hostname : "localhost");
-	c->efd = -1;
-	pthread_mutex_init(&c->mu, NULL);
-	pthread_cond_init(&c->cv, NULL);
-	c->todo_tail = &c->todo;
 	if (env->metrics)
 		c->m_results = metrics_counter(env->metrics, "rampart_spf_results_total",
 					       "SPF evaluations, by result.");
-	c->w = xcalloc((size_t)p->threads, sizeof(*c->w));
-	for (size_t i = 0; i < (size_t)p->threads; i++) {
-		struct spf_worker *w = &c->w[i];
-		w->c = c;
-		w->layer.lookup = spf_lookup;
-		w->layer.get_spf = spf_get_spf;
-		w->layer.get_exp = spf_get_exp;
-		w->layer.name = "rampart";
-		w->layer.hook = w;
-		w->server = SPF_server_new_dns(&w->layer, 0);
-		if (!w->server)
-			log_fatal(NULL, NULL, "out_of_memory", "what=%s", "libspf2 server");
-		SPF_server_set_rec_dom(w->server, c->receiver);
-	}
-	c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (c->efd < 0) {
-		snprintf(why, whylen, "cannot create an eventfd: %s", strerror(errno));
+	c->pool = workers_new(env->base, (size_t)p->threads, &spf_workers, c, why, whylen);
+	if (!c->pool) {
 		spf_free(c);
 		return NULL;
-	}
-	c->ev = event_new(env->base, c->efd, EV_READ | EV_PERSIST, on_done, c);
-	if (!c->ev || event_add(c->ev, NULL) != 0) {
-		snprintf(why, whylen, "cannot watch the eventfd");
-		spf_free(c);
-		return NULL;
-	}
-	for (size_t i = 0; i < (size_t)p->threads; i++) {
-		if (pthread_create(&c->w[i].th, NULL, worker_main, &c->w[i]) != 0) {
-			snprintf(why, whylen, "cannot start a worker thread");
-			spf_free(c);
-			return NULL;
-		}
-		c->nworkers++;
 	}
 	return c;
 }

@@ -19,10 +19,9 @@
 #include "util/metrics.h"
 #include "util/net.h"
 #include "util/tls.h"
+#include "util/workers.h"
 
 #include <ctype.h>
-#include <pthread.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 #include <event2/event.h>
 #include <errno.h>
@@ -99,7 +98,7 @@ struct out {
 	size_t ncas;
 	struct tls_ctx *plain_ctx;      /* encrypt (or implicit TLS) with next_tls = no */
 	char *password;
-	struct signers *dkim;           /* signing threads, keys checked at start-up */
+	struct workers *dkim;           /* signing threads, keys checked at start-up */
 	struct ledger *ledger;          /* per-sender accounting */
 	char *ledger_path;
 	unsigned ticks;
@@ -228,14 +227,16 @@ static void out_free(void *state);
 /* -- DKIM signing on worker threads --
  *
  * An RSA-2048 signature costs about 0.3 ms of CPU, several times what
- * the rest of a message costs here, so signing runs on its own threads,
- * one signer each (a signer serves one thread at a time), and the event
- * loop goes on serving sessions meanwhile.  Finished jobs come back through an
- * eventfd. */
+ * the rest of a message costs here, so signing runs on its own threads
+ * (shared/util/workers), one signer each (a signer serves one thread at
+ * a time), and the event loop goes on serving sessions meanwhile.
+ * Finished jobs come back through an eventfd; at the end the threads
+ * sign what is still queued before they stop. */
 
 #define SIGN_THREADS 2
 
 struct sign_job {
+	struct workers_job link;        /* first: the pool's */
 	const char *msg;
 	size_t len;
 	struct buf add;
@@ -243,174 +244,60 @@ struct sign_job {
 	char why[256];
 	void (*done)(void *arg, bool ok, struct buf *add, const char *why);
 	void *arg;
-	struct sign_job *next;
 };
 
-struct signers {
-	pthread_t th[SIGN_THREADS];
-	struct dkim_signer *signer[SIGN_THREADS];
-	size_t nthreads;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	struct sign_job *todo, **todo_tail, *done;
-	bool stop;
-	int efd;
-	struct event *ev;
+static void *signer_init(void *owner, size_t i, char *why, size_t whylen)
+{
+	(void)i;
+	struct out *o = owner;
+	char dwhy[512];
+	struct dkim_signer *signer = dkim_signer_new(o->c->dkim_keytable, dwhy, sizeof(dwhy));
+	if (!signer)
+		snprintf(why, whylen, "dkim_keytable: %s", dwhy);
+	return signer;
+}
+
+static void signer_fini(void *owner, void *state)
+{
+	(void)owner;
+	dkim_signer_free(state);
+}
+
+static void sign_run(void *owner, void *state, struct workers_job *job)
+{
+	(void)owner;
+	struct sign_job *j = (struct sign_job *)job;
+	int n = dkim_sign_message(state, j->msg, j->len, &j->add, j->why, sizeof(j->why));
+	j->ok = n >= 0;
+}
+
+static void sign_discard(struct workers_job *job)
+{
+	struct sign_job *j = (struct sign_job *)job;
+	buf_free(&j->add);
+	free(j);
+}
+
+static void sign_done(struct workers_job *job)
+{
+	struct sign_job *j = (struct sign_job *)job;
+	char why[300];
+	snprintf(why, sizeof(why), "DKIM signing failed: %s", j->why);
+	j->done(j->arg, j->ok, &j->add, j->ok ? NULL : why);
+	sign_discard(job);
+}
+
+/* Jobs not handed back at the end belong to sessions that are gone by
+ * now (a generation is freed only when no session uses it). */
+static const struct workers_def signers = {
+	.name = "dkim",
+	.drain = true,
+	.init = signer_init,
+	.fini = signer_fini,
+	.run = sign_run,
+	.done = sign_done,
+	.discard = sign_discard,
 };
-
-struct sign_worker {
-	struct signers *p;
-	size_t i;
-};
-
-static void *sign_main(void *arg)
-{
-	struct sign_worker *w = arg;
-	struct signers *p = w->p;
-	struct dkim_signer *signer = p->signer[w->i];
-	free(w);
-	pthread_mutex_lock(&p->mu);
-	for (;;) {
-		while (!p->todo && !p->stop)
-			pthread_cond_wait(&p->cv, &p->mu);
-		if (!p->todo && p->stop)
-			break;
-		struct sign_job *j = p->todo;
-		p->todo = j->next;
-		if (!p->todo)
-			p->todo_tail = &p->todo;
-		pthread_mutex_unlock(&p->mu);
-		int n = dkim_sign_message(signer, j->msg, j->len, &j->add, j->why, sizeof(j->why));
-		j->ok = n >= 0;
-		pthread_mutex_lock(&p->mu);
-		j->next = p->done;
-		p->done = j;
-		uint64_t one = 1;
-		ssize_t wr = write(p->efd, &one, sizeof(one));
-		(void)wr;
-	}
-	pthread_mutex_unlock(&p->mu);
-	return NULL;
-}
-
-static void sign_done_cb(evutil_socket_t fd, short what, void *arg)
-{
-	(void)what;
-	struct signers *p = arg;
-	uint64_t v;
-	ssize_t rd = read(fd, &v, sizeof(v));
-	(void)rd;
-	pthread_mutex_lock(&p->mu);
-	struct sign_job *list = p->done;
-	p->done = NULL;
-	pthread_mutex_unlock(&p->mu);
-	/* oldest first */
-	struct sign_job *rev = NULL;
-	while (list) {
-		struct sign_job *n = list->next;
-		list->next = rev;
-		rev = list;
-		list = n;
-	}
-	while (rev) {
-		struct sign_job *j = rev;
-		rev = j->next;
-		char why[300];
-		snprintf(why, sizeof(why), "DKIM signing failed: %s", j->why);
-		j->done(j->arg, j->ok, &j->add, j->ok ? NULL : why);
-		buf_free(&j->add);
-		free(j);
-	}
-}
-
-static void signers_free(struct signers *p)
-{
-	if (!p)
-		return;
-	pthread_mutex_lock(&p->mu);
-	p->stop = true;
-	pthread_cond_broadcast(&p->cv);
-	pthread_mutex_unlock(&p->mu);
-	for (size_t i = 0; i < p->nthreads; i++)
-		pthread_join(p->th[i], NULL);
-	/* Jobs still waiting belong to sessions that are gone by now (a
-	 * generation is freed only when no session uses it). */
-	for (struct sign_job *j = p->todo, *n; j; j = n) {
-		n = j->next;
-		buf_free(&j->add);
-		free(j);
-	}
-	for (struct sign_job *j = p->done, *n; j; j = n) {
-		n = j->next;
-		buf_free(&j->add);
-		free(j);
-	}
-	for (size_t i = 0; i < SIGN_THREADS; i++)
-		if (p->signer[i])
-			dkim_signer_free(p->signer[i]);
-	if (p->ev)
-		event_free(p->ev);
-	if (p->efd >= 0)
-		close(p->efd);
-	pthread_mutex_destroy(&p->mu);
-	pthread_cond_destroy(&p->cv);
-	free(p);
-}
-
-static struct signers *signers_new(struct event_base *base, const char *keytable, char *why, size_t whylen)
-{
-	struct signers *p = xcalloc(1, sizeof(*p));
-	p->efd = -1;
-	pthread_mutex_init(&p->mu, NULL);
-	pthread_cond_init(&p->cv, NULL);
-	p->todo_tail = &p->todo;
-	for (size_t i = 0; i < SIGN_THREADS; i++) {
-		char dwhy[512];
-		p->signer[i] = dkim_signer_new(keytable, dwhy, sizeof(dwhy));
-		if (!p->signer[i]) {
-			snprintf(why, whylen, "dkim_keytable: %s", dwhy);
-			signers_free(p);
-			return NULL;
-		}
-	}
-	p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (p->efd < 0 || !base) {
-		snprintf(why, whylen, "dkim: cannot create the signing threads' event");
-		signers_free(p);
-		return NULL;
-	}
-	p->ev = event_new(base, p->efd, EV_READ | EV_PERSIST, sign_done_cb, p);
-	event_add(p->ev, NULL);
-	for (size_t i = 0; i < SIGN_THREADS; i++) {
-		struct sign_worker *w = xcalloc(1, sizeof(*w));
-		w->p = p;
-		w->i = i;
-		if (pthread_create(&p->th[i], NULL, sign_main, w) != 0) {
-			free(w);
-			snprintf(why, whylen, "dkim: cannot start a signing thread");
-			signers_free(p);
-			return NULL;
-		}
-		p->nthreads++;
-	}
-	return p;
-}
-
-static void signers_submit(struct signers *p, const char *msg, size_t len,
-			   void (*done)(void *arg, bool ok, struct buf *add, const char *why), void *arg)
-{
-	struct sign_job *j = xcalloc(1, sizeof(*j));
-	j->msg = msg;
-	j->len = len;
-	j->done = done;
-	j->arg = arg;
-	pthread_mutex_lock(&p->mu);
-	*p->todo_tail = j;
-	p->todo_tail = &j->next;
-	pthread_cond_signal(&p->cv);
-	pthread_mutex_unlock(&p->mu);
-}
-
 
 static void *out_init(const void *config, const struct stage_env *env, char *why, size_t whylen)
 {
@@ -457,7 +344,7 @@ static void *out_init(const void *config, const struct stage_env *env, char *why
 		}
 	}
 	if (*c->dkim_keytable) {
-		o->dkim = signers_new(env->base, c->dkim_keytable, why, whylen);
+		o->dkim = workers_new(env->base, SIGN_THREADS, &signers, o, why, whylen);
 		if (!o->dkim) {
 			out_free(o);
 			return NULL;
@@ -510,7 +397,7 @@ static void out_free(void *state)
 	free_cas(o->cas, o->ncas);
 	tls_ctx_free(o->plain_ctx);
 	tls_policy_free(o->tls);
-	signers_free(o->dkim);
+	workers_free(o->dkim);
 	if (o->ledger) {
 		char why[512];
 		if (!ledger_save(o->ledger, o->ledger_path, why, sizeof(why)))
@@ -610,7 +497,12 @@ static void out_prepare(void *state, const struct envelope *env, const char *msg
 		done(arg, true, NULL, NULL);
 		return;
 	}
-	signers_submit(o->dkim, msg, len, done, arg);
+	struct sign_job *j = xcalloc(1, sizeof(*j));
+	j->msg = msg;
+	j->len = len;
+	j->done = done;
+	j->arg = arg;
+	workers_submit(o->dkim, &j->link);     /* no max_waiting: always taken */
 }
 
 /* TLS policy and AUTH for one connection: domain is the recipient
