@@ -50,94 +50,8 @@
 
 struct ctl {
 	struct state_ctl sc;            /* sc.st NULL: the LMDB file does not exist yet */
-	struct state_config scfg;
-	bool scfg_bound;
-	struct greylist_params gp;
-	bool gp_bound;
-	char section[160];
+	struct greylist_params gp;      /* from sc.section */
 };
-
-/* One operation's outcome. */
-struct wait {
-	bool done;
-	enum state_status status;
-	char reason[256];
-	char cursor[STATE_KEY_MAX + 64];
-	void (*entry)(void *arg, const struct state_entry *e);
-	void *arg;
-};
-
-static void on_result(void *arg, const struct state_result *r)
-{
-	struct wait *w = arg;
-	w->done = true;
-	w->status = r->status;
-	snprintf(w->reason, sizeof(w->reason), "%s", r->reason ? r->reason : "");
-	snprintf(w->cursor, sizeof(w->cursor), "%s", r->op == STATE_OP_SCAN && r->cursor ? r->cursor : "");
-	if (w->entry && r->status == STATE_OK)
-		for (size_t i = 0; i < r->nentries; i++)
-			w->entry(w->arg, &r->entries[i]);
-}
-
-static bool wait_for(struct ctl *c, struct wait *w, const char *what)
-{
-	state_ctl_wait(&c->sc, &w->done);
-	if (w->status == STATE_ERROR) {
-		fprintf(stderr, "rampartctl: greylist: %s: state store (%s): %s\n", what, state_backend_name(c->sc.st),
-			w->reason);
-		return false;
-	}
-	return true;
-}
-
-static void ctl_close(struct ctl *c)
-{
-	state_ctl_close(&c->sc);
-	if (c->scfg_bound)
-		config_release(&state_param_set, &c->scfg);
-	if (c->gp_bound)
-		config_release(&greylist_params_set, &c->gp);
-}
-
-static bool ctl_open(struct ctl *c, const char *path, const char *instance, bool create)
-{
-	memset(c, 0, sizeof(*c));
-	struct config_error err;
-	struct config *cfg = config_parse_file(path, &err);
-	if (!cfg) {
-		fprintf(stderr, "rampartctl: %s\n", err.msg);
-		return false;
-	}
-	struct global_config g;
-	if (!config_bind(cfg, "global", &global_param_set, &g, &err)) {
-		fprintf(stderr, "rampartctl: %s\n", err.msg);
-		config_free(cfg);
-		return false;
-	}
-	bool ok = false;
-	/* The instance's own settings replace everyone's, as in the chain. */
-	chain_check_section(cfg, "greylist", instance, c->section, sizeof(c->section));
-	if (!config_bind(cfg, "state", &state_param_set, &c->scfg, &err)) {
-		fprintf(stderr, "rampartctl: %s\n", err.msg);
-		goto out;
-	}
-	c->scfg_bound = true;
-	if (!config_bind(cfg, c->section, &greylist_params_set, &c->gp, &err)) {
-		fprintf(stderr, "rampartctl: %s\n", err.msg);
-		goto out;
-	}
-	c->gp_bound = true;
-	c->scfg.state_dir = g.state_dir;
-	ok = state_ctl_open(&c->sc, &c->scfg, path, create);
-out:
-	/* state_dir is only read by state_open() */
-	config_release(&global_param_set, &g);
-	c->scfg.state_dir = NULL;
-	config_free(cfg);
-	if (!ok)
-		ctl_close(c);
-	return ok;
-}
 
 static long long now_ms(void)
 {
@@ -149,20 +63,7 @@ static long long now_ms(void)
 /* "3d 4h", "5m 2s", "0s": the two largest units (rounded up to seconds). */
 static void dur_text(long long ms, char *out, size_t outlen)
 {
-	long long s = ms <= 0 ? 0 : (ms + 999) / 1000;
-	static const struct { long long secs; char unit; } u[] = { { 86400, 'd' }, { 3600, 'h' }, { 60, 'm' }, { 1, 's' } };
-	if (s == 0) {
-		snprintf(out, outlen, "0s");
-		return;
-	}
-	size_t i = 0;
-	while (s < u[i].secs)
-		i++;
-	long long hi = s / u[i].secs, lo = i + 1 < 4 ? s % u[i].secs / u[i + 1].secs : 0;
-	if (lo)
-		snprintf(out, outlen, "%lld%c %lld%c", hi, u[i].unit, lo, u[i + 1].unit);
-	else
-		snprintf(out, outlen, "%lld%c", hi, u[i].unit);
+	state_ctl_duration(ms <= 0 ? 0 : (ms + 999) / 1000, out, outlen);
 }
 
 static void time_text(long long ms, char *out, size_t outlen)
@@ -299,24 +200,6 @@ static bool filter_match(const struct filter *f, const char *key, const struct p
 	return false;
 }
 
-/* Every entry under prefix, a page at a time; page() after each page
- * (false stops).  false on a store error. */
-static bool scan_all(struct ctl *c, const char *prefix, void (*entry)(void *, const struct state_entry *),
-		     bool (*page)(void *), void *arg)
-{
-	char cursor[STATE_KEY_MAX + 64] = "";
-	do {
-		struct wait w = { .entry = entry, .arg = arg };
-		state_scan(c->sc.st, prefix, cursor, STATE_SCAN_MAX, on_result, &w);
-		if (!wait_for(c, &w, "scan"))
-			return false;
-		snprintf(cursor, sizeof(cursor), "%s", w.cursor);
-		if (page && !page(arg))
-			return false;
-	} while (*cursor);
-	return true;
-}
-
 /* ---- list ------------------------------------------------------------------ */
 
 struct lister {
@@ -401,7 +284,7 @@ static void list_entry(void *arg, const struct state_entry *e)
 static int list(struct ctl *c, const struct filter *f)
 {
 	struct lister l = { .c = c, .f = f, .now = now_ms() };
-	if (c->sc.st && !scan_all(c, "gl:", list_entry, NULL, &l))
+	if (c->sc.st && !state_ctl_scan(&c->sc, "gl:", list_entry, NULL, &l))
 		return 1;
 	printf("%zu triplet%s (%zu waiting, %zu passed), %zu auto-allow counter%s (%zu auto-allowed), "
 	       "%zu manual allow%s\n", l.waiting + l.passed, l.waiting + l.passed == 1 ? "" : "s", l.waiting, l.passed,
@@ -440,11 +323,11 @@ static bool purge_page(void *arg)
 {
 	struct purger *pg = arg;
 	struct ctl *c = pg->c;
-	struct wait *w = xcalloc(pg->n ? pg->n : 1, sizeof(*w));
+	struct state_ctl_op *w = xcalloc(pg->n ? pg->n : 1, sizeof(*w));
 	for (size_t i = 0; i < pg->n; i++)
-		state_del(c->sc.st, pg->keys[i], on_result, &w[i]);
+		state_del(c->sc.st, pg->keys[i], state_ctl_done, &w[i]);
 	for (size_t i = 0; i < pg->n; i++) {
-		if (!wait_for(c, &w[i], "del"))
+		if (!state_ctl_wait(&c->sc, &w[i], "del"))
 			pg->failed = true;
 		else if (w[i].status == STATE_OK)
 			pg->deleted++;
@@ -459,7 +342,7 @@ static int purge(struct ctl *c, const struct filter *f)
 {
 	struct purger pg = { .c = c, .f = f };
 	pg.keys = xcalloc(STATE_SCAN_MAX, sizeof(*pg.keys));
-	bool ok = !c->sc.st || scan_all(c, f->kind == F_RAW ? f->text : "gl:", purge_entry, purge_page, &pg);
+	bool ok = !c->sc.st || state_ctl_scan(&c->sc, f->kind == F_RAW ? f->text : "gl:", purge_entry, purge_page, &pg);
 	for (size_t i = 0; i < pg.n; i++)
 		free(pg.keys[i]);
 	free(pg.keys);
@@ -498,7 +381,7 @@ static int allow(struct ctl *c, const char *text)
 		} else {
 			fprintf(stderr, "rampartctl: greylist allow: '%s': greylisting keys clients by /%d networks "
 				"([%s] %s); allow one address, a /%d, or put wider networks in [check.lists] "
-				"allow_clients\n", text, want, c->section, n.family == AF_INET ? "ipv4_prefix" :
+				"allow_clients\n", text, want, c->sc.section, n.family == AF_INET ? "ipv4_prefix" :
 				"ipv6_prefix", want);
 			return 1;
 		}
@@ -517,9 +400,9 @@ static int allow(struct ctl *c, const char *text)
 	char key[STATE_KEY_MAX + 1], value[32];
 	snprintf(key, sizeof(key), GL_MANUAL "%s", client);
 	snprintf(value, sizeof(value), "%lld", now_ms());
-	struct wait w = { 0 };
-	state_set(c->sc.st, key, value, strlen(value), 0, on_result, &w);
-	if (!wait_for(c, &w, "set"))
+	struct state_ctl_op w = { 0 };
+	state_set(c->sc.st, key, value, strlen(value), 0, state_ctl_done, &w);
+	if (!state_ctl_wait(&c->sc, &w, "set"))
 		return 1;
 	printf("%s: allowed, no expiry (rampartctl greylist purge %s removes it)\n", key, key);
 	if (strncmp(client, "spf:", 4) == 0)
@@ -538,13 +421,10 @@ int greylist_ctl_main(const char *config_path, const char *instance, int argc, c
 			"allow CLIENT | purge [FILTER]\n");
 		return 2;
 	}
-	/* The store's own messages (a Redis connection coming and going)
-	 * only when something is wrong. */
-	log_init("rampartctl", instance);
-	log_set_level(LL_ERROR);
 	signal(SIGPIPE, SIG_IGN);       /* a Redis that goes away is an error, not a crash */
 	struct ctl c;
-	if (!ctl_open(&c, config_path, instance, strcmp(op, "allow") == 0))
+	if (!state_ctl_open(&c.sc, config_path, instance, "greylist", &greylist_params_set, &c.gp, NULL, NULL,
+			    strcmp(op, "allow") == 0))
 		return 1;
 	int rc;
 	struct filter f;
@@ -556,6 +436,6 @@ int greylist_ctl_main(const char *config_path, const char *instance, int argc, c
 		rc = list(&c, &f);
 	else
 		rc = purge(&c, &f);
-	ctl_close(&c);
+	state_ctl_close(&c.sc);
 	return rc;
 }

@@ -27,109 +27,19 @@
 
 struct ctl {
 	struct state_ctl sc;            /* sc.st NULL: the LMDB file does not exist yet */
-	struct state_config scfg;
-	bool scfg_bound;
-	struct ratelimit_params rp;
-	bool rp_bound;
+	struct ratelimit_params rp;     /* from sc.section */
 	struct rl_rule rules[RL_NKINDS];
-	char section[160];
 };
 
-/* One operation's outcome. */
-struct wait {
-	bool done;
-	enum state_status status;
-	char reason[256];
-	char value[STATE_VALUE_MAX + 1];
-	size_t vlen;
-	double tokens;
-	/* scan */
-	char cursor[STATE_KEY_MAX + 64];
-	void (*entry)(void *arg, const struct state_entry *e);
-	void *arg;
-};
-
-static void on_result(void *arg, const struct state_result *r)
+/* The rules of rp (state_ctl_open's valid). */
+static bool load_rules(void *arg, const char *path)
 {
-	struct wait *w = arg;
-	w->done = true;
-	w->status = r->status;
-	snprintf(w->reason, sizeof(w->reason), "%s", r->reason ? r->reason : "");
-	if (r->op == STATE_OP_GET && r->status == STATE_OK) {
-		w->vlen = r->vlen <= STATE_VALUE_MAX ? r->vlen : STATE_VALUE_MAX;
-		memcpy(w->value, r->value, w->vlen);
-		w->value[w->vlen] = '\0';
-	}
-	w->tokens = r->tokens;
-	snprintf(w->cursor, sizeof(w->cursor), "%s", r->cursor ? r->cursor : "");
-	if (w->entry)
-		for (size_t i = 0; i < r->nentries; i++)
-			w->entry(w->arg, &r->entries[i]);
-}
-
-static bool wait_for(struct ctl *c, struct wait *w, const char *what)
-{
-	state_ctl_wait(&c->sc, &w->done);
-	if (w->status == STATE_ERROR) {
-		fprintf(stderr, "rampartctl: ratelimit: %s: state store (%s): %s\n", what, state_backend_name(c->sc.st),
-			w->reason);
-		return false;
-	}
-	return true;
-}
-
-static void ctl_close(struct ctl *c)
-{
-	state_ctl_close(&c->sc);
-	if (c->scfg_bound)
-		config_release(&state_param_set, &c->scfg);
-	if (c->rp_bound)
-		config_release(&ratelimit_params_set, &c->rp);
-}
-
-static bool ctl_open(struct ctl *c, const char *path, const char *instance)
-{
-	memset(c, 0, sizeof(*c));
-	struct config_error err;
-	struct config *cfg = config_parse_file(path, &err);
-	if (!cfg) {
-		fprintf(stderr, "rampartctl: %s\n", err.msg);
-		return false;
-	}
-	struct global_config g;
-	if (!config_bind(cfg, "global", &global_param_set, &g, &err)) {
-		fprintf(stderr, "rampartctl: %s\n", err.msg);
-		config_free(cfg);
-		return false;
-	}
-	bool ok = false;
+	struct ctl *c = arg;
 	char why[512] = "";
-	/* The instance's own rules replace everyone's, as in the chain. */
-	chain_check_section(cfg, "ratelimit", instance, c->section, sizeof(c->section));
-	if (!config_bind(cfg, "state", &state_param_set, &c->scfg, &err)) {
-		fprintf(stderr, "rampartctl: %s\n", err.msg);
-		goto out;
-	}
-	c->scfg_bound = true;
-	if (!config_bind(cfg, c->section, &ratelimit_params_set, &c->rp, &err)) {
-		fprintf(stderr, "rampartctl: %s\n", err.msg);
-		goto out;
-	}
-	c->rp_bound = true;
-	if (!rl_rules_load(&c->rp, c->rules, why, sizeof(why))) {
-		fprintf(stderr, "rampartctl: %s: [%s] %s\n", path, c->section, why);
-		goto out;
-	}
-	c->scfg.state_dir = g.state_dir;
-	ok = state_ctl_open(&c->sc, &c->scfg, path, false);
-out:
-	/* state_dir is only read by state_open() */
-	config_release(&global_param_set, &g);
-	c->scfg.state_dir = NULL;
-	config_free(cfg);
-	if (!ok)
-		ctl_close(c);
-	return ok;
+	if (rl_rules_load(&c->rp, c->rules, why, sizeof(why)))
+		return true;
+	fprintf(stderr, "rampartctl: %s: [%s] %s\n", path, c->sc.section, why);
+	return false;
 }
 
 /* A stored bucket: "TOKENS TIME_MS" (state.h). */
@@ -145,20 +55,7 @@ static void dur_text(double ms, char *out, size_t outlen)
 	long long s = (long long)(ms / 1000.0);
 	if ((double)s * 1000.0 < ms)
 		s++;
-	/* the two largest units, the smaller one left out when zero */
-	static const struct { long long secs; char unit; } u[] = { { 86400, 'd' }, { 3600, 'h' }, { 60, 'm' }, { 1, 's' } };
-	if (s <= 0) {
-		snprintf(out, outlen, "0s");
-		return;
-	}
-	size_t i = 0;
-	while (s < u[i].secs)
-		i++;
-	long long hi = s / u[i].secs, lo = i + 1 < 4 ? s % u[i].secs / u[i + 1].secs : 0;
-	if (lo)
-		snprintf(out, outlen, "%lld%c %lld%c", hi, u[i].unit, lo, u[i + 1].unit);
-	else
-		snprintf(out, outlen, "%lld%c", hi, u[i].unit);
+	state_ctl_duration(s, out, outlen);
 }
 
 /* "KIND:VALUE" -> kind and canonical value. */
@@ -197,17 +94,18 @@ static void ttl_entry(void *arg, const struct state_entry *e)
 		f->ttl = e->ttl_ms;
 }
 
+/* The scan goes on until the key is found. */
+static bool ttl_page(void *arg)
+{
+	const struct ttl_find *f = arg;
+	return f->ttl == -1;
+}
+
 static long long key_ttl(struct ctl *c, const char *key)
 {
 	struct ttl_find f = { key, -1 };
-	char cursor[STATE_KEY_MAX + 64] = "";
-	do {
-		struct wait w = { .entry = ttl_entry, .arg = &f };
-		state_scan(c->sc.st, key, cursor, STATE_SCAN_MAX, on_result, &w);
-		if (!wait_for(c, &w, "scan"))
-			return -2;
-		snprintf(cursor, sizeof(cursor), "%s", w.cursor);
-	} while (*cursor && f.ttl == -1);
+	if (!state_ctl_scan(&c->sc, key, ttl_entry, ttl_page, &f))
+		return -2;
 	return f.ttl;
 }
 
@@ -218,10 +116,10 @@ static int show(struct ctl *c, enum rl_kind kind, const char *value, bool quiet,
 	snprintf(key, sizeof(key), "rl:%s:%s", rl_kind_name(kind), value);
 	const struct rl_rule *r = &c->rules[kind];
 	const char *unit = kind == RL_RECIPIENT || kind == RL_CLIENT_RCPT ? "recipient" : "message";
-	struct wait w = { 0 };
+	struct state_ctl_op w = { 0 };
 	if (c->sc.st) {
-		state_get(c->sc.st, key, on_result, &w);
-		if (!wait_for(c, &w, "get"))
+		state_get(c->sc.st, key, state_ctl_done, &w);
+		if (!state_ctl_wait(&c->sc, &w, "get"))
 			return 1;
 	} else {
 		w.status = STATE_NOTFOUND;
@@ -236,9 +134,9 @@ static int show(struct ctl *c, enum rl_kind kind, const char *value, bool quiet,
 		rl_period_text(r->period_ms, per, sizeof(per));
 		dur_text((double)r->period_ms / (double)r->count, d, sizeof(d));
 		printf("rule     %s:%lld/%s from [%s]: %lld %ss at once, then one every %s\n", rl_kind_name(kind),
-		       r->count, per, c->section, r->count, unit, d);
+		       r->count, per, c->sc.section, r->count, unit, d);
 	} else {
-		printf("rule     none: [%s] has no %s rule; nothing is limited by this bucket\n", c->section,
+		printf("rule     none: [%s] has no %s rule; nothing is limited by this bucket\n", c->sc.section,
 		       rl_kind_name(kind));
 	}
 	if (w.status == STATE_NOTFOUND) {
@@ -254,9 +152,9 @@ static int show(struct ctl *c, enum rl_kind kind, const char *value, bool quiet,
 	}
 	/* Refilled to now, by the store's own clock: a take of nothing. */
 	double rate = (double)r->count * 1000.0 / (double)r->period_ms;
-	struct wait t = { 0 };
-	state_take(c->sc.st, key, rate, (double)r->count, 0, on_result, &t);
-	if (!wait_for(c, &t, "take"))
+	struct state_ctl_op t = { 0 };
+	state_take(c->sc.st, key, rate, (double)r->count, 0, state_ctl_done, &t);
+	if (!state_ctl_wait(&c->sc, &t, "take"))
 		return 1;
 	double tokens = t.tokens;
 	printf("tokens   %.2f of %lld\n", tokens, r->count);
@@ -289,9 +187,9 @@ static int show_trap(struct ctl *c, const char *ip, bool *printed)
 		printf("trap     not blocked\n");
 		return 0;
 	}
-	struct wait w = { 0 };
-	state_get(c->sc.st, key, on_result, &w);
-	if (!wait_for(c, &w, "get"))
+	struct state_ctl_op w = { 0 };
+	state_get(c->sc.st, key, state_ctl_done, &w);
+	if (!state_ctl_wait(&c->sc, &w, "get"))
 		return 1;
 	if (w.status == STATE_NOTFOUND) {
 		printf("trap     not blocked\n");
@@ -312,10 +210,10 @@ static int reset(struct ctl *c, enum rl_kind kind, const char *value)
 {
 	char key[STATE_KEY_MAX + 1];
 	snprintf(key, sizeof(key), "rl:%s:%s", rl_kind_name(kind), value);
-	struct wait w = { 0 };
+	struct state_ctl_op w = { 0 };
 	if (c->sc.st) {
-		state_del(c->sc.st, key, on_result, &w);
-		if (!wait_for(c, &w, "del"))
+		state_del(c->sc.st, key, state_ctl_done, &w);
+		if (!state_ctl_wait(&c->sc, &w, "del"))
 			return 1;
 	} else {
 		w.status = STATE_NOTFOUND;
@@ -380,16 +278,8 @@ static int list(struct ctl *c, const char *kindname)
 		snprintf(prefix, sizeof(prefix), "rl:%s:", rl_kind_name(kind));
 	}
 	struct lister l = { c, 0, 0 };
-	char cursor[STATE_KEY_MAX + 64] = "";
-	if (c->sc.st) {
-		do {
-			struct wait w = { .entry = list_entry, .arg = &l };
-			state_scan(c->sc.st, prefix, cursor, STATE_SCAN_MAX, on_result, &w);
-			if (!wait_for(c, &w, "scan"))
-				return 1;
-			snprintf(cursor, sizeof(cursor), "%s", w.cursor);
-		} while (*cursor);
-	}
+	if (c->sc.st && !state_ctl_scan(&c->sc, prefix, list_entry, NULL, &l))
+		return 1;
 	printf("%zu bucket%s, %zu limited\n", l.n, l.n == 1 ? "" : "s", l.limited);
 	return 0;
 }
@@ -406,12 +296,9 @@ int ratelimit_ctl_main(const char *config_path, const char *instance, int argc, 
 		fprintf(stderr, "rampartctl: ratelimit: unknown subcommand '%s' (show, reset, list)\n", op);
 		return 2;
 	}
-	/* The store's own messages (a Redis connection coming and going)
-	 * only when something is wrong. */
-	log_init("rampartctl", instance);
-	log_set_level(LL_ERROR);
 	struct ctl c;
-	if (!ctl_open(&c, config_path, instance))
+	if (!state_ctl_open(&c.sc, config_path, instance, "ratelimit", &ratelimit_params_set, &c.rp, load_rules, &c,
+			    false))
 		return 1;
 	int rc = 0;
 	if (strcmp(op, "list") == 0) {
@@ -452,6 +339,6 @@ int ratelimit_ctl_main(const char *config_path, const char *instance, int argc, 
 			rc = reset(&c, kind, value);
 		}
 	}
-	ctl_close(&c);
+	state_ctl_close(&c.sc);
 	return rc;
 }

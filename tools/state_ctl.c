@@ -3,7 +3,11 @@
  * state_ctl.h).
  */
 #include "state_ctl.h"
+#include "checks/chain.h"
+#include "mail/stage.h"
 #include "mail/state.h"
+#include "util/config.h"
+#include "util/log.h"
 
 #include <event2/event.h>
 
@@ -36,9 +40,18 @@ static void give_to_dir_owner(const char *file)
 			fprintf(stderr, "rampartctl: chown %s: %s\n", files[i], strerror(errno));
 }
 
-bool state_ctl_open(struct state_ctl *c, const struct state_config *scfg, const char *path, bool create)
+static void store_close(struct state_ctl *c)
 {
-	memset(c, 0, sizeof(*c));
+	if (c->st)
+		state_close(c->st);
+	if (c->base)
+		event_base_free(c->base);
+	c->st = NULL;
+	c->base = NULL;
+}
+
+static bool store_open(struct state_ctl *c, const struct state_config *scfg, const char *path, bool create)
+{
 	char file[4200] = "";
 	bool created = false;
 	if (scfg->backend == STATE_BACKEND_LMDB) {
@@ -62,7 +75,7 @@ bool state_ctl_open(struct state_ctl *c, const struct state_config *scfg, const 
 	c->st = state_open(scfg, c->base, why, sizeof(why));
 	if (!c->st) {
 		fprintf(stderr, "rampartctl: %s: [state] %s\n", path, why);
-		state_ctl_close(c);
+		store_close(c);
 		return false;
 	}
 	if (created)
@@ -70,18 +83,126 @@ bool state_ctl_open(struct state_ctl *c, const struct state_config *scfg, const 
 	return true;
 }
 
-void state_ctl_wait(struct state_ctl *c, const bool *done)
+bool state_ctl_open(struct state_ctl *c, const char *path, const char *instance, const char *check,
+		    const struct param_set *set, void *params, bool (*valid)(void *arg, const char *path), void *arg,
+		    bool create)
 {
-	while (!*done)
-		event_base_loop(c->base, EVLOOP_ONCE);
+	memset(c, 0, sizeof(*c));
+	c->check = check;
+	log_init("rampartctl", instance);
+	log_set_level(LL_ERROR);
+	struct config_error err;
+	struct config *cfg = config_parse_file(path, &err);
+	if (!cfg) {
+		fprintf(stderr, "rampartctl: %s\n", err.msg);
+		return false;
+	}
+	struct global_config g;
+	if (!config_bind(cfg, "global", &global_param_set, &g, &err)) {
+		fprintf(stderr, "rampartctl: %s\n", err.msg);
+		config_free(cfg);
+		return false;
+	}
+	bool ok = false;
+	/* The instance's own settings replace everyone's, as in the chain. */
+	chain_check_section(cfg, check, instance, c->section, sizeof(c->section));
+	if (!config_bind(cfg, "state", &state_param_set, &c->scfg, &err)) {
+		fprintf(stderr, "rampartctl: %s\n", err.msg);
+		goto out;
+	}
+	c->scfg_bound = true;
+	if (set && !config_bind(cfg, c->section, set, params, &err)) {
+		fprintf(stderr, "rampartctl: %s\n", err.msg);
+		goto out;
+	}
+	c->set = set;
+	c->params = params;
+	if (valid && !valid(arg, path))
+		goto out;
+	c->scfg.state_dir = g.state_dir;
+	ok = store_open(c, &c->scfg, path, create);
+out:
+	/* state_dir is only read by state_open() */
+	config_release(&global_param_set, &g);
+	c->scfg.state_dir = NULL;
+	config_free(cfg);
+	if (!ok)
+		state_ctl_close(c);
+	return ok;
 }
 
 void state_ctl_close(struct state_ctl *c)
 {
-	if (c->st)
-		state_close(c->st);
-	if (c->base)
-		event_base_free(c->base);
-	c->st = NULL;
-	c->base = NULL;
+	store_close(c);
+	if (c->scfg_bound)
+		config_release(&state_param_set, &c->scfg);
+	c->scfg_bound = false;
+	if (c->set)
+		config_release(c->set, c->params);
+	c->set = NULL;
+}
+
+/* ---- operations ------------------------------------------------------------ */
+
+void state_ctl_done(void *arg, const struct state_result *r)
+{
+	struct state_ctl_op *op = arg;
+	op->done = true;
+	op->status = r->status;
+	snprintf(op->reason, sizeof(op->reason), "%s", r->reason ? r->reason : "");
+	if (r->op == STATE_OP_GET && r->status == STATE_OK) {
+		op->vlen = r->vlen <= STATE_VALUE_MAX ? r->vlen : STATE_VALUE_MAX;
+		memcpy(op->value, r->value, op->vlen);
+		op->value[op->vlen] = '\0';
+	}
+	op->tokens = r->tokens;
+	snprintf(op->cursor, sizeof(op->cursor), "%s", r->op == STATE_OP_SCAN && r->cursor ? r->cursor : "");
+	if (op->entry && r->status == STATE_OK)
+		for (size_t i = 0; i < r->nentries; i++)
+			op->entry(op->arg, &r->entries[i]);
+}
+
+bool state_ctl_wait(struct state_ctl *c, struct state_ctl_op *op, const char *what)
+{
+	while (!op->done)
+		event_base_loop(c->base, EVLOOP_ONCE);
+	if (op->status == STATE_ERROR) {
+		fprintf(stderr, "rampartctl: %s: %s: state store (%s): %s\n", c->check, what, state_backend_name(c->st),
+			op->reason);
+		return false;
+	}
+	return true;
+}
+
+bool state_ctl_scan(struct state_ctl *c, const char *prefix, void (*entry)(void *arg, const struct state_entry *e),
+		    bool (*page)(void *arg), void *arg)
+{
+	char cursor[STATE_KEY_MAX + 64] = "";
+	do {
+		struct state_ctl_op op = { .entry = entry, .arg = arg };
+		state_scan(c->st, prefix, cursor, STATE_SCAN_MAX, state_ctl_done, &op);
+		if (!state_ctl_wait(c, &op, "scan"))
+			return false;
+		snprintf(cursor, sizeof(cursor), "%s", op.cursor);
+		if (page && !page(arg))
+			break;
+	} while (*cursor);
+	return true;
+}
+
+void state_ctl_duration(long long secs, char *out, size_t outlen)
+{
+	static const struct { long long secs; char unit; } u[] = { { 86400, 'd' }, { 3600, 'h' }, { 60, 'm' }, { 1, 's' } };
+	if (secs <= 0) {
+		snprintf(out, outlen, "0s");
+		return;
+	}
+	size_t i = 0;
+	while (secs < u[i].secs)
+		i++;
+	long long hi = secs / u[i].secs, lo = i + 1 < 4 ? secs % u[i].secs / u[i + 1].secs : 0;
+	if (lo)
+		snprintf(out, outlen, "%lld%c %lld%c", hi, u[i].unit, lo, u[i + 1].unit);
+	else
+		snprintf(out, outlen, "%lld%c", hi, u[i].unit);
 }

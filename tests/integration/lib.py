@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 BUILD = os.environ.get("RAMPART_BUILD") or os.path.join(REPO, "build")
@@ -257,6 +258,80 @@ class Lab:
     def ctl(self, *args):
         return subprocess.run([os.path.join(BUILD, "rampartctl"), "-c", self.path("rampart.conf")] + list(args),
                               capture_output=True, text=True, timeout=30)
+
+    def xclient(self, addr, name="mx", helo="client.example.org"):
+        """A raw session with stage name whose client is addr (XCLIENT, from
+        the trusted test network): (Raw, code and text of the XCLIENT reply,
+        which is the new session's greeting); EHLO helo after a 220."""
+        r = Raw(self.ports[name])
+        check(r.banner[0] == 220, "banner: %r" % (r.banner,))
+        check(r.cmd("EHLO test.example")[0] == 250, "EHLO")
+        code, text, _ = r.cmd("XCLIENT ADDR=%s NAME=[UNAVAILABLE] HELO=%s" % (addr, helo))
+        if code == 220:
+            check(r.cmd("EHLO " + helo)[0] == 250, "EHLO after XCLIENT")
+        return r, code, text
+
+
+class Redis:
+    """A private redis-server on a free loopback port, its files and its log
+    (log/redis.log) in lab's directory."""
+
+    def __init__(self, lab):
+        self.port = free_port()
+        log = lab.path("log", "redis.log")
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", lab.dir, "--daemonize", "no"],
+                                     stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+        end = time.time() + 10
+        while time.time() < end:
+            try:
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
+                s.sendall(b"PING\r\n")
+                ok = s.recv(64).startswith(b"+PONG")
+                s.close()
+                if ok:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.proc.kill()
+        self.proc.wait()
+        raise AssertionError("redis-server did not start:\n%s" % tail(log))
+
+    def kill(self):
+        """SIGKILL, unless it has already ended."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def mx_pair_in_redis(name, checks, sections):
+    """A lab whose stages keep their state in a private Redis (with a short
+    timeout), started: a store, and two MX instances running checks, mx
+    (serving /metrics) and mx.b; sections: more configuration sections
+    ({"check.NAME": {...}}).  (lab, redis, mx's metrics port); if starting
+    fails, both are stopped."""
+    lab = Lab(name)
+    redis = Redis(lab)
+    try:
+        lab.sections["state"] = {"backend": "redis", "redis_server": "127.0.0.1:%d" % redis.port,
+                                 "redis_timeout": "500ms"}
+        lab.add_store()
+        mport = free_port()
+        lab.add_mx(checks=checks, metrics_listen="127.0.0.1:%d" % mport)
+        lab.add_mx("mx.b", checks=checks)
+        lab.sections.update(sections)
+        for stage in ("store", "mx", "mx.b"):
+            lab.start(stage)
+    except BaseException:
+        redis.kill()
+        lab.close()
+        raise
+    return lab, redis, mport
+
+
+def metrics(port):
+    """The text of a stage's /metrics on port."""
+    return urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
 
 
 class Raw:

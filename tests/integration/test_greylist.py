@@ -4,15 +4,10 @@ sharing it); clients named by XCLIENT from 192.0.2.x and others; SPF
 records from the lab's DNS local data; and `rampartctl greylist
 list|allow|purge` against the running daemons' store."""
 
-import os
 import re
-import signal
-import socket
-import subprocess
 import time
-import urllib.request
 
-from lib import Lab, Raw, check, free_port, message, tail
+from lib import Lab, check, free_port, message, metrics, mx_pair_in_redis
 
 DELAY = 2.0
 
@@ -24,12 +19,8 @@ RECORDS = [
 
 def _session(lab, addr, name="mx", helo="client.example.org"):
     """A session for client addr (XCLIENT); the raw connection."""
-    r = Raw(lab.ports[name])
-    check(r.banner[0] == 220, "banner: %r" % (r.banner,))
-    check(r.cmd("EHLO test.example")[0] == 250, "EHLO")
-    code, text, _ = r.cmd("XCLIENT ADDR=%s NAME=[UNAVAILABLE] HELO=%s" % (addr, helo))
+    r, code, text = lab.xclient(addr, name, helo)
     check(code == 220, "XCLIENT: %d %s" % (code, text))
-    check(r.cmd("EHLO " + helo)[0] == 250, "EHLO after XCLIENT")
     return r
 
 
@@ -56,10 +47,6 @@ def _greylisted(res, what):
     code, text = res
     check(code == 451 and re.match(r"4\.7\.1 Greylisted, please try again in [12] seconds?$", text),
           "%s: greylisted expected, got %d %s" % (what, code, text))
-
-
-def _metrics(port):
-    return urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
 
 
 def _ctl_ok(lab, *args):
@@ -147,7 +134,7 @@ def test_greylist_lmdb_and_rampartctl():
         check('"event":"greylist.new","key":"gl:t:net:192.0.2.0/24|sender@example.org|alice@example.test"' in log
               and '"event":"greylist.passed"' in log
               and '"check":"greylist","phase":"rcpt","verdict":"tempfail","code":451' in log, "logged")
-        m = _metrics(mport)
+        m = metrics(mport)
         for result, n in (("new", 4), ("early", 1), ("passed", 2), ("allowed", 1)):
             check(re.search(r'^rampart_greylist_total\{[^}]*result="%s"\} %d$' % (result, n), m, re.M),
                   "metric %s %d:\n%s" % (result, n, m))
@@ -155,52 +142,13 @@ def test_greylist_lmdb_and_rampartctl():
         lab.close()
 
 
-def _redis(lab):
-    """A private redis-server on a free loopback port; (Popen, port)."""
-    port = free_port()
-    log = lab.path("log", "redis.log")
-    p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--dir", lab.dir, "--daemonize", "no"],
-                         stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-    end = time.time() + 10
-    while time.time() < end:
-        try:
-            s = socket.create_connection(("127.0.0.1", port), timeout=0.5)
-            s.sendall(b"PING\r\n")
-            ok = s.recv(64).startswith(b"+PONG")
-            s.close()
-            if ok:
-                return p, port
-        except OSError:
-            time.sleep(0.05)
-    p.kill()
-    p.wait()
-    raise AssertionError("redis-server did not start:\n%s" % tail(log))
-
-
-def _kill(p):
-    if p.poll() is None:
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
-
-
 def test_greylist_shared_by_a_pair_in_redis():
     """Two MX instances share their triplets through one Redis: the retry
     may reach the other server.  When Redis dies the check tempfails (its
     default), logs and counts."""
-    lab = Lab("greylist-redis")
-    redis, rport = _redis(lab)
+    lab, redis, mport = mx_pair_in_redis("greylist-redis", "relay limits users greylist",
+                                         {"check.greylist": {"delay": "2s"}})
     try:
-        lab.sections["state"] = {"backend": "redis", "redis_server": "127.0.0.1:%d" % rport,
-                                 "redis_timeout": "500ms"}
-        lab.add_store()
-        mport = free_port()
-        lab.add_mx(checks="relay limits users greylist", metrics_listen="127.0.0.1:%d" % mport)
-        lab.add_mx("mx.b", checks="relay limits users greylist")
-        lab.sections["check.greylist"] = {"delay": "2s"}
-        lab.start("store")
-        lab.start("mx")
-        lab.start("mx.b")
         _greylisted(_try(lab, "192.0.2.10", "sender@example.org", "alice@example.test", "pair", "mx"), "first")
         _greylisted(_try(lab, "192.0.2.11", "Sender+x@Example.ORG", "alice@example.test", "pair", "mx.b"),
                     "early on the other server")
@@ -218,7 +166,7 @@ def test_greylist_shared_by_a_pair_in_redis():
         _greylisted(_try(lab, "198.51.100.8", "x@example.net", "bob@example.test", "neighbour", "mx"), "neighbour")
 
         # Redis dies: tempfail (never a silent pass), logged, counted
-        _kill(redis)
+        redis.kill()
         r = _session(lab, "192.0.2.10", "mx")
         check(r.cmd("MAIL FROM:<sender@example.org>")[0] == 250, "MAIL")
         code, text, _ = r.cmd("RCPT TO:<alice@example.test>")
@@ -229,8 +177,8 @@ def test_greylist_shared_by_a_pair_in_redis():
         check(out.returncode == 1 and "state store (redis)" in out.stderr, "ctl without redis: %r" % (out,))
         log = lab.log("mx")
         check('"event":"greylist.error"' in log and '"failure_mode":"tempfail"' in log, "error logged")
-        m = _metrics(mport)
+        m = metrics(mport)
         check(re.search(r'^rampart_greylist_total\{[^}]*result="error"\} 1$', m, re.M), "metrics:\n%s" % m)
     finally:
-        _kill(redis)
+        redis.kill()
         lab.close()

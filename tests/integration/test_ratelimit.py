@@ -3,25 +3,16 @@ state in LMDB (one host) and in a redis-server the test starts (a pair of
 MX instances sharing it); clients named by XCLIENT from 192.0.2.x; and
 `rampartctl ratelimit show|list|reset` against the running daemons' store."""
 
-import os
 import re
 import signal
-import subprocess
 import time
-import urllib.request
 
-from lib import Lab, Raw, check, free_port, message, tail
+from lib import Lab, Raw, check, free_port, message, metrics, mx_pair_in_redis
 
 
 def _session(lab, addr, name="mx", helo="client.example.org"):
     """A session for client addr: (raw, code and text of the XCLIENT greeting)."""
-    r = Raw(lab.ports[name])
-    check(r.banner[0] == 220, "banner: %r" % (r.banner,))
-    check(r.cmd("EHLO test.example")[0] == 250, "EHLO")
-    code, text, _ = r.cmd("XCLIENT ADDR=%s NAME=[UNAVAILABLE] HELO=%s" % (addr, helo))
-    if code == 220:
-        check(r.cmd("EHLO " + helo)[0] == 250, "EHLO after XCLIENT")
-    return r, code, text
+    return lab.xclient(addr, name, helo)
 
 
 def _send(r, sender, rcpt, subject):
@@ -36,10 +27,6 @@ def _send(r, sender, rcpt, subject):
     check(r.cmd("DATA")[0] == 354, "DATA")
     r.send(message(subject) + ".\r\n")
     return r.reply()[:2]
-
-
-def _metrics(port):
-    return urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
 
 
 def test_ratelimit_and_traps_lmdb():
@@ -140,7 +127,7 @@ def test_ratelimit_and_traps_lmdb():
         log = lab.log("mx")
         check('"event":"ratelimit.limited"' in log and '"event":"traps.hit"' in log
               and '"check":"ratelimit","phase":"mail","verdict":"tempfail","code":451' in log, "logged")
-        m = _metrics(mport)
+        m = metrics(mport)
         check(re.search(r'^rampart_ratelimit_total\{[^}]*kind="client",result="limited"\} 1$', m, re.M)
               and re.search(r'^rampart_ratelimit_total\{[^}]*kind="recipient",result="limited"\} 1$', m, re.M)
               and re.search(r'^rampart_traps_total\{[^}]*result="hit"\} 2$', m, re.M)
@@ -149,53 +136,13 @@ def test_ratelimit_and_traps_lmdb():
         lab.close()
 
 
-def _redis(lab):
-    """A private redis-server on a free loopback port; (Popen, port)."""
-    port = free_port()
-    log = lab.path("log", "redis.log")
-    p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--dir", lab.dir, "--daemonize", "no"],
-                         stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-    end = time.time() + 10
-    import socket
-    while time.time() < end:
-        try:
-            s = socket.create_connection(("127.0.0.1", port), timeout=0.5)
-            s.sendall(b"PING\r\n")
-            if s.recv(64).startswith(b"+PONG"):
-                s.close()
-                return p, port
-            s.close()
-        except OSError:
-            time.sleep(0.05)
-    p.kill()
-    p.wait()
-    raise AssertionError("redis-server did not start:\n%s" % tail(log))
-
-
-def _kill(p):
-    if p.poll() is None:
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
-
-
 def test_ratelimit_shared_by_a_pair_in_redis():
     """Two MX instances share their buckets and trap blocks through one
     Redis; when it dies the check tempfails (its default), logs and counts."""
-    lab = Lab("ratelimit-redis")
-    redis, rport = _redis(lab)
+    lab, redis, mport = mx_pair_in_redis("ratelimit-redis", "traps relay limits users ratelimit",
+                                         {"check.ratelimit": {"rules": "sender:3/1h"},
+                                          "check.traps": {"addresses": "trap@example.test"}})
     try:
-        lab.sections["state"] = {"backend": "redis", "redis_server": "127.0.0.1:%d" % rport,
-                                 "redis_timeout": "500ms"}
-        lab.add_store()
-        mport = free_port()
-        lab.add_mx(checks="traps relay limits users ratelimit", metrics_listen="127.0.0.1:%d" % mport)
-        lab.add_mx("mx.b", checks="traps relay limits users ratelimit")
-        lab.sections["check.ratelimit"] = {"rules": "sender:3/1h"}
-        lab.sections["check.traps"] = {"addresses": "trap@example.test"}
-        lab.start("store")
-        lab.start("mx")
-        lab.start("mx.b")
         # the sender's three messages an hour, spread over both servers
         for i, name in enumerate(("mx", "mx.b", "mx")):
             r, code, _ = _session(lab, "192.0.2.%d" % (10 + i), name)
@@ -225,7 +172,7 @@ def test_ratelimit_shared_by_a_pair_in_redis():
         r.close()
 
         # Redis dies: tempfail (never a silent pass), logged, counted
-        _kill(redis)
+        redis.kill()
         # (the test's own connection is a client too: refused at once)
         r = Raw(lab.ports["mx"])
         check(r.banner[0] == 421 and "4.3.0" in r.banner[1], "traps tempfail at the greeting: %r" % (r.banner,))
@@ -248,9 +195,9 @@ def test_ratelimit_shared_by_a_pair_in_redis():
         log = lab.log("mx")
         check('"event":"ratelimit.error"' in log and '"failure_mode":"tempfail"' in log
               and '"event":"traps.error"' in log, "errors logged")
-        m = _metrics(mport)
+        m = metrics(mport)
         check(re.search(r'^rampart_ratelimit_total\{[^}]*kind="sender",result="error"\} 1$', m, re.M)
               and re.search(r'^rampart_traps_total\{[^}]*result="error"\} [1-9]', m, re.M), "metrics:\n%s" % m)
     finally:
-        _kill(redis)
+        redis.kill()
         lab.close()

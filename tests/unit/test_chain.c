@@ -11,7 +11,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "testutil.h"
+#include "testutil_checks.h"
 
 #include <fcntl.h>
 #include <ftw.h>
@@ -81,35 +81,21 @@ static int setup(void **state)
 		return -1;
 	snprintf(f->confpath, sizeof(f->confpath), "%s/rampart.conf", f->dir);
 	snprintf(f->logpath, sizeof(f->logpath), "%s/log", f->dir);
-	f->logfd = open(f->logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+	f->logfd = tu_log_open(f->logpath);
 	if (f->logfd < 0)
 		return -1;
-	log_init("mx", "mx");
-	log_set_fd(f->logfd);
 
 	f->doms[0] = "example.test";
 	f->doms[1] = "Local.Test";
 	f->local_domains.n = 2;
 	f->local_domains.v = f->doms;
 	f->metrics = metrics_new("mx", "mx");
-	f->env.stage = "mx";
-	f->env.instance = "mx";
-	f->env.hostname = "mx.example.test";
+	tu_check_env_init(&f->env, f->metrics, NULL);
 	f->env.local_domains = &f->local_domains;
 	f->env.max_message_size = 5000;
 	f->env.max_recipients = 3;
-	f->env.metrics = f->metrics;
 
-	f->e = envelope_new();
-	f->e->client.addr = pool_strdup(f->e->pool, "203.0.113.5");
-	f->e->sender = pool_strdup(f->e->pool, "sender@remote.test");
-	f->ctx.sid = "S1";
-	f->ctx.qid = "Q1";
-	f->ctx.client = &f->e->client;
-	f->ctx.helo = "client.remote.test";
-	f->ctx.env = f->e;
-	f->ctx.declared_size = -1;
-	f->ctx.pool = f->e->pool;
+	f->e = tu_session_new(&f->ctx, "203.0.113.5", "sender@remote.test", "client.remote.test");
 	g_fx = f;
 	*state = f;
 	return 0;
@@ -121,15 +107,10 @@ static int teardown(void **state)
 	assert_null(f->pending);            /* every asynchronous call was answered */
 	chain_free(f->chain);
 	config_free(f->cfg);
-	for (size_t i = 0; i < f->ctx.nadd; i++) {
-		free(f->ctx.add[i].name);
-		free(f->ctx.add[i].value);
-	}
-	free(f->ctx.add);
+	check_ctx_clear_headers(&f->ctx);
 	envelope_free(f->e);
 	metrics_free(f->metrics);
-	log_set_fd(2);
-	close(f->logfd);
+	tu_log_close(f->logfd);
 	tu_rmtree(f->dir);
 	g_fx = NULL;
 	free(f);
@@ -138,31 +119,10 @@ static int teardown(void **state)
 
 /* ---- helpers ------------------------------------------------------------- */
 
-static void write_file(const char *path, const char *text)
-{
-	FILE *fp = fopen(path, "w");
-	assert_non_null(fp);
-	assert_int_equal(fputs(text, fp) >= 0, 1);
-	assert_int_equal(fclose(fp), 0);
-}
-
-static char *read_all(const char *path)
-{
-	FILE *fp = fopen(path, "r");
-	assert_non_null(fp);
-	struct buf b = BUF_INIT;
-	char tmp[4096];
-	size_t n;
-	while ((n = fread(tmp, 1, sizeof(tmp), fp)) > 0)
-		buf_append(&b, tmp, n);
-	fclose(fp);
-	return buf_steal(&b, NULL);
-}
-
 /* rampart.conf in the test directory, parsed (text may be ""). */
 static void load_config(struct fx *f, const char *text)
 {
-	write_file(f->confpath, text);
+	tu_write_file(f->confpath, text);
 	struct config_error err = { "" };
 	config_free(f->cfg);
 	f->cfg = config_parse_file(f->confpath, &err);
@@ -173,15 +133,7 @@ static void load_config(struct fx *f, const char *text)
 /* chain_new over a comma-separated list of check names; why set on failure. */
 static struct chain *build(struct fx *f, const char *csv, char *why, size_t whylen)
 {
-	char *copy = xstrdup(csv);
-	char *words[16];
-	struct strlist names = { 0, words };
-	for (char *save = NULL, *w = strtok_r(copy, ", ", &save); w; w = strtok_r(NULL, ", ", &save))
-		words[names.n++] = w;
-	why[0] = '\0';
-	struct chain *c = chain_new(f->cfg, &names, &f->env, why, whylen);
-	free(copy);
-	return c;
+	return tu_chain_new(f->cfg, csv, &f->env, why, whylen);
 }
 
 static void use_chain(struct fx *f, const char *conf, const char *csv)
@@ -203,11 +155,7 @@ static void on_done(void *arg, const struct verdict *v)
 /* Run a phase whose checks all answer at once. */
 static struct verdict run(struct fx *f, enum check_phase phase)
 {
-	f->ndone = 0;
-	memset(&f->v, 0xA5, sizeof(f->v));
-	chain_run(f->chain, phase, &f->ctx, on_done, f);
-	assert_int_equal(f->ndone, 1);
-	return f->v;
+	return tu_chain_verdict(f->chain, phase, &f->ctx, NULL);
 }
 
 /* RCPT addr; a refused recipient is taken off the envelope again, as the
@@ -269,7 +217,8 @@ static void assert_no_metric(struct fx *f, const char *part)
 
 static bool log_has(struct fx *f, const char *part)
 {
-	char *s = read_all(f->logpath);
+	char *s = tu_read_file(f->logpath, NULL);
+	assert_non_null(s);
 	bool found = strstr(s, part) != NULL;
 	free(s);
 	return found;
@@ -1061,7 +1010,7 @@ static void use_rules(struct fx *f, const char *rules)
 {
 	char path[700], conf[800];
 	snprintf(path, sizeof(path), "%s/header-rules", f->dir);
-	write_file(path, rules);
+	tu_write_file(path, rules);
 	snprintf(conf, sizeof(conf), "[check.headers]\nrules_file = %s\n", path);
 	use_chain(f, conf, "headers");
 }
@@ -1106,7 +1055,7 @@ static void test_headers_bad_rules(void **state)
 	snprintf(path, sizeof(path), "%s/header-rules", f->dir);
 	snprintf(conf, sizeof(conf), "[check.headers]\nrules_file = %s\n", path);
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		write_file(path, bad[i].rules);
+		tu_write_file(path, bad[i].rules);
 		load_config(f, conf);
 		assert_null(build(f, "headers", why, sizeof(why)));
 		if (!strstr(why, bad[i].want) || strncmp(why, "check headers: ", 15) != 0)
@@ -1208,7 +1157,7 @@ static void use_users(struct fx *f, const char *list)
 {
 	char path[700], conf[900];
 	snprintf(path, sizeof(path), "%s/users", f->dir);
-	write_file(path, list);
+	tu_write_file(path, list);
 	snprintf(conf, sizeof(conf), "[check.users]\nusers_file = %s\n", path);
 	use_chain(f, conf, "users");
 }
@@ -1227,7 +1176,7 @@ static void rewrite_users(struct fx *f, const char *list, time_t mtime)
 {
 	char path[700];
 	snprintf(path, sizeof(path), "%s/users", f->dir);
-	write_file(path, list);
+	tu_write_file(path, list);
 	struct timespec ts[2] = { { mtime, 0 }, { mtime, 0 } };
 	assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
 }
@@ -1258,7 +1207,7 @@ static void test_users_bad_list(void **state)
 	struct fx *f = *state;
 	char path[700], conf[900], why[512], want[800];
 	snprintf(path, sizeof(path), "%s/users", f->dir);
-	write_file(path, "alice@example.test\nno-at-sign\n");
+	tu_write_file(path, "alice@example.test\nno-at-sign\n");
 	snprintf(conf, sizeof(conf), "[check.users]\nusers_file = %s\n", path);
 	load_config(f, conf);
 	assert_null(build(f, "users", why, sizeof(why)));
@@ -1313,7 +1262,7 @@ static void test_metrics_counters(void **state)
 	struct fx *f = *state;
 	char path[700], conf[900];
 	snprintf(path, sizeof(path), "%s/users", f->dir);
-	write_file(path, "alice@example.test\n");
+	tu_write_file(path, "alice@example.test\n");
 	snprintf(conf, sizeof(conf), "[check.users]\nusers_file = %s\n[check.limits]\nrecipient_limit = 2\n", path);
 	use_chain(f, conf, "relay, users, limits");
 	assert_int_equal(rcpt(f, "alice@example.test").kind, V_CONTINUE);

@@ -41,23 +41,10 @@
 
 /*
  * libopendkim 2.11.0~beta2 (Debian 12) never releases the key of an
- * ed25519 signature (dkim_free() misses the ed25519 crypto structure;
- * fixed upstream in OpenDKIM PR #321).  dkim_sign.c frees the structure
- * itself, but the reference to the parsed key it held stays taken: those
- * keys, made only by ed25519_key_copy, are suppressed under LeakSanitizer
- * (a few objects per key, not per signature: test_no_growth below).  The
- * full unwinder is needed to see that frame under OpenSSL's allocations.
+ * ed25519 signature: suppressed under LeakSanitizer (see testutil.h; a few
+ * objects per key, not per signature: test_no_growth below).
  */
-const char *__asan_default_options(void);
-const char *__lsan_default_suppressions(void);
-const char *__asan_default_options(void)
-{
-	return "fast_unwind_on_malloc=0:malloc_context_size=30";
-}
-const char *__lsan_default_suppressions(void)
-{
-	return "leak:ed25519_key_copy\n";
-}
+TU_LSAN_ALLOW_ED25519_KEY_LEAK()
 
 /* Signatures per algorithm in the cost test; few under the sanitizers,
  * whose figures mean nothing anyway. */
@@ -82,55 +69,9 @@ struct fixture {
 
 /* ---- helpers ----------------------------------------------------------- */
 
-static char *slurp(const char *path, size_t *lenp)
-{
-	FILE *f = fopen(path, "rb");
-	struct buf b = BUF_INIT;
-	char tmp[4096];
-	size_t n;
-
-	if (!f)
-		return NULL;
-	while ((n = fread(tmp, 1, sizeof tmp, f)) > 0)
-		buf_append(&b, tmp, n);
-	fclose(f);
-	if (lenp)
-		*lenp = b.len;
-	return buf_steal(&b, NULL);
-}
-
-static void spit(const char *path, const char *data, size_t len)
-{
-	FILE *f = fopen(path, "wb");
-	assert_non_null(f);
-	assert_int_equal(fwrite(data, 1, len, f), len);
-	assert_int_equal(fclose(f), 0);
-}
-
 static bool file_exists(const char *p)
 {
 	return access(p, F_OK) == 0;
-}
-
-/* Run argv[0] with stdout and stderr into out; its exit status or -1. */
-static int run(const char *out, char *const argv[])
-{
-	pid_t pid = fork();
-	int st;
-
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-		if (fd < 0)
-			_exit(126);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execv(argv[0], argv);
-		_exit(127);
-	}
-	while (waitpid(pid, &st, 0) < 0)
-		assert_int_equal(errno, EINTR);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* Run the key generator with argv (NULL-terminated), output into *out
@@ -224,7 +165,7 @@ static int sign_to_file(struct fixture *f, const char *msg, const char *path, st
 		struct buf all = BUF_INIT;
 		buf_append(&all, hdrs->data, hdrs->len);
 		buf_puts(&all, msg);
-		spit(path, all.data, all.len);
+		tu_write_bytes(path, all.data, all.len);
 		buf_free(&all);
 	}
 	return n;
@@ -238,8 +179,8 @@ static int py_verify(struct fixture *f, const char *path, char **report)
 	int rc;
 
 	snprintf(out, sizeof out, "%s.py.out", path);
-	rc = run(out, argv);
-	*report = slurp(out, NULL);
+	rc = tu_run_prog(out, argv);
+	*report = tu_read_file(out, NULL);
 	assert_non_null(*report);
 	if (rc != 0 && rc != 1)
 		fail_msg("dkim_verify.py failed (%d): %s", rc, *report);
@@ -276,8 +217,8 @@ static char *od_verify(struct fixture *f, const char *path)
 	fprintf(c, "Mode v\nSyslog no\nTestPublicKeys %s\n", f->keys);
 	fclose(c);
 	snprintf(out, sizeof out, "%s.od.out", path);
-	assert_int_equal(run(out, argv), 0);
-	text = slurp(out, NULL);
+	assert_int_equal(tu_run_prog(out, argv), 0);
+	text = tu_read_file(out, NULL);
 	assert_non_null(text);
 	return text;
 }
@@ -381,7 +322,7 @@ static int group_setup(void **state)
 	/* the same keys published under the benchmark domains */
 	t = fopen(f->keys, "a");
 	{
-		char *k = slurp(f->keys, NULL);
+		char *k = tu_read_file(f->keys, NULL);
 		for (char *line = strtok(k, "\n"); line; line = strtok(NULL, "\n"))
 			if (strstr(line, ".example.org "))
 				fprintf(t, "%.*s%s%s\n", (int)(strstr(line, ".example.org ") - line),
@@ -404,12 +345,8 @@ static int group_teardown(void **state)
 	struct fixture *f = *state;
 
 	dkim_signer_free(f->signer);
-	log_set_fd(2);
-	close(f->log_fd);
-	if (!getenv("RAMPART_TEST_KEEP"))
-		tu_rmtree(f->dir);
-	else
-		fprintf(stderr, "kept %s\n", f->dir);
+	tu_log_close(f->log_fd);
+	tu_rmtree_unless_kept(f->dir);
 	free(f);
 	return 0;
 }
@@ -433,7 +370,7 @@ static void test_keygen_files(void **state)
 		assert_int_equal(stat(path, &st), 0);
 		assert_true(S_ISREG(st.st_mode));
 		assert_int_equal(st.st_mode & 07777, 0600);
-		pem = slurp(path, NULL);
+		pem = tu_read_file(path, NULL);
 		assert_non_null(pem);
 		assert_true(strncmp(pem, "-----BEGIN PRIVATE KEY-----\n", 28) == 0);
 		b = BIO_new_mem_buf(pem, -1);
@@ -488,7 +425,7 @@ static void test_keygen_zone_output(void **state)
 	assert_true(nstrings >= 2);     /* 3072-bit RSA does not fit one string */
 	assert_true(strncmp(buf_cstr(&joined), "v=DKIM1; k=rsa; p=", 18) == 0);
 
-	pem = slurp(path, NULL);
+	pem = tu_read_file(path, NULL);
 	b = BIO_new_mem_buf(pem, -1);
 	pk = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
 	assert_non_null(pk);
@@ -518,7 +455,7 @@ static void test_keygen_ed25519_record(void **state)
 {
 	struct fixture *f = *state;
 	char path[600];
-	char *keys = slurp(f->keys, NULL), *p, *pem;
+	char *keys = tu_read_file(f->keys, NULL), *p, *pem;
 	unsigned char raw[32], dec[64];
 	size_t rl = sizeof raw;
 	char b64[64];
@@ -531,7 +468,7 @@ static void test_keygen_ed25519_record(void **state)
 	assert_int_equal(strcspn(p, "\n"), 44);
 	assert_int_equal(EVP_DecodeBlock(dec, (unsigned char *)p, 44), 33);  /* 32 + padding */
 	key_file(f, "example.org", "ed1", path, sizeof path);
-	pem = slurp(path, NULL);
+	pem = tu_read_file(path, NULL);
 	b = BIO_new_mem_buf(pem, -1);
 	pk = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
 	assert_non_null(pk);
@@ -553,7 +490,7 @@ static void test_keygen_refuses_overwrite(void **state)
 	size_t lb, la;
 
 	key_file(f, "example.org", "rsa1", path, sizeof path);
-	before = slurp(path, &lb);
+	before = tu_read_file(path, &lb);
 	assert_int_equal(keygen(&out, &err, "example.org", "rsa1", "--dir", f->dir, NULL), 1);
 	assert_non_null(strstr(err, "refusing to overwrite"));
 	assert_string_equal(out, "");
@@ -563,7 +500,7 @@ static void test_keygen_refuses_overwrite(void **state)
 	assert_int_equal(keygen(NULL, &err, "example.org", "rsa1", "--ed25519", "--dir", f->dir, NULL), 1);
 	assert_non_null(strstr(err, "exists"));
 	free(err);
-	after = slurp(path, &la);
+	after = tu_read_file(path, &la);
 	assert_int_equal(la, lb);
 	assert_memory_equal(before, after, la);
 	free(before);
@@ -682,7 +619,7 @@ static void test_modified_after_signing_fails(void **state)
 		buf_puts(&all, edits[i].to);
 		buf_puts(&all, p + strlen(edits[i].from));
 		snprintf(path, sizeof path, "%s/modified-%zu.eml", f->dir, i);
-		spit(path, all.data, all.len);
+		tu_write_bytes(path, all.data, all.len);
 
 		if (py_verify(f, path, &report) != 1)
 			fail_msg("%s changed, python3-dkim still passes: %s", edits[i].what, report);
@@ -894,7 +831,7 @@ static void expect_table_error(struct fixture *f, const char *content, const cha
 	struct dkim_signer *s;
 
 	snprintf(path, sizeof path, "%s/bad-table", f->dir);
-	spit(path, content, strlen(content));
+	tu_write_bytes(path, content, strlen(content));
 	s = dkim_signer_new(path, why, sizeof why);
 	if (s) {
 		dkim_signer_free(s);
@@ -914,7 +851,7 @@ static void test_keytable_errors(void **state)
 	snprintf(garbage, sizeof garbage, "%s/garbage.key", f->dir);
 	{
 		const char *g = "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n";
-		spit(garbage, g, strlen(g));
+		tu_write_bytes(garbage, g, strlen(g));
 	}
 	snprintf(dir, sizeof dir, "%s/a-directory.key", f->dir);
 	mkdir(dir, 0700);
@@ -934,7 +871,7 @@ static void test_keytable_errors(void **state)
 	if (geteuid() != 0) {   /* root reads mode 000 files anyway */
 		char locked[600];
 		snprintf(locked, sizeof locked, "%s/locked.key", f->dir);
-		spit(locked, "x", 1);
+		tu_write_bytes(locked, "x", 1);
 		chmod(locked, 0);
 		snprintf(t, sizeof t, "example.org s1 rsa-sha256 %s\n", locked);
 		expect_table_error(f, t, "bad-table:1:", "Permission denied");
@@ -979,7 +916,7 @@ static void test_keytable_key_formats(void **state)
 	char path[600], *report;
 
 	key_file(f, "example.org", "rsa1", rsa, sizeof rsa);
-	pem = slurp(rsa, NULL);
+	pem = tu_read_file(rsa, NULL);
 	b = BIO_new_mem_buf(pem, -1);
 	pk = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
 	assert_non_null(pk);
@@ -1004,7 +941,7 @@ static void test_keytable_key_formats(void **state)
 	assert_int_equal(dkim_sign_message(s, msg, strlen(msg), &h, why, sizeof why), 2);
 	snprintf(path, sizeof path, "%s/formats.eml", f->dir);
 	buf_puts(&h, msg);
-	spit(path, h.data, h.len);
+	tu_write_bytes(path, h.data, h.len);
 	/* rsa1b has no DNS record; rsa1 is the same key as published */
 	py_verify(f, path, &report);
 	assert_string_equal(py_result(report, "rsa1"), "pass");

@@ -21,7 +21,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "testutil.h"
+#include "testutil_checks.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -53,17 +53,8 @@
 #include "../../tools/dkim_keygen.h"
 
 /* libopendkim 2.11 keeps a reference to the key of each ed25519 signature
- * our signer makes (see tests/unit/test_dkim_sign.c and dkim_sign.c). */
-const char *__asan_default_options(void);
-const char *__lsan_default_suppressions(void);
-const char *__asan_default_options(void)
-{
-	return "fast_unwind_on_malloc=0:malloc_context_size=30";
-}
-const char *__lsan_default_suppressions(void)
-{
-	return "leak:ed25519_key_copy\n";
-}
+ * our signer makes (see testutil.h and dkim_sign.c). */
+TU_LSAN_ALLOW_ED25519_KEY_LEAK()
 
 struct fx {
 	char dir[256];
@@ -73,48 +64,15 @@ struct fx {
 	char logpath[512];
 	char python[512];
 	int logfd;
-	struct event_base *base;
-	struct dns *dns;
-	int trap;                       /* a UDP socket on 127.0.0.1 that never answers */
-	char trap_fwd[64];
-	struct metrics *metrics;
-	struct check_env env;
-	struct config *cfg;
-	struct chain *chain;
+	struct tu_chain_fx c;           /* its DNS server that never answers: the slow resolver's */
 	struct dkim_signer *signer;
 	struct check_ctx ctx;
 	struct env_client client;
 	char *msg;                      /* the message of the last run */
-	int ndone;
-	struct verdict v;
 	int ticks;
 };
 
 /* ---- helpers ------------------------------------------------------------- */
-
-static char *slurp(const char *path, size_t *lenp)
-{
-	FILE *fp = fopen(path, "rb");
-	struct buf b = BUF_INIT;
-	char tmp[4096];
-	size_t n;
-	if (!fp)
-		return NULL;
-	while ((n = fread(tmp, 1, sizeof(tmp), fp)) > 0)
-		buf_append(&b, tmp, n);
-	fclose(fp);
-	if (lenp)
-		*lenp = b.len;
-	return buf_steal(&b, NULL);
-}
-
-static void spit(const char *path, const char *text)
-{
-	FILE *fp = fopen(path, "w");
-	assert_non_null(fp);
-	assert_true(fputs(text, fp) >= 0);
-	assert_int_equal(fclose(fp), 0);
-}
 
 static void append(const char *path, const char *text)
 {
@@ -122,12 +80,6 @@ static void append(const char *path, const char *text)
 	assert_non_null(fp);
 	assert_true(fputs(text, fp) >= 0);
 	assert_int_equal(fclose(fp), 0);
-}
-
-static void assert_contains(const char *hay, const char *needle)
-{
-	if (!hay || !strstr(hay, needle))
-		fail_msg("'%s' lacks '%s'", hay ? hay : "(null)", needle);
 }
 
 static void assert_lacks(const char *hay, const char *needle)
@@ -194,14 +146,7 @@ static const char *txt_of(const char *line)
 
 static void use_dns(struct fx *f, bool slow)
 {
-	char why[512];
-	dns_free(f->dns);
-	struct dns_opts o = { .local_data = f->zone, .local_only = !slow, .timeout_ms = 5000 };
-	const char *fwd[] = { f->trap_fwd, NULL };
-	f->dns = slow ? dns_new_fwd(f->base, &o, fwd, why, sizeof(why)) : dns_new(f->base, &o, why, sizeof(why));
-	if (!f->dns)
-		fail_msg("dns: %s", why);
-	f->env.dns = f->dns;
+	tu_chain_fx_dns(&f->c, f->zone, slow, 5000);
 }
 
 static int group_setup(void **state)
@@ -215,12 +160,10 @@ static int group_setup(void **state)
 	snprintf(f->zone, sizeof(f->zone), "%s/zone", f->dir);
 	snprintf(f->table, sizeof(f->table), "%s/keytable", f->dir);
 	snprintf(f->logpath, sizeof(f->logpath), "%s/log", f->dir);
-	f->logfd = open(f->logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+	f->logfd = tu_log_open(f->logpath);
 	if (f->logfd < 0)
 		return -1;
-	log_init("mx", "mx");
-	log_set_fd(f->logfd);
-	spit(f->zone, "# DKIM keys of the tests\n");
+	tu_write_file(f->zone, "# DKIM keys of the tests\n");
 
 	/* the keys; other domains reuse them */
 	char *rsa = make_key(f, "rsa.example", "rsa1", "rsa");
@@ -257,9 +200,9 @@ static int group_setup(void **state)
 		 "dead.example    s1    rsa-sha256      rsa1._domainkey.rsa.example.key\n"
 		 "mixed.example   rsa1  rsa-sha256      rsa1._domainkey.rsa.example.key\n"
 		 "mixed.example   s1    rsa-sha256      rsa1._domainkey.rsa.example.key\n");
-	spit(f->table, tab);
+	tu_write_file(f->table, tab);
 	/* mixed.example: rsa1 is published, s1 is not */
-	char *line = slurp(f->zone, NULL);
+	char *line = tu_read_file(f->zone, NULL);
 	char *p = strstr(line, "rsa1._domainkey.rsa.example. 300 IN TXT ");
 	assert_non_null(p);
 	char *e = strchr(p, '\n');
@@ -274,20 +217,8 @@ static int group_setup(void **state)
 		return -1;
 	}
 
-	f->base = event_base_new();
-	f->trap = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t sl = sizeof(sin);
-	if (!f->base || f->trap < 0 || bind(f->trap, (struct sockaddr *)&sin, sizeof(sin)) != 0 ||
-	    getsockname(f->trap, (struct sockaddr *)&sin, &sl) != 0)
+	if (!tu_chain_fx_init(&f->c, true))
 		return -1;
-	snprintf(f->trap_fwd, sizeof(f->trap_fwd), "127.0.0.1@%d", ntohs(sin.sin_port));
-	f->metrics = metrics_new("mx", "mx");
-	f->env.stage = "mx";
-	f->env.instance = "mx";
-	f->env.hostname = "mx.example.test";
-	f->env.metrics = f->metrics;
-	f->env.base = f->base;
 	use_dns(f, false);
 	f->client.addr = "192.0.2.7";
 	f->ctx.sid = "S1";
@@ -299,66 +230,27 @@ static int group_setup(void **state)
 	return 0;
 }
 
-static void clear_headers(struct fx *f)
-{
-	for (size_t i = 0; i < f->ctx.nadd; i++) {
-		free(f->ctx.add[i].name);
-		free(f->ctx.add[i].value);
-	}
-	free(f->ctx.add);
-	f->ctx.add = NULL;
-	f->ctx.nadd = f->ctx.add_cap = 0;
-}
-
 static int group_teardown(void **state)
 {
 	struct fx *f = *state;
-	chain_free(f->chain);
-	config_free(f->cfg);
-	clear_headers(f);
+	tu_chain_fx_free(&f->c, &f->ctx);
 	free(f->msg);
 	dkim_signer_free(f->signer);
-	dns_free(f->dns);
-	metrics_free(f->metrics);
-	event_base_free(f->base);
-	close(f->trap);
-	log_set_fd(2);
-	close(f->logfd);
-	if (!getenv("RAMPART_TEST_KEEP"))
-		tu_rmtree(f->dir);
-	else
-		fprintf(stderr, "kept %s\n", f->dir);
+	tu_log_close(f->logfd);
+	tu_rmtree_unless_kept(f->dir);
 	free(f);
 	return 0;
 }
 
 static struct chain *build(struct fx *f, const char *conf, char *why, size_t whylen)
 {
-	struct config_error err = { "" };
-	config_free(f->cfg);
-	f->cfg = config_parse_string("rampart.conf", conf, &err);
-	if (!f->cfg)
-		fail_msg("config: %s", err.msg);
-	char *names[] = { "dkim" };
-	struct strlist l = { 1, names };
-	why[0] = '\0';
-	return chain_new(f->cfg, &l, &f->env, why, whylen);
+	tu_config_set(&f->c.cfg, conf);
+	return tu_chain_new(f->c.cfg, "dkim", &f->c.env, why, whylen);
 }
 
 static void use_chain(struct fx *f, const char *conf)
 {
-	char why[512];
-	chain_free(f->chain);
-	f->chain = build(f, conf, why, sizeof(why));
-	if (!f->chain)
-		fail_msg("chain_new: %s", why);
-}
-
-static void on_done(void *arg, const struct verdict *v)
-{
-	struct fx *f = arg;
-	f->ndone++;
-	f->v = *v;
+	tu_chain_use(&f->c, conf, "dkim");
 }
 
 /* End of message for msg (taken): run the MESSAGE phase to its answer. */
@@ -369,13 +261,8 @@ static struct verdict run_msg(struct fx *f, char *msg)
 	f->ctx.data = msg;
 	f->ctx.len = strlen(msg);
 	f->ctx.header_bytes = 0;
-	clear_headers(f);
-	f->ndone = 0;
-	chain_run(f->chain, PHASE_MESSAGE, &f->ctx, on_done, f);
-	while (f->ndone == 0)
-		event_base_loop(f->base, EVLOOP_ONCE);
-	assert_int_equal(f->ndone, 1);
-	return f->v;
+	check_ctx_clear_headers(&f->ctx);
+	return tu_chain_verdict(f->c.chain, PHASE_MESSAGE, &f->ctx, f->c.base);
 }
 
 static const char *header(struct fx *f, const char *name)
@@ -425,7 +312,7 @@ static char *raw_signed(struct fx *f, char *msg, const char *domain, const char 
 {
 	char path[600];
 	snprintf(path, sizeof(path), "%s/rsa1._domainkey.rsa.example.key", f->dir);
-	char *pem = slurp(path, NULL);
+	char *pem = tu_read_file(path, NULL);
 	assert_non_null(pem);
 	DKIM_LIB *lib = dkim_init(NULL, NULL);
 	assert_non_null(lib);
@@ -491,7 +378,7 @@ static void assert_sig(struct fx *f, unsigned i, enum auth_dkim r, const char *d
 	assert_string_equal(s->domain, domain);
 	assert_string_equal(s->selector, sel);
 	if (reason_part)
-		assert_contains(s->reason, reason_part);
+		tu_assert_contains(s->reason, reason_part);
 	else
 		assert_string_equal(s->reason, "");
 }
@@ -499,7 +386,7 @@ static void assert_sig(struct fx *f, unsigned i, enum auth_dkim r, const char *d
 static char *metrics_text(struct fx *f)
 {
 	struct buf b = BUF_INIT;
-	metrics_render(f->metrics, &b);
+	metrics_render(f->c.metrics, &b);
 	return buf_steal(&b, NULL);
 }
 
@@ -508,24 +395,11 @@ static int run_prog(struct fx *f, char *const argv[], char **out)
 {
 	char outpath[600];
 	snprintf(outpath, sizeof(outpath), "%s/prog.out", f->dir);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		int fd = open(outpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-		if (fd < 0)
-			_exit(126);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execv(argv[0], argv);
-		_exit(127);
-	}
-	int st;
-	while (waitpid(pid, &st, 0) < 0)
-		assert_int_equal(errno, EINTR);
-	*out = slurp(outpath, NULL);
+	int rc = tu_run_prog(outpath, argv);
+	*out = tu_read_file(outpath, NULL);
 	unlink(outpath);
 	assert_non_null(*out);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	return rc;
 }
 
 /* python3-authres's reading of "Authentication-Results: value": one line
@@ -545,8 +419,8 @@ static char *authres_parse(struct fx *f, const char *value)
 	snprintf(path, sizeof(path), "%s/ar.txt", f->dir);
 	snprintf(spath, sizeof(spath), "%s/ar.py", f->dir);
 	char *text = xasprintf("Authentication-Results: %s\r\n", value);
-	spit(path, text);
-	spit(spath, script);
+	tu_write_file(path, text);
+	tu_write_file(spath, script);
 	free(text);
 	char *argv[] = { f->python, spath, path, NULL };
 	char *out = NULL;
@@ -577,7 +451,7 @@ static void test_pass_rsa_and_ed25519(void **state)
 			first8[k++] = *b;
 	first8[k] = '\0';
 	assert_string_equal(f->ctx.auth.dkim_sigs[0].b, first8);
-	assert_contains(header(f, "Authentication-Results"), "dkim=pass (2048-bit key) header.d=rsa.example header.s=rsa1 "
+	tu_assert_contains(header(f, "Authentication-Results"), "dkim=pass (2048-bit key) header.d=rsa.example header.s=rsa1 "
 			"header.a=rsa-sha256 header.b=");
 
 	v = run_msg(f, signed_msg(f, message("ed.example", "ed", "Hello.\r\n")));
@@ -586,7 +460,7 @@ static void test_pass_rsa_and_ed25519(void **state)
 	assert_int_equal(f->ctx.auth.ndkim, 1);
 	assert_sig(f, 0, AUTH_DKIM_PASS, "ed.example", "ed1", NULL);
 	assert_string_equal(f->ctx.auth.dkim_sigs[0].algorithm, "ed25519-sha256");
-	assert_contains(header(f, "Authentication-Results"), "header.d=ed.example header.s=ed1 header.a=ed25519-sha256");
+	tu_assert_contains(header(f, "Authentication-Results"), "header.d=ed.example header.s=ed1 header.a=ed25519-sha256");
 
 	/* an empty body */
 	run_msg(f, signed_msg(f, message("ed.example", "empty", "")));
@@ -608,8 +482,8 @@ static void test_dual_signed(void **state)
 		    (strcmp(f->ctx.auth.dkim_sigs[0].selector, "ed1") == 0 &&
 		     strcmp(f->ctx.auth.dkim_sigs[1].selector, "rsa1") == 0));
 	const char *ar = header(f, "Authentication-Results");
-	assert_contains(ar, "header.d=dual.example header.s=rsa1 header.a=rsa-sha256");
-	assert_contains(ar, "header.d=dual.example header.s=ed1 header.a=ed25519-sha256");
+	tu_assert_contains(ar, "header.d=dual.example header.s=rsa1 header.a=rsa-sha256");
+	tu_assert_contains(ar, "header.d=dual.example header.s=ed1 header.a=ed25519-sha256");
 	/* the body changed: both fail */
 	run_msg(f, replace(signed_msg(f, message("dual.example", "dual2", "Two signatures.\r\n")), "Two", "Ten"));
 	assert_int_equal(f->ctx.auth.dkim, AUTH_DKIM_FAIL);
@@ -620,8 +494,8 @@ static void test_dual_signed(void **state)
 	assert_int_equal(f->ctx.auth.ndkim, 2);
 	assert_int_equal(f->ctx.auth.dkim, AUTH_DKIM_PASS);
 	ar = header(f, "Authentication-Results");
-	assert_contains(ar, "dkim=pass (2048-bit key) header.d=mixed.example header.s=rsa1");
-	assert_contains(ar, "dkim=permerror reason=\"no key for signature\" header.d=mixed.example header.s=s1");
+	tu_assert_contains(ar, "dkim=pass (2048-bit key) header.d=mixed.example header.s=rsa1");
+	tu_assert_contains(ar, "dkim=permerror reason=\"no key for signature\" header.d=mixed.example header.s=s1");
 	/* signatures of two domains on one message: each its own result */
 	char *m = signed_msg(f, message("rsa.example", "two-domains", "Hello.\r\n"));
 	m = replace(m, "From: Alice <alice@rsa.example>", "From: Alice <alice@ed.example>");
@@ -641,7 +515,7 @@ static void test_fail_after_tampering(void **state)
 	run_msg(f, replace(signed_msg(f, message("rsa.example", "t1", "Pay 10 EUR.\r\n")), "10 EUR", "99 EUR"));
 	assert_int_equal(f->ctx.auth.dkim, AUTH_DKIM_FAIL);
 	assert_sig(f, 0, AUTH_DKIM_FAIL, "rsa.example", "rsa1", "body hash did not verify");
-	assert_contains(header(f, "Authentication-Results"),
+	tu_assert_contains(header(f, "Authentication-Results"),
 			"dkim=fail reason=\"body hash did not verify\" header.d=rsa.example header.s=rsa1 "
 			"header.a=rsa-sha256 header.b=");
 	/* a signed header field */
@@ -681,7 +555,7 @@ static void test_unsigned_is_none(void **state)
 	run_msg(f, message("rsa.example", "body", "DKIM-Signature: v=1; d=x\r\n"));
 	assert_int_equal(f->ctx.auth.dkim, AUTH_DKIM_NONE);
 	char *after = metrics_text(f);
-	assert_contains(after, "rampart_dkim_verify_total{stage=\"mx\",instance=\"mx\",result=\"none\"}");
+	tu_assert_contains(after, "rampart_dkim_verify_total{stage=\"mx\",instance=\"mx\",result=\"none\"}");
 	free(before);
 	free(after);
 }
@@ -709,7 +583,7 @@ static void test_key_errors(void **state)
 	/* a 1024-bit key: fine by default (RFC 8301), refused by min_key_bits */
 	run_msg(f, signed_msg(f, message("small.example", "small", "Hi.\r\n")));
 	assert_sig(f, 0, AUTH_DKIM_PASS, "small.example", "small", NULL);
-	assert_contains(header(f, "Authentication-Results"), "dkim=pass (1024-bit key)");
+	tu_assert_contains(header(f, "Authentication-Results"), "dkim=pass (1024-bit key)");
 	use_chain(f, "[check.dkim]\nmin_key_bits = 2048\n");
 	run_msg(f, signed_msg(f, message("small.example", "small2", "Hi.\r\n")));
 	assert_sig(f, 0, AUTH_DKIM_PERMERROR, "small.example", "small", "inappropriate key: fewer than 2048 bits");
@@ -725,7 +599,7 @@ static void test_signature_errors(void **state)
 			      false, (uint64_t)now - 7200, 3600));
 	assert_int_equal(f->ctx.auth.dkim, AUTH_DKIM_PERMERROR);
 	assert_sig(f, 0, AUTH_DKIM_PERMERROR, "rsa.example", "rsa1", "signature expired");
-	assert_contains(f->msg, " x=");
+	tu_assert_contains(f->msg, " x=");
 	/* x= in the future: fine */
 	run_msg(f, raw_signed(f, message("rsa.example", "fresh", "Hi.\r\n"), "rsa.example", "rsa1",
 			      DKIM_SIGN_RSASHA256, false, 0, 3600));
@@ -742,7 +616,7 @@ static void test_signature_errors(void **state)
 	assert_int_equal(f->ctx.auth.ndkim, 1);
 	assert_int_equal(f->ctx.auth.dkim, AUTH_DKIM_NEUTRAL);
 	assert_int_equal(f->ctx.auth.dkim_sigs[0].result, AUTH_DKIM_NEUTRAL);
-	assert_contains(f->ctx.auth.dkim_sigs[0].reason, "signature syntax error");
+	tu_assert_contains(f->ctx.auth.dkim_sigs[0].reason, "signature syntax error");
 	/* a good signature beside a malformed one */
 	char *inner = signed_msg(f, message("rsa.example", "twosigs", "Hi.\r\n"));
 	m = xasprintf("DKIM-Signature: v=1; a=rsa-sha256; s=x; b=AAAA\r\n%s", inner);
@@ -767,7 +641,7 @@ static void test_body_length_and_bound(void **state)
 	/* l=: text added after the signed length still passes */
 	char *m = raw_signed(f, message("rsa.example", "len", "Signed part.\r\n"), "rsa.example", "rsa1",
 			     DKIM_SIGN_RSASHA256, true, 0, 0);
-	assert_contains(m, " l=");
+	tu_assert_contains(m, " l=");
 	char *m2 = xasprintf("%sAppended by a list.\r\n", m);
 	free(m);
 	run_msg(f, m2);
@@ -808,7 +682,7 @@ static void test_body_length_and_bound(void **state)
 	assert_int_equal(f->ctx.auth.ndkim, 3);
 	assert_sig(f, 0, AUTH_DKIM_PASS, "rsa.example", "rsa1", NULL);
 	assert_int_equal(f->ctx.auth.dkim_sigs[1].result, AUTH_DKIM_NEUTRAL);
-	assert_contains(f->ctx.auth.dkim_sigs[1].reason, "body over 65536 bytes not verified");
+	tu_assert_contains(f->ctx.auth.dkim_sigs[1].reason, "body over 65536 bytes not verified");
 	assert_int_equal(f->ctx.auth.dkim_sigs[2].result, AUTH_DKIM_NEUTRAL);
 	assert_int_equal(f->ctx.auth.dkim, AUTH_DKIM_PASS);
 	/* the default bound takes it whole */
@@ -816,8 +690,8 @@ static void test_body_length_and_bound(void **state)
 	run_msg(f, xstrdup(f->msg));
 	assert_int_equal(f->ctx.auth.dkim_sigs[1].result, AUTH_DKIM_PASS);
 	assert_int_equal(f->ctx.auth.dkim_sigs[2].result, AUTH_DKIM_PASS);
-	char *log = slurp(f->logpath, NULL);
-	assert_contains(log, "\"truncated\":\"yes\"");
+	char *log = tu_read_file(f->logpath, NULL);
+	tu_assert_contains(log, "\"truncated\":\"yes\"");
 	free(log);
 	/* every signature has an l= that fits: libopendkim needs no more body,
 	 * the bound is not reached */
@@ -825,12 +699,12 @@ static void test_body_length_and_bound(void **state)
 	run_msg(f, only);
 	assert_int_equal(f->ctx.auth.ndkim, 1);
 	assert_sig(f, 0, AUTH_DKIM_PASS, "rsa.example", "rsa1", NULL);
-	log = slurp(f->logpath, NULL);
+	log = tu_read_file(f->logpath, NULL);
 	const char *last = NULL;
 	for (const char *p = log; (p = strstr(p, "\"event\":\"dkim.result\"")); p++)
 		last = p;
 	assert_non_null(last);
-	assert_contains(last, "\"truncated\":\"no\"");
+	tu_assert_contains(last, "\"truncated\":\"no\"");
 	free(log);
 }
 
@@ -851,8 +725,8 @@ static void test_too_many_signatures(void **state)
 	assert_int_equal(f->ctx.auth.ndkim, AUTH_DKIM_MAX);
 	for (unsigned i = 0; i < AUTH_DKIM_MAX; i++)
 		assert_int_equal(f->ctx.auth.dkim_sigs[i].result, AUTH_DKIM_PASS);
-	char *log = slurp(f->logpath, NULL);
-	assert_contains(log, "\"signatures\":10,\"skipped\":2");
+	char *log = tu_read_file(f->logpath, NULL);
+	tu_assert_contains(log, "\"signatures\":10,\"skipped\":2");
 	free(log);
 	use_chain(f, "[check.dkim]\nmax_signatures = 3\n");
 	run_msg(f, m);
@@ -873,7 +747,7 @@ static void test_reject_fail(void **state)
 	assert_int_equal(v.code, 550);
 	assert_string_equal(v.enh, "5.7.20");
 	assert_string_equal(v.check, "dkim");
-	assert_contains(v.reason, "No passing DKIM signature found (d=rsa.example s=rsa1: body hash did not verify)");
+	tu_assert_contains(v.reason, "No passing DKIM signature found (d=rsa.example s=rsa1: body hash did not verify)");
 	/* pass, none, permerror: not refused */
 	v = run_msg(f, signed_msg(f, message("rsa.example", "r2", "A.\r\n")));
 	assert_int_equal(v.kind, V_CONTINUE);
@@ -906,30 +780,23 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	f->ticks++;
 }
 
-static long long mono_ms(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 static void test_dns_does_not_answer(void **state)
 {
 	struct fx *f = *state;
 	use_dns(f, true);
 	use_chain(f, "[check.dkim]\ntimeout = 700ms\n");
-	struct event *tick = event_new(f->base, -1, EV_PERSIST, on_tick, f);
+	struct event *tick = event_new(f->c.base, -1, EV_PERSIST, on_tick, f);
 	struct timeval tv = { 0, 20000 };
 	event_add(tick, &tv);
 	f->ticks = 0;
-	long long t0 = mono_ms();
+	long long t0 = tu_mono_ms();
 	struct verdict v = run_msg(f, signed_msg(f, message("dead.example", "dead", "Hi.\r\n")));
-	long long took = mono_ms() - t0;
+	long long took = tu_mono_ms() - t0;
 	event_free(tick);
 	assert_int_equal(v.kind, V_CONTINUE);
 	assert_int_equal(f->ctx.auth.dkim, AUTH_DKIM_TEMPERROR);
 	assert_sig(f, 0, AUTH_DKIM_TEMPERROR, "dead.example", "s1", "key unavailable");
-	assert_contains(header(f, "Authentication-Results"), "dkim=temperror reason=\"key unavailable: timed out\"");
+	tu_assert_contains(header(f, "Authentication-Results"), "dkim=temperror reason=\"key unavailable: timed out\"");
 	assert_true(took >= 600);
 	assert_true(took < 3000);
 	if (f->ticks < 10)
@@ -940,10 +807,10 @@ static void test_dns_does_not_answer(void **state)
 	v = run_msg(f, m);
 	assert_int_equal(f->ctx.auth.dkim, AUTH_DKIM_TEMPERROR);
 	/* local data still answers at once */
-	t0 = mono_ms();
+	t0 = tu_mono_ms();
 	run_msg(f, signed_msg(f, message("rsa.example", "alive", "Hi.\r\n")));
 	assert_int_equal(f->ctx.auth.dkim, AUTH_DKIM_PASS);
-	assert_true(mono_ms() - t0 < 500);
+	assert_true(tu_mono_ms() - t0 < 500);
 	/* reject_fail does not refuse on a temporary error */
 	use_chain(f, "[check.dkim]\ntimeout = 300ms\nreject_fail = yes\n");
 	m = signed_msg(f, message("dead.example", "dead3", "Hi.\r\n"));
@@ -978,14 +845,14 @@ static void test_header_with_spf(void **state)
 	}
 	/* python3-authres reads it as we meant it */
 	char *out = authres_parse(f, ar);
-	assert_contains(out, "id mx.example.test\n");
-	assert_contains(out, "spf=pass reason= smtp.mailfrom=dual.example\n");
+	tu_assert_contains(out, "id mx.example.test\n");
+	tu_assert_contains(out, "spf=pass reason= smtp.mailfrom=dual.example\n");
 	char want[300];
 	for (unsigned i = 0; i < 2; i++) {
 		const struct auth_dkim_sig *s = &f->ctx.auth.dkim_sigs[i];
 		snprintf(want, sizeof(want), "dkim=pass reason= header.d=dual.example header.s=%s header.a=%s header.b=%s\n",
 			 s->selector, s->algorithm, s->b);
-		assert_contains(out, want);
+		tu_assert_contains(out, want);
 	}
 	free(out);
 	/* the HELO identity */
@@ -995,18 +862,18 @@ static void test_header_with_spf(void **state)
 	assert_string_equal(header(f, "Authentication-Results"),
 			    "mx.example.test;\r\n\tspf=softfail smtp.helo=dual.example;\r\n\tdkim=none");
 	out = authres_parse(f, header(f, "Authentication-Results"));
-	assert_contains(out, "spf=softfail reason= smtp.helo=dual.example\n");
-	assert_contains(out, "dkim=none reason= \n");
+	tu_assert_contains(out, "spf=softfail reason= smtp.helo=dual.example\n");
+	tu_assert_contains(out, "dkim=none reason= \n");
 	free(out);
 	/* errors with their reasons */
 	f->ctx.auth.spf = AUTH_SPF_TEMPERROR;
 	snprintf(f->ctx.auth.spf_identity, sizeof(f->ctx.auth.spf_identity), "mailfrom");
 	run_msg(f, replace(signed_msg(f, message("mixed.example", "ar3", "Hi.\r\n")), "Hi.", "Ho."));
 	out = authres_parse(f, header(f, "Authentication-Results"));
-	assert_contains(out, "spf=temperror reason= smtp.mailfrom=dual.example\n");
-	assert_contains(out, "dkim=fail reason=body hash did not verify header.d=mixed.example header.s=rsa1 "
+	tu_assert_contains(out, "spf=temperror reason= smtp.mailfrom=dual.example\n");
+	tu_assert_contains(out, "dkim=fail reason=body hash did not verify header.d=mixed.example header.s=rsa1 "
 			"header.a=rsa-sha256 header.b=");
-	assert_contains(out, "dkim=permerror reason=no key for signature header.d=mixed.example header.s=s1 ");
+	tu_assert_contains(out, "dkim=permerror reason=no key for signature header.d=mixed.example header.s=s1 ");
 	free(out);
 	memset(&f->ctx.auth, 0, sizeof(f->ctx.auth));
 	/* no header when asked */
@@ -1026,7 +893,7 @@ static void test_header_function(void **state)
 	dkim_auth_results(&a, NULL, "mx.example.test", out, sizeof(out));
 	assert_string_equal(out, "mx.example.test; none");
 	char *p = authres_parse(f, out);
-	assert_contains(p, "id mx.example.test\n");
+	tu_assert_contains(p, "id mx.example.test\n");
 	free(p);
 	a.dkim = AUTH_DKIM_TEMPERROR;           /* no signature could be read */
 	dkim_auth_results(&a, NULL, "mx.example.test", out, sizeof(out));
@@ -1048,9 +915,9 @@ static void test_header_function(void **state)
 			    "dkim=fail reason=\"a \\\"quoted\\\" \\\\ reason\" header.d=weird.example "
 			    "header.s=sel-1 header.a=rsa-sha256 header.b=\"ab/+CD12\"");
 	p = authres_parse(f, out);
-	assert_contains(p, "spf=fail reason= smtp.mailfrom=x y.example\n");
+	tu_assert_contains(p, "spf=fail reason= smtp.mailfrom=x y.example\n");
 	/* (python3-authres keeps the quoted-pairs of a reason as they are) */
-	assert_contains(p, "dkim=fail reason=a \\\"quoted\\\" \\\\ reason header.d=weird.example header.s=sel-1 "
+	tu_assert_contains(p, "dkim=fail reason=a \\\"quoted\\\" \\\\ reason header.d=weird.example header.s=sel-1 "
 			"header.a=rsa-sha256 header.b=ab/+CD12\n");
 	free(p);
 	/* bounded: results that do not fit are left out whole */
@@ -1060,7 +927,7 @@ static void test_header_function(void **state)
 	char small[300];
 	dkim_auth_results(&a, NULL, "mx.example.test", small, sizeof(small));
 	assert_true(strlen(small) < sizeof(small));
-	assert_contains(small, "spf=fail");
+	tu_assert_contains(small, "spf=fail");
 	assert_true(small[strlen(small) - 1] == '"');
 	p = authres_parse(f, small);
 	free(p);
@@ -1081,8 +948,8 @@ static void test_foreign_authentication_results(void **state)
 	run_msg(f, m);
 	assert_int_equal(f->ctx.auth.dkim, AUTH_DKIM_PASS);
 	assert_lacks(header(f, "Authentication-Results"), "bank.example");
-	char *log = slurp(f->logpath, NULL);
-	assert_contains(log, "\"event\":\"dkim.forged_authentication_results\",\"count\":1");
+	char *log = tu_read_file(f->logpath, NULL);
+	tu_assert_contains(log, "\"event\":\"dkim.forged_authentication_results\",\"count\":1");
 	free(log);
 }
 
@@ -1095,12 +962,12 @@ static void test_metrics_and_logs(void **state)
 	run_msg(f, signed_msg(f, message("dual.example", "met", "Hi.\r\n")));
 	run_msg(f, signed_msg(f, message("nokey.example", "met2", "Hi.\r\n")));
 	char *m = metrics_text(f);
-	assert_contains(m, "rampart_dkim_verify_total{stage=\"mx\",instance=\"mx\",result=\"pass\"}");
-	assert_contains(m, "rampart_dkim_verify_total{stage=\"mx\",instance=\"mx\",result=\"permerror\"}");
+	tu_assert_contains(m, "rampart_dkim_verify_total{stage=\"mx\",instance=\"mx\",result=\"pass\"}");
+	tu_assert_contains(m, "rampart_dkim_verify_total{stage=\"mx\",instance=\"mx\",result=\"permerror\"}");
 	free(m);
-	char *log = slurp(f->logpath, NULL);
-	assert_contains(log, "\"event\":\"dkim.signature\",\"result\":\"pass\",\"domain\":\"dual.example\"");
-	assert_contains(log, "\"event\":\"dkim.result\",\"result\":\"permerror\",\"signatures\":1");
+	char *log = tu_read_file(f->logpath, NULL);
+	tu_assert_contains(log, "\"event\":\"dkim.signature\",\"result\":\"pass\",\"domain\":\"dual.example\"");
+	tu_assert_contains(log, "\"event\":\"dkim.result\",\"result\":\"permerror\",\"signatures\":1");
 	free(log);
 }
 
@@ -1109,22 +976,19 @@ static void test_config_errors(void **state)
 	struct fx *f = *state;
 	char why[512];
 	assert_null(build(f, "[check.dkim]\nmax_signatures = 11\n", why, sizeof(why)));
-	assert_contains(why, "max_signatures");
+	tu_assert_contains(why, "max_signatures");
 	assert_null(build(f, "[check.dkim]\nthreads = 0\n", why, sizeof(why)));
 	assert_null(build(f, "[check.dkim]\nmax_body = 10\n", why, sizeof(why)));
 	assert_null(build(f, "[check.dkim]\nreject_fail = maybe\n", why, sizeof(why)));
-	f->env.base = NULL;
+	f->c.env.base = NULL;
 	assert_null(build(f, "", why, sizeof(why)));
-	assert_contains(why, "event loop");
-	f->env.base = f->base;
+	tu_assert_contains(why, "event loop");
+	f->c.env.base = f->c.base;
 	/* the stale results of a transaction do not survive the next MAIL */
 	use_chain(f, "");
 	run_msg(f, signed_msg(f, message("rsa.example", "stale", "Hi.\r\n")));
 	assert_int_equal(f->ctx.auth.dkim, AUTH_DKIM_PASS);
-	f->ndone = 0;
-	chain_run(f->chain, PHASE_MAIL, &f->ctx, on_done, f);
-	while (f->ndone == 0)
-		event_base_loop(f->base, EVLOOP_ONCE);
+	tu_chain_verdict(f->c.chain, PHASE_MAIL, &f->ctx, f->c.base);
 	assert_int_equal(f->ctx.auth.dkim, AUTH_DKIM_UNCHECKED);
 	assert_int_equal(f->ctx.auth.ndkim, 0);
 }
@@ -1146,7 +1010,7 @@ static void test_many_and_free_while_running(void **state)
 	struct config *cfg = config_parse_string("x", "[check.dkim]\nthreads = 3\ntimeout = 600ms\n", &err);
 	void *params = xcalloc(1, check_dkim.params->size);
 	assert_true(config_bind(cfg, "check.dkim", check_dkim.params, params, &err));
-	struct dkim_check *c = check_dkim.init(params, &f->env, why, sizeof(why));
+	struct dkim_check *c = check_dkim.init(params, &f->c.env, why, sizeof(why));
 	assert_non_null(c);
 	char *msgs[2] = { signed_msg(f, message("dual.example", "m1", "Hi.\r\n")),
 			  signed_msg(f, message("ed.example", "m2", "Hi.\r\n")) };
@@ -1155,20 +1019,20 @@ static void test_many_and_free_while_running(void **state)
 		dkim_verify_message(c, msgs[i % 2], strlen(msgs[i % 2]), on_outcome, &n);
 	assert_int_equal(n, 0);                         /* never inside dkim_verify_message */
 	while (n < 40)
-		event_base_loop(f->base, EVLOOP_ONCE);
+		event_base_loop(f->c.base, EVLOOP_ONCE);
 	check_dkim.free(c);
 
 	use_dns(f, true);
-	c = check_dkim.init(params, &f->env, why, sizeof(why));
+	c = check_dkim.init(params, &f->c.env, why, sizeof(why));
 	assert_non_null(c);
 	char *dead = signed_msg(f, message("dead.example", "m3", "Hi.\r\n"));
 	n = 0;
 	for (int i = 0; i < 5; i++)
 		dkim_verify_message(c, dead, strlen(dead), on_outcome, &n);
-	long long t0 = mono_ms();
+	long long t0 = tu_mono_ms();
 	check_dkim.free(c);
-	assert_true(mono_ms() - t0 < 2500);
-	event_base_loop(f->base, EVLOOP_NONBLOCK);
+	assert_true(tu_mono_ms() - t0 < 2500);
+	event_base_loop(f->c.base, EVLOOP_NONBLOCK);
 	assert_int_equal(n, 0);
 	use_dns(f, false);
 	free(dead);
@@ -1206,7 +1070,7 @@ static void test_no_growth(void **state)
 	struct config *cfg = config_parse_string("x", "[check.dkim]\nthreads = 1\n", &err);
 	void *params = xcalloc(1, check_dkim.params->size);
 	assert_true(config_bind(cfg, "check.dkim", check_dkim.params, params, &err));
-	struct dkim_check *c = check_dkim.init(params, &f->env, why, sizeof(why));
+	struct dkim_check *c = check_dkim.init(params, &f->c.env, why, sizeof(why));
 	assert_non_null(c);
 	char *m = signed_msg(f, message("dual.example", "growth", "Hi.\r\n"));
 	size_t before = 0;
@@ -1216,7 +1080,7 @@ static void test_no_growth(void **state)
 			before = mallinfo2().uordblks;
 		dkim_verify_message(c, m, strlen(m), count_outcome, &n);
 		while (n <= i)
-			event_base_loop(f->base, EVLOOP_ONCE);
+			event_base_loop(f->c.base, EVLOOP_ONCE);
 	}
 	long grown = (long)mallinfo2().uordblks - (long)before;
 	print_message("heap after 4000 more dual (rsa + ed25519) verifications: %+ld bytes\n", grown);

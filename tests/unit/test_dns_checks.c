@@ -16,7 +16,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "testutil.h"
+#include "testutil_checks.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -70,16 +70,9 @@ static const char sites[] = "sites = bl.example=127.0.0.[2..11]*2, bl2.example=1
 struct fx {
 	char dir[512];
 	char zone_path[600];
-	struct event_base *base;
-	struct dns *dns;
-	struct metrics *metrics;
-	struct config *cfg;
-	struct chain *chain;
+	struct tu_chain_fx c;
 	struct envelope *e;
 	struct check_ctx ctx;
-	struct check_env env;
-	int ndone;
-	struct verdict v;
 };
 
 static int setup(void **state)
@@ -88,31 +81,13 @@ static int setup(void **state)
 	if (tu_mkdtemp(f->dir, sizeof(f->dir), "dnsbl") != 0)
 		return -1;
 	snprintf(f->zone_path, sizeof(f->zone_path), "%s/zone", f->dir);
-	FILE *z = fopen(f->zone_path, "w");
-	if (!z)
-		return -1;
-	fputs(zone, z);
-	fclose(z);
+	tu_write_file(f->zone_path, zone);
 	log_init("mx", "mx");
 	log_set_level(LL_ERROR);
-	f->base = event_base_new();
-	struct dns_opts o = { .local_data = f->zone_path, .local_only = true };
-	char why[256];
-	f->dns = dns_new(f->base, &o, why, sizeof(why));
-	if (!f->dns)
+	if (!tu_chain_fx_init(&f->c, true))
 		return -1;
-	f->metrics = metrics_new("mx", "mx");
-	f->env.stage = "mx";
-	f->env.instance = "mx";
-	f->env.hostname = "mx.example.test";
-	f->env.metrics = f->metrics;
-	f->env.dns = f->dns;
-	f->env.base = f->base;
-	f->e = envelope_new();
-	f->ctx.sid = "S1";
-	f->ctx.client = &f->e->client;
-	f->ctx.env = f->e;
-	f->ctx.pool = f->e->pool;
+	tu_chain_fx_dns(&f->c, f->zone_path, false, 0);
+	f->e = tu_session_new(&f->ctx, NULL, NULL, NULL);
 	*state = f;
 	return 0;
 }
@@ -120,17 +95,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	struct fx *f = *state;
-	chain_free(f->chain);
-	config_free(f->cfg);
-	for (size_t i = 0; i < f->ctx.nadd; i++) {
-		free(f->ctx.add[i].name);
-		free(f->ctx.add[i].value);
-	}
-	free(f->ctx.add);
+	tu_chain_fx_free(&f->c, &f->ctx);
 	envelope_free(f->e);
-	dns_free(f->dns);
-	metrics_free(f->metrics);
-	event_base_free(f->base);
 	tu_rmtree(f->dir);
 	free(f);
 	return 0;
@@ -138,48 +104,14 @@ static int teardown(void **state)
 
 static void use(struct fx *f, const char *conf)
 {
-	struct config_error err = { "" };
-	char why[512] = "";
-	chain_free(f->chain);
-	config_free(f->cfg);
-	f->cfg = config_parse_string("rampart.conf", conf, &err);
-	if (!f->cfg)
-		fail_msg("config: %s", err.msg);
-	char *words[] = { "lists", "dnsbl", "hygiene" };
-	struct strlist names = { 3, words };
-	f->chain = chain_new(f->cfg, &names, &f->env, why, sizeof(why));
-	if (!f->chain)
-		fail_msg("chain: %s", why);
-}
-
-static void on_done(void *arg, const struct verdict *v)
-{
-	struct fx *f = arg;
-	f->ndone++;
-	f->v = *v;
+	tu_chain_use(&f->c, conf, "lists dnsbl hygiene");
 }
 
 /* Run a phase for a client and wait (the loop runs) for its verdict. */
 static struct verdict run(struct fx *f, enum check_phase phase, const char *client)
 {
 	f->e->client.addr = pool_strdup(f->e->pool, client);
-	f->ndone = 0;
-	chain_run(f->chain, phase, &f->ctx, on_done, f);
-	for (int i = 0; i < 500 && f->ndone == 0; i++)
-		event_base_loop(f->base, EVLOOP_ONCE);
-	assert_int_equal(f->ndone, 1);
-	return f->v;
-}
-
-static bool metric_has(struct fx *f, const char *line)
-{
-	struct buf b = BUF_INIT;
-	metrics_render(f->metrics, &b);
-	bool ok = strstr(buf_cstr(&b), line) != NULL;
-	if (!ok)
-		print_message("metrics:\n%s\n", buf_cstr(&b));
-	buf_free(&b);
-	return ok;
+	return tu_chain_verdict(f->c.chain, phase, &f->ctx, f->c.base);
 }
 
 static void test_scores_filters_and_allow_lists(void **state)
@@ -228,7 +160,7 @@ static void test_scores_filters_and_allow_lists(void **state)
 	assert_int_equal(v.kind, V_REJECT);
 	v = run(f, PHASE_CONNECT, "::ffff:192.0.2.11");
 	assert_int_equal(v.kind, V_REJECT);
-	assert_true(metric_has(f, "rampart_dnsbl_hits_total{stage=\"mx\",instance=\"mx\",list=\"bl.example\"} 5\n"));
+	assert_true(tu_metric_has(f->c.metrics, "rampart_dnsbl_hits_total{stage=\"mx\",instance=\"mx\",list=\"bl.example\"} 5\n"));
 }
 
 static void test_actions(void **state)
@@ -269,20 +201,9 @@ static void test_actions(void **state)
 static void test_dead_list_times_out(void **state)
 {
 	struct fx *f = *state;
-	int trap = socket(AF_INET, SOCK_DGRAM, 0);
-	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t sl = sizeof(sin);
-	assert_int_equal(bind(trap, (struct sockaddr *)&sin, sizeof(sin)), 0);
-	assert_int_equal(getsockname(trap, (struct sockaddr *)&sin, &sl), 0);
-	char fwd[64];
-	snprintf(fwd, sizeof(fwd), "127.0.0.1@%d", ntohs(sin.sin_port));
-	const char *fwds[] = { fwd, NULL };
-	struct dns_opts o = { .local_data = f->zone_path, .local_only = false, .timeout_ms = 30000 };
-	char why[256];
-	struct dns *slow = dns_new_fwd(f->base, &o, fwds, why, sizeof(why));
-	assert_non_null(slow);
-	f->env.dns = slow;
-	/* dead.example is not in the local data: its query goes to the trap */
+	tu_chain_fx_dns(&f->c, f->zone_path, true, 30000);
+	/* dead.example is not in the local data: its query goes to the DNS
+	 * server that never answers */
 	use(f, "[check.dnsbl]\nsites = bl.example*2, dead.example*5\nthreshold = 2\ntimeout = 300ms\n");
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -292,12 +213,7 @@ static void test_dead_list_times_out(void **state)
 	assert_true(ms >= 250 && ms < 3000);
 	assert_int_equal(v.kind, V_REJECT);             /* bl.example still counts */
 	assert_int_equal(f->ctx.dnsbl_score, 2);
-	assert_true(metric_has(f, "rampart_dnsbl_errors_total{stage=\"mx\",instance=\"mx\",list=\"dead.example\"} 1\n"));
-	chain_free(f->chain);
-	f->chain = NULL;
-	dns_free(slow);
-	f->env.dns = f->dns;
-	close(trap);
+	assert_true(tu_metric_has(f->c.metrics, "rampart_dnsbl_errors_total{stage=\"mx\",instance=\"mx\",list=\"dead.example\"} 1\n"));
 }
 
 static void test_bad_entries(void **state)
@@ -315,7 +231,7 @@ static void test_bad_entries(void **state)
 		assert_non_null(cfg);
 		char *words[] = { "dnsbl" };
 		struct strlist names = { 1, words };
-		struct chain *c = chain_new(cfg, &names, &f->env, why, sizeof(why));
+		struct chain *c = chain_new(cfg, &names, &f->c.env, why, sizeof(why));
 		if (c || !strstr(why, "check dnsbl: sites: '"))
 			fail_msg("'%s' accepted or bad message: %s", bad[i], why);
 		config_free(cfg);
@@ -361,7 +277,7 @@ static void test_helo(void **state)
 	struct fx *f = *state;
 	char *doms[] = { "example.test" };
 	struct strlist local = { 1, doms };
-	f->env.local_domains = &local;
+	f->c.env.local_domains = &local;
 	use(f, "");
 	assert_int_equal(helo(f, "client.example.org").kind, V_CONTINUE);
 	assert_int_equal(helo(f, "client.example.org.").kind, V_CONTINUE);
@@ -383,16 +299,14 @@ static void test_helo(void **state)
 	/* allowed clients are not held to it */
 	f->ctx.client_allowed = true;
 	f->e->client.addr = pool_strdup(f->e->pool, "203.0.113.5");
-	f->ndone = 0;
 	f->ctx.helo = "localhost";
-	chain_run(f->chain, PHASE_HELO, &f->ctx, on_done, f);
-	assert_int_equal(f->v.kind, V_CONTINUE);
+	assert_int_equal(tu_chain_verdict(f->c.chain, PHASE_HELO, &f->ctx, NULL).kind, V_CONTINUE);
 	f->ctx.client_allowed = false;
 	/* each rule can be turned off */
 	use(f, "[check.hygiene]\nhelo_fqdn = no\nhelo_not_us = no\n");
 	assert_int_equal(helo(f, "localhost").kind, V_CONTINUE);
 	assert_int_equal(helo(f, "mx.example.test").kind, V_CONTINUE);
-	f->env.local_domains = NULL;
+	f->c.env.local_domains = NULL;
 }
 
 static struct verdict mail_from(struct fx *f, const char *sender)
@@ -428,29 +342,12 @@ static void test_sender_domain(void **state)
 static void test_sender_domain_dns_failure(void **state)
 {
 	struct fx *f = *state;
-	int trap = socket(AF_INET, SOCK_DGRAM, 0);
-	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t sl = sizeof(sin);
-	assert_int_equal(bind(trap, (struct sockaddr *)&sin, sizeof(sin)), 0);
-	assert_int_equal(getsockname(trap, (struct sockaddr *)&sin, &sl), 0);
-	char fwd[64];
-	snprintf(fwd, sizeof(fwd), "127.0.0.1@%d", ntohs(sin.sin_port));
-	const char *fwds[] = { fwd, NULL };
-	struct dns_opts o = { .local_data = f->zone_path, .timeout_ms = 30000 };
-	char why[256];
-	struct dns *slow = dns_new_fwd(f->base, &o, fwds, why, sizeof(why));
-	assert_non_null(slow);
-	f->env.dns = slow;
+	tu_chain_fx_dns(&f->c, f->zone_path, true, 30000);
 	use(f, "[check.hygiene]\ntimeout = 300ms\n");
 	struct verdict v = mail_from(f, "a@elsewhere.example");
 	assert_int_equal(v.kind, V_TEMPFAIL);
 	assert_int_equal(v.code, 451);
 	assert_string_equal(v.enh, "4.1.8");
-	chain_free(f->chain);
-	f->chain = NULL;
-	dns_free(slow);
-	f->env.dns = f->dns;
-	close(trap);
 }
 
 int main(void)

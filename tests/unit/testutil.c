@@ -3,7 +3,13 @@
  */
 #include "testutil.h"
 
+#include <stdarg.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <netinet/in.h>
@@ -18,6 +24,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "util/buf.h"
+#include "util/log.h"
 
 int tu_mkdtemp(char *out, size_t outlen, const char *tag)
 {
@@ -40,14 +49,107 @@ void tu_rmtree(const char *dir)
 	nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* ---- a private redis-server ---------------------------------------------- */
+void tu_rmtree_unless_kept(const char *dir)
+{
+	if (!getenv("RAMPART_TEST_KEEP"))
+		tu_rmtree(dir);
+	else
+		fprintf(stderr, "kept %s\n", dir);
+}
 
-static long long tu_mono_ms(void)
+long long tu_mono_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+/* ---- files, programs, the log -------------------------------------------- */
+
+void tu_write_bytes(const char *path, const void *data, size_t len)
+{
+	FILE *fp = fopen(path, "wb");
+	assert_non_null(fp);
+	assert_int_equal(fwrite(data, 1, len, fp), len);
+	assert_int_equal(fclose(fp), 0);
+}
+
+void tu_write_file(const char *path, const char *text)
+{
+	tu_write_bytes(path, text, strlen(text));
+}
+
+char *tu_read_file(const char *path, size_t *lenp)
+{
+	FILE *fp = fopen(path, "rb");
+	if (!fp)
+		return NULL;
+	struct buf b = BUF_INIT;
+	char tmp[4096];
+	size_t n;
+	while ((n = fread(tmp, 1, sizeof(tmp), fp)) > 0)
+		buf_append(&b, tmp, n);
+	fclose(fp);
+	if (lenp)
+		*lenp = b.len;
+	return buf_steal(&b, NULL);
+}
+
+bool tu_file_has(const char *path, const char *what)
+{
+	FILE *fp = fopen(path, "r");
+	if (!fp)
+		return false;
+	char line[4096];
+	bool found = false;
+	while (!found && fgets(line, sizeof(line), fp))
+		found = strstr(line, what) != NULL;
+	fclose(fp);
+	return found;
+}
+
+int tu_run_prog(const char *out, char *const argv[])
+{
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		if (fd < 0)
+			_exit(126);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	int st;
+	while (waitpid(pid, &st, 0) < 0)
+		assert_int_equal(errno, EINTR);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+int tu_log_open(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -1;
+	log_init("mx", "mx");
+	log_set_fd(fd);
+	return fd;
+}
+
+void tu_log_close(int fd)
+{
+	log_set_fd(2);
+	close(fd);
+}
+
+void tu_assert_contains(const char *hay, const char *needle)
+{
+	if (!hay || !strstr(hay, needle))
+		fail_msg("'%s' lacks '%s'", hay ? hay : "(null)", needle);
+}
+
+/* ---- a private redis-server ---------------------------------------------- */
 
 int tu_free_port(void)
 {
