@@ -111,6 +111,7 @@ struct smtp_session {
 	char id[ID_LEN + 1];
 	struct bufferevent *bev;
 	struct event *timer;                /* greet pause */
+	struct event *close_timer;          /* closing: waits for a TLS filter's socket to drain */
 	enum state state;
 	enum state resume_state;            /* state to return to after a hook */
 	enum pending pending;
@@ -244,6 +245,38 @@ static void reply(struct smtp_session *s, int code, const char *enh, const char 
 	free(text);
 }
 
+/* Closing: every byte of the last reply is on its way.  After STARTTLS
+ * the session writes to a TLS filter whose encrypted output still sits in
+ * the socket's own bufferevent below it: that one must drain too (it has
+ * the filter's callbacks, so it is looked at again shortly). */
+static void close_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void closing_check(struct smtp_session *s)
+{
+	if (s->closed)
+		return;
+	struct bufferevent *under = bufferevent_get_underlying(s->bev);
+	bool drained = evbuffer_get_length(bufferevent_get_output(s->bev)) == 0 &&
+		       (!under || evbuffer_get_length(bufferevent_get_output(under)) == 0);
+	if (drained) {
+		s->closed = true;
+		smtp_session_unref(s);  /* the connection's reference */
+		return;
+	}
+	if (under && evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
+		if (!s->close_timer)
+			s->close_timer = evtimer_new(s->srv->base, close_timer_cb, s);
+		struct timeval tv = { 0, 5000 };
+		evtimer_add(s->close_timer, &tv);
+	}
+	/* else the write callback looks again */
+}
+
+static void close_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what;
+	closing_check(arg);
+}
+
 static void close_after_flush(struct smtp_session *s, const char *why)
 {
 	if (s->state == ST_CLOSING || !s->bev)
@@ -251,12 +284,7 @@ static void close_after_flush(struct smtp_session *s, const char *why)
 	enter_state(s, ST_CLOSING, why);
 	bufferevent_disable(s->bev, EV_READ);
 	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
-	struct evbuffer *out = bufferevent_get_output(s->bev);
-	if (evbuffer_get_length(out) == 0) {
-		s->closed = true;
-		smtp_session_unref(s);  /* the connection's reference */
-	}
-	/* else the write callback finishes the job */
+	closing_check(s);
 }
 
 static bool ip_in(const struct strlist *nets, const char *ip)
@@ -1483,10 +1511,8 @@ static void on_write(struct bufferevent *bev, void *arg)
 	struct smtp_session *s = arg;
 	size_t pending = evbuffer_get_length(bufferevent_get_output(bev));
 	if (s->state == ST_CLOSING && !s->closed) {
-		if (pending == 0) {
-			s->closed = true;
-			smtp_session_unref(s);
-		}
+		if (pending == 0)
+			closing_check(s);
 		return;
 	}
 	if (s->out_blocked && pending <= OUT_LOW) {
@@ -1598,6 +1624,8 @@ static void session_free(struct smtp_session *s)
 	log_info(s->id, NULL, "smtp.disconnect", "client=%s errors=%u", s->client.addr, s->errors);
 	if (s->timer)
 		event_free(s->timer);
+	if (s->close_timer)
+		event_free(s->close_timer);
 	if (s->bev)
 		bufferevent_free(s->bev);
 	if (s->prev)
