@@ -72,3 +72,117 @@ bool hdr_is(const struct hdr_field *f, const char *name)
 	size_t n = strlen(name);
 	return f->name_len == n && strncasecmp(f->name, name, n) == 0;
 }
+
+/* ---- address lists ------------------------------------------------------- */
+
+/* Past the quoted string or comment opening at v[i]; len when unterminated. */
+static size_t skip_delimited(const char *v, size_t len, size_t i)
+{
+	char open = v[i], close = open == '(' ? ')' : '"';
+	int depth = 1;
+	for (i++; i < len; i++) {
+		if (v[i] == '\\') {
+			i++;
+			continue;
+		}
+		if (open == '(' && v[i] == '(')
+			depth++;
+		else if (v[i] == close && --depth == 0)
+			return i + 1;
+	}
+	return len + 1;
+}
+
+/* One mailbox's text v[0..n): the angle-addr if there is one, else the
+ * addr-spec with comments and blanks removed (quoted local parts kept). */
+static bool one_mailbox(const char *v, size_t n, char *out, bool *bad)
+{
+	size_t o = 0;
+	const char *lt = NULL;
+	for (size_t i = 0; i < n; ) {
+		if (v[i] == '"' || v[i] == '(') {
+			size_t e = skip_delimited(v, n, i);
+			if (e > n) {
+				*bad = true;
+				return false;
+			}
+			i = e;
+		} else if (v[i] == '<') {
+			lt = v + i;
+			break;
+		} else {
+			i++;
+		}
+	}
+	size_t from = 0, to = n;
+	if (lt) {
+		from = (size_t)(lt - v) + 1;
+		const char *gt = memchr(lt, '>', n - from + 1);
+		if (!gt) {
+			*bad = true;
+			return false;
+		}
+		to = (size_t)(gt - v);
+	}
+	for (size_t i = from; i < to; ) {
+		unsigned char c = (unsigned char)v[i];
+		if (c == '(') {
+			size_t e = skip_delimited(v, to, i);
+			if (e > to) {
+				*bad = true;
+				return false;
+			}
+			i = e;
+			continue;
+		}
+		if (c == '"') {
+			size_t e = skip_delimited(v, to, i);
+			if (e > to) {
+				*bad = true;
+				return false;
+			}
+			for (; i < e && o < HDR_ADDR_MAX; i++)
+				out[o++] = v[i];
+			i = e;
+			continue;
+		}
+		if (c != ' ' && c != '\t' && c != '\r' && c != '\n' && o < HDR_ADDR_MAX)
+			out[o++] = (char)c;
+		i++;
+	}
+	out[o] = '\0';
+	return o > 0;
+}
+
+bool hdr_addresses(const char *value, size_t len, bool (*fn)(void *arg, const char *addr), void *arg)
+{
+	char addr[HDR_ADDR_MAX + 1];
+	size_t start = 0;
+	bool in_angle = false;
+	for (size_t i = 0; i <= len; ) {
+		char c = i < len ? value[i] : ',';
+		if (i < len && (c == '"' || c == '(')) {
+			size_t e = skip_delimited(value, len, i);
+			if (e > len)
+				return false;
+			i = e;
+			continue;
+		}
+		if (c == '<')
+			in_angle = true;
+		else if (c == '>')
+			in_angle = false;
+		if (!in_angle && c == ':') {
+			start = i + 1;          /* a group's display name ends here */
+		} else if (!in_angle && (c == ',' || c == ';')) {
+			bool bad = false;
+			if (one_mailbox(value + start, i - start, addr, &bad) && !fn(arg, addr))
+				return true;
+			if (bad)
+				return false;
+			start = i + 1;
+		}
+		i++;
+	}
+	return !in_angle;
+}

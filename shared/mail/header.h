@@ -30,4 +30,14 @@ bool hdr_next(const char *msg, size_t hlen, size_t *pos, struct hdr_field *f);
 /* The field's name is name (case-insensitive). */
 bool hdr_is(const struct hdr_field *f, const char *name);
 
+/* The addresses of a mailbox-list or address-list field value (From, To,
+ * Cc, Reply-To; RFC 5322 3.4): each mailbox's addr-spec, "local@domain",
+ * comments, display names, angle brackets and folding removed, group
+ * names and their terminating ';' passed over, to fn(arg, addr) in order
+ * (fn returns false to stop).  An addr-spec longer than HDR_ADDR_MAX is
+ * handed over cut.  False when the value is malformed (an unterminated
+ * quoted string, comment or angle-addr). */
+#define HDR_ADDR_MAX 320
+bool hdr_addresses(const char *value, size_t len, bool (*fn)(void *arg, const char *addr), void *arg);
+
 #endif

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -90,12 +91,80 @@ static void test_bounded(void **state)
 	assert_false(hdr_next("Subject", 7, &pos, &f));
 }
 
+struct got {
+	char a[8][HDR_ADDR_MAX + 1];
+	int n;
+	int stop_after;
+};
+
+static bool collect(void *arg, const char *addr)
+{
+	struct got *g = arg;
+	if (g->n < 8)
+		snprintf(g->a[g->n], sizeof(g->a[0]), "%s", addr);
+	g->n++;
+	return !g->stop_after || g->n < g->stop_after;
+}
+
+static struct got addrs(const char *v, bool ok)
+{
+	struct got g = { .n = 0 };
+	if (hdr_addresses(v, strlen(v), collect, &g) != ok)
+		fail_msg("'%s': expected %s", v, ok ? "success" : "failure");
+	return g;
+}
+
+static void test_addresses(void **state)
+{
+	(void)state;
+	struct got g = addrs(" alice@example.test", true);
+	assert_int_equal(g.n, 1);
+	assert_string_equal(g.a[0], "alice@example.test");
+	g = addrs(" \"Smith, Alice\" <alice@example.test>, bob@example.test (Bob, the builder)", true);
+	assert_int_equal(g.n, 2);
+	assert_string_equal(g.a[0], "alice@example.test");
+	assert_string_equal(g.a[1], "bob@example.test");
+	g = addrs(" Alice (a <comment>) <alice@example.test>", true);
+	assert_int_equal(g.n, 1);
+	assert_string_equal(g.a[0], "alice@example.test");
+	g = addrs(" team: carol@example.test, <dave@example.test>;, eve@example.test", true);
+	assert_int_equal(g.n, 3);
+	assert_string_equal(g.a[0], "carol@example.test");
+	assert_string_equal(g.a[1], "dave@example.test");
+	assert_string_equal(g.a[2], "eve@example.test");
+	g = addrs(" undisclosed-recipients:;", true);
+	assert_int_equal(g.n, 0);
+	g = addrs(" \"a,b\"@example.test", true);
+	assert_int_equal(g.n, 1);
+	assert_string_equal(g.a[0], "\"a,b\"@example.test");
+	g = addrs(" x@example.test,\r\n\ty@example.test", true);
+	assert_int_equal(g.n, 2);
+	assert_string_equal(g.a[1], "y@example.test");
+	/* stopping early */
+	g = (struct got){ .stop_after = 1 };
+	assert_true(hdr_addresses("a@x.test, b@x.test", 18, collect, &g));
+	assert_int_equal(g.n, 1);
+	/* malformed */
+	addrs(" \"unterminated <a@example.test>", false);
+	addrs(" Alice <alice@example.test", false);
+	addrs(" (open comment a@example.test", false);
+	/* bounded: a long address is cut, never overflows */
+	char big[1200];
+	memset(big, 'a', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	big[600] = '@';
+	g = addrs(big, true);
+	assert_int_equal(g.n, 1);
+	assert_int_equal(strlen(g.a[0]), HDR_ADDR_MAX);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_body_start),
 		cmocka_unit_test(test_fields_and_folding),
 		cmocka_unit_test(test_bounded),
+		cmocka_unit_test(test_addresses),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
