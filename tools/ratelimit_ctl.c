@@ -225,6 +225,25 @@ static int reset(struct ctl *c, enum rl_kind kind, const char *value)
 	return 0;
 }
 
+/* Lift the spam-trap block of a client (check traps: key trap:ADDRESS). */
+static int lift_trap(struct ctl *c, const char *addr)
+{
+	char ip[128], key[STATE_KEY_MAX + 1];
+	if (!rl_canon_ip(addr, ip, sizeof(ip))) {
+		fprintf(stderr, "rampartctl: ratelimit reset trap:%s: expected a client address\n", addr);
+		return 1;
+	}
+	snprintf(key, sizeof(key), "trap:%s", ip);
+	struct state_ctl_op w = { .status = STATE_NOTFOUND };
+	if (c->sc.st) {
+		state_del(c->sc.st, key, state_ctl_done, &w);
+		if (!state_ctl_wait(&c->sc, &w, "del"))
+			return 1;
+	}
+	printf("%s: %s\n", key, w.status == STATE_OK ? "block lifted" : "not blocked");
+	return 0;
+}
+
 struct lister {
 	struct ctl *c;
 	size_t n, limited;
@@ -288,7 +307,7 @@ int ratelimit_ctl_main(const char *config_path, const char *instance, int argc, 
 {
 	if (argc < 1 || (strcmp(argv[0], "list") != 0 && argc != 2) || argc > 2) {
 		fprintf(stderr, "usage: rampartctl [-c rampart.conf] [-n instance] ratelimit show KIND:VALUE | "
-			"show ADDRESS | reset KIND:VALUE | list [KIND]\n");
+			"show ADDRESS | reset KIND:VALUE | reset trap:ADDRESS | list [KIND]\n");
 		return 2;
 	}
 	const char *op = argv[0];
@@ -329,6 +348,8 @@ int ratelimit_ctl_main(const char *config_path, const char *instance, int argc, 
 			}
 			if (rc == 0 && !printed)
 				printf("no rule and no bucket for %s\n", argv[1]);
+		} else if (strcmp(op, "reset") == 0 && strncmp(argv[1], "trap:", 5) == 0) {
+			rc = lift_trap(&c, argv[1] + 5);
 		} else if (!parse_key(&c, argv[1], &kind, value, sizeof(value))) {
 			rc = 1;
 		} else if (strcmp(op, "show") == 0) {

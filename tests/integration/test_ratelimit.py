@@ -123,6 +123,14 @@ def test_ratelimit_and_traps_lmdb():
         out = lab.ctl("ratelimit", "show", "192.0.2.66")
         check("trap     blocked (554 5.7.1) for sending to spam trap <trap@example.test>" in out.stdout
               and "bucket   rl:client:192.0.2.66" in out.stdout, "show client:\n%s" % out.stdout)
+        # the administrator lifts the block: the client is greeted again
+        out = lab.ctl("ratelimit", "reset", "trap:192.0.2.66")
+        check(out.returncode == 0 and "trap:192.0.2.66: block lifted" in out.stdout, "lift:\n%s%s" % (out.stdout, out.stderr))
+        r, code, _ = _session(lab, "192.0.2.66")
+        check(code == 220, "greeted after the lift: %d" % code)
+        r.close()
+        out = lab.ctl("ratelimit", "reset", "trap:192.0.2.66")
+        check("not blocked" in out.stdout, "second lift: %s" % out.stdout)
 
         log = lab.log("mx")
         check('"event":"ratelimit.limited"' in log and '"event":"traps.hit"' in log
