@@ -133,6 +133,15 @@ void ledger_accepted(struct ledger *l, const char *sender, const char *login, si
 	}
 }
 
+void ledger_rejected(struct ledger *l, const char *sender, const char *login)
+{
+	struct entry *es[3] = { get(l, LEDGER_SENDER, sender ? sender : ""), get(l, LEDGER_DOMAIN, domain_of(sender ? sender : "")),
+				login && *login ? get(l, LEDGER_LOGIN, login) : NULL };
+	for (size_t i = 0; i < 3; i++)
+		if (es[i])
+			es[i]->c.rejected++;
+}
+
 void ledger_outcome(struct ledger *l, const char *sender, const char *login, int code)
 {
 	struct entry *es[3] = { get(l, LEDGER_SENDER, sender), get(l, LEDGER_DOMAIN, domain_of(sender)),
@@ -174,13 +183,13 @@ static bool key_ok(const char *k)
 bool ledger_save(const struct ledger *l, const char *path, char *why, size_t whylen)
 {
 	struct buf b = BUF_INIT;
-	buf_puts(&b, "# rampart ledger 1\n");
+	buf_puts(&b, "# rampart ledger 2\n");
 	for (size_t i = 0; i < l->cap; i++) {
 		const struct entry *e = &l->slots[i];
 		if (!e->key || !key_ok(e->key))
 			continue;
-		buf_printf(&b, "%s\t%s\t%llu %llu %llu %llu %llu %llu\n", kind_names[e->kind], e->key, e->c.messages,
-			   e->c.recipients, e->c.bytes, e->c.delivered, e->c.deferred, e->c.bounced);
+		buf_printf(&b, "%s\t%s\t%llu %llu %llu %llu %llu %llu %llu\n", kind_names[e->kind], e->key, e->c.messages,
+			   e->c.recipients, e->c.bytes, e->c.delivered, e->c.deferred, e->c.bounced, e->c.rejected);
 	}
 	char *tmp = xasprintf("%s.tmp", path);
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
@@ -222,8 +231,11 @@ static bool parse_line(char *line, enum ledger_kind *kind, char **key, struct le
 		return false;
 	*kind = (enum ledger_kind)k;
 	*key = t1 + 1;
-	return sscanf(t2 + 1, "%llu %llu %llu %llu %llu %llu", &c->messages, &c->recipients, &c->bytes,
-		      &c->delivered, &c->deferred, &c->bounced) == 6;
+	/* six counts (format 1) or seven (format 2 adds rejected) */
+	c->rejected = 0;
+	int n = sscanf(t2 + 1, "%llu %llu %llu %llu %llu %llu %llu", &c->messages, &c->recipients, &c->bytes,
+		       &c->delivered, &c->deferred, &c->bounced, &c->rejected);
+	return n == 6 || n == 7;
 }
 
 bool ledger_load(struct ledger *l, const char *path, char *why, size_t whylen)
@@ -247,7 +259,7 @@ bool ledger_load(struct ledger *l, const char *path, char *why, size_t whylen)
 		char *key;
 		struct ledger_counts c = { 0 };
 		if (!parse_line(line, &kind, &key, &c)) {
-			set_why(why, whylen, "%s:%u: expected 'KIND<TAB>KEY<TAB>six counts'", path, n);
+			set_why(why, whylen, "%s:%u: expected 'KIND<TAB>KEY<TAB>six or seven counts'", path, n);
 			ok = false;
 			break;
 		}
@@ -294,12 +306,12 @@ bool ledger_print(const char *path, const char *kind, size_t top, FILE *out, cha
 		rows[n++] = (struct row){ e->kind, e->key, e->c };
 	}
 	qsort(rows, n, sizeof(*rows), by_messages);
-	fprintf(out, "%-7s %-40s %10s %10s %12s %10s %9s %8s\n", "kind", "key", "messages", "rcpts", "bytes",
-		"delivered", "deferred", "bounced");
+	fprintf(out, "%-7s %-40s %10s %10s %12s %10s %9s %8s %8s\n", "kind", "key", "messages", "rcpts", "bytes",
+		"delivered", "deferred", "bounced", "rejected");
 	for (size_t i = 0; i < n && (!top || i < top); i++)
-		fprintf(out, "%-7s %-40s %10llu %10llu %12llu %10llu %9llu %8llu\n", kind_names[rows[i].kind],
+		fprintf(out, "%-7s %-40s %10llu %10llu %12llu %10llu %9llu %8llu %8llu\n", kind_names[rows[i].kind],
 			*rows[i].key ? rows[i].key : "<>", rows[i].c.messages, rows[i].c.recipients, rows[i].c.bytes,
-			rows[i].c.delivered, rows[i].c.deferred, rows[i].c.bounced);
+			rows[i].c.delivered, rows[i].c.deferred, rows[i].c.bounced, rows[i].c.rejected);
 	free(rows);
 	ledger_free(l);
 	return true;

@@ -1,7 +1,8 @@
 /*
  * ledger.h — per-sender accounting: for each envelope sender, sender
  * domain and authenticated login (or application), the messages accepted,
- * recipients, bytes, and recipients delivered, deferred and bounced.
+ * recipients, bytes, recipients delivered, deferred and bounced, and
+ * what the checks refused.
  *
  * Kept in memory, saved atomically to a file (periodically and at exit)
  * and loaded at start-up, so counts survive restarts; `rampartctl stats
@@ -19,6 +20,7 @@ enum ledger_kind { LEDGER_SENDER, LEDGER_DOMAIN, LEDGER_LOGIN, LEDGER_KINDS };
 
 struct ledger_counts {
 	unsigned long long messages, recipients, bytes, delivered, deferred, bounced;
+	unsigned long long rejected;    /* commands and messages the checks refused */
 };
 
 struct ledger;
@@ -33,6 +35,8 @@ bool ledger_save(const struct ledger *l, const char *path, char *why, size_t why
 
 /* A message was accepted.  login may be NULL. */
 void ledger_accepted(struct ledger *l, const char *sender, const char *login, size_t nrcpt, size_t bytes);
+/* A check refused a command or the message (sender may be NULL: before MAIL). */
+void ledger_rejected(struct ledger *l, const char *sender, const char *login);
 /* One recipient's delivery outcome: 2xx delivered, 5xx bounced, else deferred. */
 void ledger_outcome(struct ledger *l, const char *sender, const char *login, int code);
 

@@ -68,6 +68,8 @@ static void test_save_load_round_trip(void **state)
 	ledger_accepted(l, "", NULL, 1, 300);                   /* the null sender */
 	ledger_accepted(l, "a@x.example", "app", 2, 20);
 	ledger_outcome(l, "a@x.example", "app", 250);
+	ledger_rejected(l, "a@x.example", "app");
+	ledger_rejected(l, NULL, "app");                        /* refused before MAIL */
 	assert_true(ledger_save(l, path, why, sizeof(why)));
 	ledger_free(l);
 	l = ledger_new(0);
@@ -76,6 +78,8 @@ static void test_save_load_round_trip(void **state)
 	assert_non_null(c);
 	assert_int_equal(c->recipients, 2);
 	assert_int_equal(c->delivered, 1);
+	assert_int_equal(c->rejected, 1);
+	assert_int_equal(ledger_get(l, LEDGER_LOGIN, "app")->rejected, 2);
 	assert_non_null(ledger_get(l, LEDGER_SENDER, ""));
 	FILE *out = tmpfile();
 	assert_true(ledger_print(path, "sender", 0, out, why, sizeof(why)));
@@ -87,6 +91,18 @@ static void test_save_load_round_trip(void **state)
 	assert_non_null(strstr(buf, "a@x.example"));
 	assert_non_null(strstr(buf, "<>"));
 	assert_null(strstr(buf, "domain "));
+	assert_non_null(strstr(buf, "rejected"));
+	ledger_free(l);
+	/* A file of format 1 (six counts) still loads, with nothing rejected. */
+	FILE *f1 = fopen(path, "w");
+	fputs("# rampart ledger 1\nlogin\told\t5 6 700 4 1 1\n", f1);
+	fclose(f1);
+	l = ledger_new(0);
+	assert_true(ledger_load(l, path, why, sizeof(why)));
+	c = ledger_get(l, LEDGER_LOGIN, "old");
+	assert_non_null(c);
+	assert_int_equal(c->bytes, 700);
+	assert_int_equal(c->rejected, 0);
 	ledger_free(l);
 	/* A broken file names the line. */
 	FILE *f = fopen(path, "w");
