@@ -16,6 +16,7 @@
 #include "dkim_keygen.h"
 #include "ratelimit_ctl.h"
 #include "greylist_ctl.h"
+#include "user_ctl.h"
 #include "checks/check.h"
 #include "mail/ledger.h"
 #include "mail/queue.h"
@@ -36,8 +37,9 @@
 extern const struct stage_def mx_stage;
 extern const struct stage_def store_stage;
 extern const struct stage_def out_stage;
+extern const struct stage_def submit_stage;
 
-static const struct stage_def *const stages[] = { &mx_stage, &store_stage, &out_stage, NULL };
+static const struct stage_def *const stages[] = { &mx_stage, &store_stage, &out_stage, &submit_stage, NULL };
 
 static const struct stage_def *find_stage(const char *name)
 {
@@ -63,17 +65,23 @@ static int usage(void)
 		"                            release: delivered as if never quarantined\n"
 		"  stats senders [sender|domain|login] [--top N]\n"
 		"                            per-sender accounting of an outgoing instance (-n out)\n"
+		"  stats users [--top N]     per-account accounting of the submission stage (-n submit)\n"
 		"  dkim keygen DOMAIN SELECTOR [--ed25519] [--bits N] [--dir DIR] [--txt-only]\n"
 		"                            write a DKIM key (mode 0600) and print the DNS TXT record\n"
 		"  ratelimit show KIND:VALUE | show ADDRESS\n"
 		"                            a rate-limit bucket (client:192.0.2.7, sender:a@example.org ...): tokens\n"
 		"                            left, rule, when full, whether the next message is limited\n"
 		"  ratelimit reset KIND:VALUE  delete a bucket (full again)\n"
+		"  ratelimit reset trap:ADDRESS  lift a client's spam-trap block (check traps)\n"
 		"  ratelimit list [KIND]     every bucket in the state store\n"
 		"  greylist list [FILTER]    greylisting triplets, auto-allow counters and manual allows (FILTER: an\n"
 		"                            address or network, a domain, a sender or recipient, a key prefix gl:...)\n"
 		"  greylist allow CLIENT     never greylist an address, a network or an SPF-authorised domain\n"
-		"  greylist purge [FILTER]   forget greylisting entries (without FILTER: all but manual allows)\n");
+		"  greylist purge [FILTER]   forget greylisting entries (without FILTER: all but manual allows)\n"
+		"  user add NAME [--app] [--senders LIST] [--password-stdin]   a submission account (-n submit)\n"
+		"  user passwd NAME [--password-stdin] | set NAME [--app|--no-app] [--senders LIST]\n"
+		"  user lock NAME | unlock NAME | del NAME | list\n"
+		"  authfail list | reset ADDRESS|ACCOUNT   failed-authentication counters of the submission stage\n");
 	return 2;
 }
 
@@ -393,20 +401,22 @@ int main(int argc, char **argv)
 		return config_check(path, argc >= 3 && strcmp(argv[2], "--doc") == 0);
 	if (strcmp(argv[0], "queue") == 0)
 		return queue_cmd(path, instance, argc - 1, argv + 1);
-	if (strcmp(argv[0], "stats") == 0 && argc >= 2 && strcmp(argv[1], "senders") == 0) {
-		const char *kind = NULL;
+	bool users = strcmp(argv[0], "stats") == 0 && argc >= 2 && strcmp(argv[1], "users") == 0;
+	if (strcmp(argv[0], "stats") == 0 && argc >= 2 && (users || strcmp(argv[1], "senders") == 0)) {
+		/* stats users: the submission stage's accounts (its logins) */
+		const char *kind = users ? "login" : NULL;
 		size_t top = 0;
 		for (int i = 2; i < argc; i++) {
 			if (strcmp(argv[i], "--top") == 0 && i + 1 < argc)
 				top = (size_t)strtoul(argv[++i], NULL, 10);
-			else if (!strcmp(argv[i], "sender") || !strcmp(argv[i], "domain") || !strcmp(argv[i], "login"))
+			else if (!users && (!strcmp(argv[i], "sender") || !strcmp(argv[i], "domain") || !strcmp(argv[i], "login")))
 				kind = argv[i];
 			else
 				return usage();
 		}
 		char spool[1024], state_dir[1024], ledger[2100], why[512];
 		if (strcmp(instance, "mx") == 0)
-			instance = "out";
+			instance = users ? "submit" : "out";
 		if (!spool_of(path, instance, spool, sizeof(spool), state_dir, sizeof(state_dir)))
 			return 1;
 		snprintf(ledger, sizeof(ledger), "%s/ledger.%s", state_dir, instance);
@@ -418,6 +428,10 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[0], "ratelimit") == 0)
 		return ratelimit_ctl_main(path, instance, argc - 1, argv + 1);
+	if (strcmp(argv[0], "user") == 0)
+		return user_ctl_main(path, instance, argc - 1, argv + 1);
+	if (strcmp(argv[0], "authfail") == 0)
+		return authfail_ctl_main(path, instance, argc - 1, argv + 1);
 	if (strcmp(argv[0], "quarantine") == 0)
 		return quarantine_cmd(path, instance, argc - 1, argv + 1);
 	if (strcmp(argv[0], "greylist") == 0)

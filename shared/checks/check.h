@@ -67,6 +67,7 @@ struct check_env {
 	struct dns *dns;                         /* the process's resolver */
 	struct event_base *base;                 /* the event loop, for timers (NULL in
 						  * offline checks: no timers then) */
+	const char *accounts_file;               /* the stage's accounts (submission), or NULL */
 	struct state *state;                     /* the process's state store ([state]),
 						  * opened when a check needs_state; NULL
 						  * when only checking a configuration */

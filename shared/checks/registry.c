@@ -19,6 +19,8 @@ extern const struct check_def check_traps;
 extern const struct check_def check_spf;
 extern const struct check_def check_greylist;
 extern const struct check_def check_dkim;
+extern const struct check_def check_sender_login;
+extern const struct check_def check_quota;
 
 const struct check_def *const check_registry[] = {
 	&check_relay,
@@ -34,6 +36,8 @@ const struct check_def *const check_registry[] = {
 	&check_spf,
 	&check_greylist,
 	&check_dkim,
+	&check_sender_login,
+	&check_quota,
 	NULL
 };
 

@@ -31,8 +31,15 @@ struct passdb {
 	struct passdb_account *a;
 	size_t n;
 	struct stat st;
+	struct stat bad;                /* a version of the file that did not load (reported once) */
 	time_t checked;
 };
+
+static bool same_version(const struct stat *a, const struct stat *b)
+{
+	return a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+	       a->st_size == b->st_size && a->st_ino == b->st_ino;
+}
 
 static void account_free(struct passdb_account *a)
 {
@@ -213,12 +220,13 @@ bool passdb_refresh(struct passdb **dbp, char *why, size_t whylen)
 		snprintf(why, whylen, "%s: %s (keeping the old accounts)", db->path, strerror(errno));
 		return false;
 	}
-	if (st.st_mtim.tv_sec == db->st.st_mtim.tv_sec && st.st_mtim.tv_nsec == db->st.st_mtim.tv_nsec &&
-	    st.st_size == db->st.st_size && st.st_ino == db->st.st_ino)
+	if (same_version(&st, &db->st) || same_version(&st, &db->bad))
 		return true;
 	struct passdb *n = passdb_load(db->path, why, whylen);
-	if (!n)
+	if (!n) {
+		db->bad = st;
 		return false;
+	}
 	passdb_free(db);
 	*dbp = n;
 	return true;

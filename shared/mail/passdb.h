@@ -42,7 +42,8 @@ struct passdb_account {
 struct passdb *passdb_load(const char *path, char *why, size_t whylen);
 void passdb_free(struct passdb *db);
 /* Re-read when the file changed (at most once a second); a failed
- * re-read keeps the old accounts and returns false with why. */
+ * re-read keeps the old accounts and returns false with why, once for
+ * each version of the file that fails. */
 bool passdb_refresh(struct passdb **db, char *why, size_t whylen);
 size_t passdb_count(const struct passdb *db);
 /* Case-insensitive; NULL if there is no such account. */

@@ -14,6 +14,7 @@
 #include "stage.h"
 #include "dsn.h"
 #include "header.h"
+#include "ledger.h"
 #include "queue.h"
 #include "state.h"
 #include "smtp_client.h"
@@ -50,6 +51,7 @@
 #define SRV(f) offsetof(struct server_config, f)
 const struct param_def server_param_defs[] = {
 	{ "listen", PT_LIST, "", 1, 0, NULL, SRV(listen), "addresses to listen on (host:port, [v6]:port, unix:/path)" },
+	{ "listen_tls", PT_LIST, "", 0, 0, NULL, SRV(listen_tls), "addresses to listen on with implicit TLS (port 465, RFC 8314); needs tls_cert" },
 	{ "hostname", PT_STR, "localhost", 1, 0, NULL, SRV(hostname), "name in the banner, EHLO and Received headers" },
 	{ "local_domains", PT_LIST, "", 0, 0, NULL, SRV(local_domains), "domains this site receives mail for" },
 	{ "checks", PT_LIST, "relay limits", 0, 0, NULL, SRV(checks), "checks to run, in order ([check.NAME] sections configure them)" },
@@ -86,6 +88,7 @@ const struct param_def server_param_defs[] = {
 	{ "destination_concurrency", PT_INT, "20", 1, 10000, NULL, SRV(destination_concurrency), "concurrent deliveries to one destination (recipient domain, or the next hops as a whole)" },
 	{ "tls_cert", PT_STR, "", 0, 0, NULL, SRV(tls_cert), "PEM certificate chain for STARTTLS (empty: no STARTTLS)" },
 	{ "tls_key", PT_STR, "", 0, 0, NULL, SRV(tls_key), "PEM private key for STARTTLS" },
+	{ "received_hide_client", PT_BOOL, "no", 0, 0, NULL, SRV(received_hide_client), "leave the client's name and address out of the Received header this stage adds (privacy of submitting users)" },
 	{ "xforward_hosts", PT_LIST, "", 0, 0, NULL, SRV(xforward_hosts), "previous stages (CIDR) whose XFORWARD is trusted" },
 	{ "xclient_hosts", PT_LIST, "", 0, 0, NULL, SRV(xclient_hosts), "proxies (CIDR) allowed to use XCLIENT" },
 	{ "user", PT_STR, "", 0, 0, NULL, SRV(user), "drop to this user after binding (when started as root)" },
@@ -167,6 +170,9 @@ struct stage {
 	struct metrics *metrics;
 	struct dns *dns;
 	struct state *state;            /* opened with the first generation whose checks need it */
+	struct ledger *ledger;          /* per-sender accounting (def->accounting) */
+	char *ledger_path;
+	unsigned ticks;
 	struct metric *m_events;
 	struct metric *m_sessions, *m_messages, *m_rejects, *m_deliveries, *m_deferrals, *m_bounces;
 	struct event *sig_hup, *sig_term, *sig_int, *sig_usr1;
@@ -232,6 +238,12 @@ static struct generation *gen_load(struct stage *st, bool dry, char *why, size_t
 			return NULL;
 		}
 	}
+	if ((st->def->submission || sc->listen_tls.n) && !*sc->tls_cert) {
+		snprintf(why, whylen, "%s: [%s] tls_cert: expected a certificate: %s", st->config_path, st->instance,
+			 st->def->submission ? "a submission stage requires TLS before AUTH" : "listen_tls needs one");
+		gen_unref(st, g);
+		return NULL;
+	}
 	for (size_t i = 0; i < sc->xforward_hosts.n + sc->xclient_hosts.n; i++) {
 		const char *n = i < sc->xforward_hosts.n ? sc->xforward_hosts.v[i] : sc->xclient_hosts.v[i - sc->xforward_hosts.n];
 		struct cidr c;
@@ -246,6 +258,7 @@ static struct generation *gen_load(struct stage *st, bool dry, char *why, size_t
 	g->env.instance = st->instance;
 	g->env.hostname = sc->hostname;
 	g->env.local_domains = &sc->local_domains;
+	g->env.accounts_file = config_str(st->set, g->conf, "accounts_file");
 	g->env.max_message_size = sc->max_message_size;
 	g->env.max_recipients = (unsigned)sc->max_recipients;
 	g->env.metrics = st->metrics;
@@ -260,7 +273,7 @@ static struct generation *gen_load(struct stage *st, bool dry, char *why, size_t
 		gen_unref(st, g);
 		return NULL;
 	}
-	bool want_state = false;
+	bool want_state = st->def->needs_state;
 	for (size_t i = 0; i < sc->checks.n; i++) {
 		const struct check_def *d = check_find(sc->checks.v[i]);
 		if (d && d->needs_state)
@@ -290,7 +303,7 @@ static struct generation *gen_load(struct stage *st, bool dry, char *why, size_t
 		}
 	} else if (!dry && st->def->init) {
 		char swhy[512] = "";
-		struct stage_env senv = { &g->g, st->instance, st->base, st->dns, st->metrics };
+		struct stage_env senv = { &g->g, st->instance, st->base, st->dns, st->metrics, st->state };
 		g->state = st->def->init(g->conf, &senv, swhy, sizeof(swhy));
 		if (!g->state) {
 			snprintf(why, whylen, "%s: [%s] %s", st->config_path, st->instance, swhy);
@@ -350,6 +363,10 @@ static void reply_verdict(struct sess *x, const struct verdict *v)
 	switch (v->kind) {
 	case V_TEMPFAIL:
 	case V_REJECT:
+		if (x->st->ledger) {
+			const struct env_client *c = x->ctx.client;
+			ledger_rejected(x->st->ledger, x->ctx.env ? x->ctx.env->sender : NULL, c ? c->login : NULL);
+		}
 		if (x->st->m_rejects) {
 			char l[160];
 			snprintf(l, sizeof(l), "check=\"%s\",code=\"%d\"", v->check ? v->check : "", v->code);
@@ -411,9 +428,15 @@ static char *build_outgoing(struct sess *x, size_t *len)
 	/* Received describes this hop: the connected client (XFORWARD's
 	 * original client is in the previous stage's header and the logs). */
 	char h1[300], h2[300], h3[80];
-	buf_printf(&b, "Received: from %s (%s [%s])\r\n", header_safe(h1, sizeof(h1), *conn->helo ? conn->helo : "unknown"),
-		   header_safe(h2, sizeof(h2), conn->name), header_safe(h3, sizeof(h3), conn->addr));
-	buf_printf(&b, "\tby %s (Rampart) with %s id %s", x->gen->sc->hostname, smtp_session_proto(x->s), t->qid);
+	const char *login = smtp_session_login(x->s);
+	if (x->gen->sc->received_hide_client)
+		buf_puts(&b, "Received:");      /* RFC 5322 3.6.7: the from clause is not required */
+	else
+		buf_printf(&b, "Received: from %s (%s [%s])", header_safe(h1, sizeof(h1), *conn->helo ? conn->helo : "unknown"),
+			   header_safe(h2, sizeof(h2), conn->name), header_safe(h3, sizeof(h3), conn->addr));
+	if (login)
+		buf_printf(&b, "\r\n\t(Authenticated sender: %s)", header_safe(h1, sizeof(h1), login));
+	buf_printf(&b, "\r\n\tby %s (Rampart) with %s id %s", x->gen->sc->hostname, smtp_session_proto(x->s), t->qid);
 	if (smtp_session_tls(x->s) && *smtp_session_tls_info(x->s))
 		buf_printf(&b, "\r\n\t(%s)", smtp_session_tls_info(x->s));
 	if (t->env->nrcpt == 1)
@@ -447,18 +470,26 @@ static char *build_outgoing(struct sess *x, size_t *len)
 
 /* -- queue mode -- */
 
-static void queued(void *arg, bool ok, const char *qid)
+/* The spool took the message (ok) or could not: the client's answer.
+ * A quarantined message gets the same 250 as any other. */
+static void spooled(struct sess *x, bool ok, const char *qid, bool quarantined)
 {
-	struct sess *x = arg;
 	struct smtp_txn *t = smtp_session_txn(x->s);
 	if (ok) {
 		if (x->st->m_messages)
-			metric_inc(x->st->m_messages, "result=\"queued\"");
-		if (t && x->st->def->accepted && x->gen->state)
-			x->st->def->accepted(x->gen->state, t->env, x->out_len);
-		log_info(smtp_session_id(x->s), qid, "message.queued", "from=%s nrcpt=%zu size=%zu correlation=%s",
-			 t ? t->env->sender : "", t ? t->env->nrcpt : 0, x->out_len,
-			 t ? t->env->correlation_id : "");
+			metric_inc(x->st->m_messages, quarantined ? "result=\"quarantined\"" : "result=\"queued\"");
+		if (quarantined) {
+			log_info(smtp_session_id(x->s), qid, "message.quarantined", "from=%s nrcpt=%zu size=%zu reason=%s",
+				 t ? t->env->sender : "", t ? t->env->nrcpt : 0, x->out_len, x->quarantine ? x->quarantine : "");
+		} else {
+			if (t && x->st->ledger)
+				ledger_accepted(x->st->ledger, t->env->sender, t->env->client.login, t->env->nrcpt, x->out_len);
+			if (t && x->st->def->accepted && x->gen->state)
+				x->st->def->accepted(x->gen->state, t->env, x->out_len);
+			log_info(smtp_session_id(x->s), qid, "message.queued", "from=%s nrcpt=%zu size=%zu correlation=%s",
+				 t ? t->env->sender : "", t ? t->env->nrcpt : 0, x->out_len,
+				 t ? t->env->correlation_id : "");
+		}
 		char text[128];
 		snprintf(text, sizeof(text), "Ok: queued as %s", qid);
 		if (!smtp_session_closed(x->s))
@@ -472,6 +503,11 @@ static void queued(void *arg, bool ok, const char *qid)
 	free(x->out_data);
 	x->out_data = NULL;
 	smtp_session_unref(x->s);
+}
+
+static void queued(void *arg, bool ok, const char *qid)
+{
+	spooled(arg, ok, qid, false);
 }
 
 /* -- proxy mode -- */
@@ -773,27 +809,7 @@ static void prepared(void *arg, bool ok, struct buf *add, const char *why)
 
 static void quarantined(void *arg, bool ok, const char *qid)
 {
-	struct sess *x = arg;
-	struct smtp_txn *t = smtp_session_txn(x->s);
-	if (ok) {
-		if (x->st->m_messages)
-			metric_inc(x->st->m_messages, "result=\"quarantined\"");
-		log_info(smtp_session_id(x->s), qid, "message.quarantined", "from=%s nrcpt=%zu size=%zu reason=%s",
-			 t ? t->env->sender : "", t ? t->env->nrcpt : 0, x->out_len, x->quarantine ? x->quarantine : "");
-		/* the client is told what any accepted message gets */
-		char text[128];
-		snprintf(text, sizeof(text), "Ok: queued as %s", qid);
-		if (!smtp_session_closed(x->s))
-			smtp_session_reply(x->s, 250, "2.0.0", text);
-	} else {
-		if (x->st->m_messages)
-			metric_inc(x->st->m_messages, "result=\"queue_error\"");
-		if (!smtp_session_closed(x->s))
-			smtp_session_reply(x->s, 451, "4.3.0", "Temporary failure: cannot queue the message, try again later");
-	}
-	free(x->out_data);
-	x->out_data = NULL;
-	smtp_session_unref(x->s);
+	spooled(arg, ok, qid, true);
 }
 
 /* The message goes to the spool's quarantine/ (queue and proxy mode
@@ -911,9 +927,41 @@ static void after_headers(void *arg, const struct verdict *v)
 	chain_run(x->gen->chain, PHASE_MESSAGE, &x->ctx, after_chain, x);
 }
 
+/* An AUTH check in flight holds the session and the configuration
+ * generation it began with (a reload does not free its accounts). */
+struct auth_call {
+	struct stage *st;
+	struct generation *gen;
+	struct smtp_session *s;
+};
+
+static void authenticated(void *arg, int code, const char *enh, const char *text)
+{
+	struct auth_call *c = arg;
+	smtp_session_reply(c->s, code, enh, text);
+	smtp_session_unref(c->s);
+	gen_unref(c->st, c->gen);
+	free(c);
+}
+
 static void on_hook(void *arg, struct smtp_session *s, enum smtp_hook_kind kind)
 {
 	struct stage *st = arg;
+	if (kind == SMTP_HOOK_AUTH) {
+		if (!st->def->authenticate) {
+			smtp_session_reply(s, 454, "4.7.0", "Temporary authentication failure");
+			return;
+		}
+		struct auth_call *c = xcalloc(1, sizeof(*c));
+		c->st = st;
+		c->gen = st->gen;
+		c->gen->refs++;
+		c->s = s;
+		smtp_session_ref(s);
+		st->def->authenticate(c->gen->state, smtp_session_id(s), smtp_session_client(s)->addr,
+				      smtp_session_auth_user(s), smtp_session_auth_password(s), authenticated, c);
+		return;
+	}
 	struct sess *x = smtp_session_data(s);
 	if (!x) {
 		x = xcalloc(1, sizeof(*x));
@@ -1552,6 +1600,8 @@ static void dlv_result(struct delivery *d, size_t ri, const struct smtp_reply *r
 		else
 			metric_inc(r->code >= 500 ? d->st->m_bounces : d->st->m_deferrals, label);
 	}
+	if (d->st->ledger)
+		ledger_outcome(d->st->ledger, e->sender, e->client.login, r->code);
 	if (d->st->def->outcome && d->gen->state)
 		d->st->def->outcome(d->gen->state, e, ri, r, text);
 }
@@ -1791,6 +1841,11 @@ static void server_opts_from(const struct server_config *sc, struct stage *st, s
 	o->net6_prefix = (unsigned)sc->network_prefix6;
 	o->data_rate_limit = sc->data_rate_limit;
 	o->tls = st->tls;
+	if (st->def->submission) {
+		o->tls_required = true;
+		o->auth = st->def->authenticate != NULL;
+		o->auth_required = true;
+	}
 	o->xforward_hosts = &sc->xforward_hosts;
 	o->xclient_hosts = &sc->xclient_hosts;
 }
@@ -1811,6 +1866,7 @@ static void on_sighup(evutil_socket_t fd, short what, void *arg)
 	const struct server_config *a = old->sc, *b = g->sc;
 	if (strcmp(a->spool_dir, b->spool_dir) || strcmp(a->tls_cert, b->tls_cert) || strcmp(a->tls_key, b->tls_key) ||
 	    strcmp(a->metrics_listen, b->metrics_listen) || a->listen.n != b->listen.n ||
+	    a->listen_tls.n != b->listen_tls.n ||
 	    strcmp(old->g.state_dir, g->g.state_dir) || old->g.log_syslog != g->g.log_syslog)
 		log_warn(NULL, NULL, "config.restart_needed",
 			 "reason=%s", "listen, spool_dir, state_dir, tls_cert/tls_key paths, metrics_listen or log_syslog changed; they take effect at the next start");
@@ -1881,6 +1937,12 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	if (st->def->tick && st->gen->state)
 		st->def->tick(st->gen->state);
 	dest_tick(st);
+	/* the ledger is saved every 10 s, and at exit: counts survive restarts */
+	if (st->ledger && ++st->ticks % 10 == 0) {
+		char why[512];
+		if (!ledger_save(st->ledger, st->ledger_path, why, sizeof(why)))
+			log_error(NULL, NULL, "ledger.save_failed", "error=%s", why);
+	}
 }
 
 static double gauge_sessions(void *arg)
@@ -2051,6 +2113,12 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 		stage_param_set_free(st->set);
 		return st->gen ? 0 : 1;
 	}
+	if (def->accounting) {
+		st->ledger = ledger_new(100000);
+		st->ledger_path = xasprintf("%s/ledger.%s", st->gen->g.state_dir, st->instance);
+		if (!ledger_load(st->ledger, st->ledger_path, why, sizeof(why)))
+			log_warn(NULL, NULL, "ledger.load_failed", "error=%s", why);
+	}
 
 	const struct server_config *sc = st->gen->sc;
 	log_set_level((enum log_level)st->gen->g.log_level);
@@ -2132,19 +2200,22 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	server_opts_from(sc, st, &so);
 	struct smtp_server_hooks hooks = { st, on_hook, on_txn_end, on_session_end, on_event };
 	st->server = smtp_server_new(st->base, &so, &hooks);
-	for (size_t i = 0; i < sc->listen.n; i++) {
+	for (size_t i = 0; i < sc->listen.n + sc->listen_tls.n; i++) {
+		bool implicit = i >= sc->listen.n;
+		const char *addr = implicit ? sc->listen_tls.v[i - sc->listen.n] : sc->listen.v[i];
 		struct endpoint ep;
-		if (!endpoint_parse(sc->listen.v[i], 25, &ep, why, sizeof(why))) {
-			fprintf(stderr, "%s: %s: [%s] listen: '%s': %s\n", def->name, st->config_path, st->instance,
-				sc->listen.v[i], why);
+		if (!endpoint_parse(addr, implicit ? 465 : 25, &ep, why, sizeof(why))) {
+			fprintf(stderr, "%s: %s: [%s] %s: '%s': %s\n", def->name, st->config_path, st->instance,
+				implicit ? "listen_tls" : "listen", addr, why);
 			return 1;
 		}
 		int fd = net_listen(&ep, 1024, why, sizeof(why));
-		if (fd < 0 || !smtp_server_listen_fd(st->server, fd, why, sizeof(why))) {
-			fprintf(stderr, "%s: cannot listen on %s: %s\n", def->name, sc->listen.v[i], why);
-			log_fatal(NULL, NULL, "listen.failed", "address=%s error=%s", sc->listen.v[i], why);
+		if (fd < 0 || !(implicit ? smtp_server_listen_fd_tls : smtp_server_listen_fd)(st->server, fd, why, sizeof(why))) {
+			fprintf(stderr, "%s: cannot listen on %s: %s\n", def->name, addr, why);
+			log_fatal(NULL, NULL, "listen.failed", "address=%s error=%s", addr, why);
 		}
-		log_info(NULL, NULL, "listen", "address=%s protocol=%s", sc->listen.v[i], def->lmtp ? "lmtp" : "smtp");
+		log_info(NULL, NULL, "listen", "address=%s protocol=%s tls=%s", addr, def->lmtp ? "lmtp" : "smtp",
+			 implicit ? "implicit" : st->tls ? "starttls" : "no");
 	}
 	if (*sc->metrics_listen) {
 		int port = 0;
@@ -2167,7 +2238,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 
 	if (st->queue)
 		queue_start(st->queue, deliver_item, st);
-	if (def->tick || st->queue) {
+	if (def->tick || st->queue || st->ledger) {
 		st->tick_timer = event_new(st->base, -1, EV_PERSIST, on_tick, st);
 		struct timeval one = { 1, 0 };
 		event_add(st->tick_timer, &one);
@@ -2184,6 +2255,12 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	idle_close_all(st);
 	dest_free_all(st);
 	gen_unref(st, st->gen);
+	if (st->ledger) {
+		if (!ledger_save(st->ledger, st->ledger_path, why, sizeof(why)))
+			log_error(NULL, NULL, "ledger.save_failed", "error=%s", why);
+		ledger_free(st->ledger);
+		free(st->ledger_path);
+	}
 	state_close(st->state);
 	tls_ctx_free(st->tls);
 	tls_ctx_free(st->client_tls);

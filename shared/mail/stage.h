@@ -26,6 +26,7 @@ enum next_protocol { NEXT_SMTP, NEXT_LMTP };
 /* Parameters every stage instance has (section [<instance>]). */
 struct server_config {
 	struct strlist listen;
+	struct strlist listen_tls;      /* implicit TLS (port 465) */
 	char *hostname;
 	struct strlist local_domains;
 	struct strlist checks;
@@ -57,6 +58,7 @@ struct server_config {
 	char *double_bounce_recipient;
 	bool dsn;
 	char *tls_cert, *tls_key;
+	bool received_hide_client;
 	struct strlist xforward_hosts;
 	struct strlist xclient_hosts;
 	char *user;
@@ -85,6 +87,7 @@ struct stage_env {
 	struct event_base *base;
 	struct dns *dns;                /* the process's resolver */
 	struct metrics *metrics;
+	struct state *state;            /* the state store (NULL unless needs_state) */
 };
 
 /* One message to deliver locally (the store): the stage answers every
@@ -105,6 +108,18 @@ struct stage_def {
 	size_t config_size;             /* sizeof its struct (begins with struct server_config) */
 	bool lmtp;                      /* serve LMTP instead of SMTP */
 	const char *default_checks;     /* this stage's default for "checks" (NULL: the server's) */
+	/* A submission stage (RFC 6409): TLS before anything else, AUTH
+	 * before MAIL, always; start-up refuses it without tls_cert. */
+	bool submission;
+	bool needs_state;               /* init gets the state store ([state]) */
+	/* Per-sender accounting (ledger.h): messages, recipients and bytes
+	 * accepted, delivery outcomes and refusals, by sender, sender domain
+	 * and login, in state_dir/ledger.INSTANCE (rampartctl stats). */
+	bool accounting;
+	/* SMTP AUTH: check user and password (the client at ip); done runs
+	 * once, from the loop, with 0 (accepted) or the refusal's reply. */
+	void (*authenticate)(void *state, const char *sid, const char *ip, const char *user, const char *password,
+			     void (*done)(void *arg, int code, const char *enh, const char *text), void *arg);
 	/* Start-up and reload: build the stage's state from its config. */
 	void *(*init)(const void *config, const struct stage_env *env, char *why, size_t whylen);
 	void (*free)(void *state);

@@ -934,6 +934,14 @@ fail:
 	return false;
 }
 
+const char *config_str(const struct param_set *set, const void *target, const char *name)
+{
+	for (const struct param_def *d = set->params; d && d->name; d++)
+		if (d->type == PT_STR && strcmp(d->name, name) == 0)
+			return *(char *const *)((const char *)target + d->offset);
+	return NULL;
+}
+
 void config_release(const struct param_set *set, void *target)
 {
 	if (!set || !target)

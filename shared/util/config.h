@@ -86,6 +86,9 @@ void config_section_stage(const char *section, char *out, size_t outlen);
 bool config_bind(const struct config *cfg, const char *section, const struct param_set *set,
 		 void *target, struct config_error *err);
 void config_release(const struct param_set *set, void *target);
+/* The value of a bound PT_STR parameter by name; NULL when set has no
+ * such string parameter. */
+const char *config_str(const struct param_set *set, const void *target, const char *name);
 
 /* Parse one value (used by bind and by tests). */
 bool config_parse_value(const struct param_def *p, const char *text, void *target, char *why,

@@ -10,7 +10,6 @@
  * or the configured smarthosts.
  */
 #include "mail/dkim_sign.h"
-#include "mail/ledger.h"
 #include "mail/route.h"
 #include "mail/stage.h"
 #include "mail/tls_policy.h"
@@ -99,9 +98,6 @@ struct out {
 	struct tls_ctx *plain_ctx;      /* encrypt (or implicit TLS) with next_tls = no */
 	char *password;
 	struct workers *dkim;           /* signing threads, keys checked at start-up */
-	struct ledger *ledger;          /* per-sender accounting */
-	char *ledger_path;
-	unsigned ticks;
 	struct metric *m_msgs, *m_rcpts, *m_bytes, *m_auth_fail, *m_tls_fail;
 };
 
@@ -308,11 +304,6 @@ static void *out_init(const void *config, const struct stage_env *env, char *why
 		out_free(o);
 		return NULL;
 	}
-	o->ledger = ledger_new(100000);
-	o->ledger_path = xasprintf("%s/ledger.%s", env->g->state_dir, env->instance);
-	char lwhy[512];
-	if (!ledger_load(o->ledger, o->ledger_path, lwhy, sizeof(lwhy)))
-		log_warn(NULL, NULL, "ledger.load_failed", "error=%s", lwhy);
 	if (env->metrics) {
 		o->m_msgs = metrics_counter(env->metrics, "rampart_sender_messages_total", "Messages accepted, by sender domain.");
 		o->m_rcpts = metrics_counter(env->metrics, "rampart_sender_recipients_total", "Recipients accepted, by sender domain.");
@@ -398,13 +389,6 @@ static void out_free(void *state)
 	tls_ctx_free(o->plain_ctx);
 	tls_policy_free(o->tls);
 	workers_free(o->dkim);
-	if (o->ledger) {
-		char why[512];
-		if (!ledger_save(o->ledger, o->ledger_path, why, sizeof(why)))
-			log_error(NULL, NULL, "ledger.save_failed", "error=%s", why);
-		ledger_free(o->ledger);
-	}
-	free(o->ledger_path);
 	if (o->password) {
 		memset(o->password, 0, strlen(o->password));
 		free(o->password);
@@ -417,7 +401,6 @@ static void out_free(void *state)
 static void out_accepted(void *state, const struct envelope *env, size_t bytes)
 {
 	struct out *o = state;
-	ledger_accepted(o->ledger, env->sender, env->client.login, env->nrcpt, bytes);
 	if (o->m_msgs) {
 		char labels[400];
 		struct buf b = BUF_INIT;
@@ -453,7 +436,6 @@ static void out_outcome(void *state, const struct envelope *env, size_t rcpt, co
 			const char *reply)
 {
 	struct out *o = state;
-	ledger_outcome(o->ledger, env->sender, env->client.login, r->code);
 	if (o->m_auth_fail && r->fault == SMTP_FAULT_AUTH)
 		metric_inc(o->m_auth_fail, NULL);
 	const char *reason = tls_failure_reason(r, reply);
@@ -474,17 +456,6 @@ static void out_outcome(void *state, const struct envelope *env, size_t rcpt, co
 			metric_inc(o->m_tls_fail, labels);
 		}
 	}
-}
-
-/* Saved every 10 s, and at exit: counts survive restarts. */
-static void out_tick(void *state)
-{
-	struct out *o = state;
-	if (++o->ticks % 10)
-		return;
-	char why[512];
-	if (!ledger_save(o->ledger, o->ledger_path, why, sizeof(why)))
-		log_error(NULL, NULL, "ledger.save_failed", "error=%s", why);
 }
 
 /* Sign what leaves from our domains, once, before it is queued. */
@@ -619,5 +590,5 @@ const struct stage_def out_stage = {
 	.prepare = out_prepare,
 	.accepted = out_accepted,
 	.outcome = out_outcome,
-	.tick = out_tick,
+	.accounting = true,
 };

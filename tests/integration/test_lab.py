@@ -1,7 +1,7 @@
 """The one-command lab (deploy/lab/up and down): it comes up with its
 self-checks passing, its demonstrations of the MX defences behave as the
 lab says, and down stops everything it started.  The lab listens on its
-fixed ports (2424, 2525, 2626, 10026, 9024-9026): they must be free."""
+fixed ports (2424, 2525, 2626, 10026, 2587, 2465, 9024-9027): they must be free."""
 
 import os
 import re
@@ -29,7 +29,33 @@ def test_lab_up_demo_and_down():
         check(up.returncode == 0, "lab up failed: %s %s" % (up.stdout[-3000:], up.stderr[-3000:]))
         check("Rampart lab is up" in up.stdout, "banner: %s" % up.stdout[-500:])
         pids = [int(open(os.path.join(d, "pids", f)).read()) for f in os.listdir(os.path.join(d, "pids"))]
-        check(len(pids) >= 4, "mx, store, out and the lab Internet run: %r" % pids)
+        check(len(pids) >= 5, "mx, store, out, submit and the lab Internet run: %r" % pids)
+        # submission: the passwords printed and kept in credentials (0600)
+        cred_path = os.path.join(d, "credentials")
+        check(os.stat(cred_path).st_mode & 0o777 == 0o600, "credentials file is 0600")
+        creds = dict(l.split() for l in open(cred_path).read().splitlines())
+        check(set(creds) == {"alice@example.test", "bob@example.test"}
+              and all(pw in up.stdout for pw in creds.values()), "passwords printed: %r" % creds)
+        bob = os.path.join(d, "mail", "example.test", "bob", "Maildir", "new")
+        check(any("Rampart lab submission self-check" in open(os.path.join(bob, f)).read() for f in os.listdir(bob)),
+              "the submission self-check reached bob")
+        # bob on the implicit-TLS port, to the outside: DKIM-signed at the lab Internet
+        r = subprocess.run(["swaks", "--server", "127.0.0.1:2465", "--tlsc", "--auth", "PLAIN", "--auth-user",
+                            "bob@example.test", "--auth-password", creds["bob@example.test"], "--from",
+                            "bob@example.test", "--h-From", "<bob@example.test>", "--to", "someone@example.net",
+                            "--h-Subject", "from bob via 465"], capture_output=True, text=True, timeout=60)
+        check(r.returncode == 0 and "235 2.7.0" in r.stdout, "swaks 465: %s" % r.stdout[-1000:])
+        obox = os.path.join(d, "outbound", "example.net")
+        deadline = time.time() + 20
+        got = None
+        while time.time() < deadline and not got:
+            for f in sorted(os.listdir(obox)) if os.path.isdir(obox) else []:
+                text = open(os.path.join(obox, f), errors="replace").read()
+                if "from bob via 465" in text:
+                    got = text
+            time.sleep(0.2)
+        check(got and "DKIM-Signature:" in got and "(Authenticated sender: bob@example.test)" in got,
+              "bob's message left signed: %r" % (got or "")[:1500])
         # the self-check message came from example.net, signed: the MX verified it
         box = os.path.join(d, "mail", "example.test", "postmaster", "Maildir", "new")
         got = open(os.path.join(box, sorted(os.listdir(box))[-1])).read()

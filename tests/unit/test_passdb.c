@@ -177,6 +177,10 @@ static void test_update_and_refresh(void **state)
 	assert_false(passdb_refresh(&db, why, sizeof(why)));
 	assert_non_null(strstr(why, ":1: expected NAME:HASH"));
 	assert_int_equal(passdb_count(db), 2);
+	sleep(1);
+	why[0] = '\0';
+	assert_true(passdb_refresh(&db, why, sizeof(why)));     /* the same broken version: said once */
+	assert_string_equal(why, "");
 	passdb_free(db);
 	/* a new file is made 0600 */
 	char p2[PATH_MAX + 32];

@@ -1,0 +1,444 @@
+/*
+ * authn.c — SMTP AUTH credentials for the submission stage (authn.h):
+ * the brute-force counters in the state store, then crypt(3) on a worker
+ * thread, then the answer on the loop (delayed after repeated failures).
+ */
+#include "authn.h"
+#include "passdb.h"
+#include "state.h"
+#include "../util/alloc.h"
+#include "../util/log.h"
+#include "../util/metrics.h"
+#include "../util/workers.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+/* A password that checked out recently, as HMAC(secret, hash NUL
+ * password): the password itself is never kept, a changed hash
+ * (rampartctl user passwd) no longer matches, and a lookup costs a
+ * microsecond instead of a crypt(3). */
+struct cache_entry {
+	char user[256];
+	unsigned char mac[32];
+	long long expires_ms;
+};
+
+struct authn {
+	struct authn_opts o;
+	unsigned char secret[32];
+	struct cache_entry *cache;      /* open addressing, cache_size slots */
+	size_t cache_size;
+	char *accounts_file;
+	struct event_base *base;
+	struct state *st;
+	struct passdb *db;
+	struct workers *w;
+	struct metric *m_total, *m_store_errors;
+};
+
+struct areq {
+	struct workers_job job;         /* first: the pool hands this back */
+	struct authn *a;
+	char sid[40];
+	char ip[64];
+	char user[256];
+	char key_ip[320], key_user[320];
+	char *pass;
+	char *hash;                     /* copy of the account's hash; NULL: none */
+	bool account_locked;
+	bool verified;
+	bool cached;                    /* verified from the cache, not by crypt */
+	bool refused;                   /* the pool was full: not checked */
+	long long fails_ip, fails_user;
+	bool counted;                   /* the failure counters could be read */
+	struct authn_outcome out;
+	struct event *timer;
+	authn_done_fn done;
+	void *arg;
+};
+
+static void wipe_free(char *p)
+{
+	if (p) {
+		OPENSSL_cleanse(p, strlen(p));
+		free(p);
+	}
+}
+
+static void areq_free(struct areq *r)
+{
+	wipe_free(r->pass);
+	wipe_free(r->hash);
+	if (r->timer)
+		event_free(r->timer);
+	free(r);
+}
+
+static const char *result_name(enum authn_result x)
+{
+	static const char *n[] = { "ok", "bad", "locked_out", "tempfail" };
+	return n[x];
+}
+
+static void finish(struct areq *r)
+{
+	log_info(r->sid, NULL, "auth.checked", "user=%s result=%s reason=%s client=%s", r->user,
+		 result_name(r->out.result), r->out.reason, r->ip);
+	if (r->a->m_total) {
+		char l[64];
+		snprintf(l, sizeof(l), "result=\"%s\"", result_name(r->out.result));
+		metric_inc(r->a->m_total, l);
+	}
+	authn_done_fn done = r->done;
+	void *arg = r->arg;
+	struct authn_outcome o = r->out;
+	areq_free(r);
+	done(arg, &o);
+}
+
+static void delayed(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what;
+	finish(arg);
+}
+
+/* Answer now, or after failure_delay when this source keeps failing. */
+static void answer(struct areq *r, bool slow)
+{
+	if (!slow || r->a->o.failure_delay_ms <= 0) {
+		finish(r);
+		return;
+	}
+	r->timer = evtimer_new(r->a->base, delayed, r);
+	struct timeval tv = { r->a->o.failure_delay_ms / 1000, (r->a->o.failure_delay_ms % 1000) * 1000 };
+	evtimer_add(r->timer, &tv);
+}
+
+static void store_error(struct areq *r, const struct state_result *res)
+{
+	if (r->a->m_store_errors)
+		metric_inc(r->a->m_store_errors, NULL);
+	log_warn(r->sid, NULL, "auth.store_error", "op=%s key=%s reason=%s failure_mode=%s client=%s",
+		 state_op_name(res->op), res->key, res->reason, r->a->o.fail_open ? "continue" : "tempfail", r->ip);
+}
+
+/* ---- after the check: count a failure ----------------------------------- */
+
+static void counted_user(void *arg, const struct state_result *res)
+{
+	struct areq *r = arg;
+	if (res->status == STATE_ERROR) {
+		store_error(r, res);
+		answer(r, r->fails_ip >= r->a->o.delay_after);
+		return;
+	}
+	r->fails_user = res->counter;
+	long long worst = r->fails_ip > r->fails_user ? r->fails_ip : r->fails_user;
+	if (worst == r->a->o.max_failures)
+		log_warn(r->sid, NULL, "auth.lockout", "user=%s client=%s failures_client=%lld failures_user=%lld "
+			 "lockout_ms=%lld", r->user, r->ip, r->fails_ip, r->fails_user, r->a->o.lockout_ms);
+	answer(r, worst >= r->a->o.delay_after);
+}
+
+static void counted_ip(void *arg, const struct state_result *res)
+{
+	struct areq *r = arg;
+	if (res->status == STATE_ERROR) {
+		store_error(r, res);
+		answer(r, false);
+		return;
+	}
+	r->fails_ip = res->counter;
+	state_incr(r->a->st, r->key_user, 1, r->a->o.lockout_ms, counted_user, r);
+}
+
+/* ---- the cache of good passwords ---------------------------------------- */
+
+static long long mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void cache_mac(const struct authn *a, const char *hash, const char *password, unsigned char out[32])
+{
+	size_t hl = strlen(hash), pl = strlen(password);
+	unsigned char *data = xmalloc(hl + 1 + pl);
+	memcpy(data, hash, hl);
+	data[hl] = '\0';
+	memcpy(data + hl + 1, password, pl);
+	unsigned int n = 32;
+	if (!HMAC(EVP_sha256(), a->secret, sizeof(a->secret), data, hl + 1 + pl, out, &n))
+		memset(out, 0, 32);
+	OPENSSL_cleanse(data, hl + 1 + pl);
+	free(data);
+}
+
+static size_t cache_slot(const struct authn *a, const char *user)
+{
+	size_t h = 1469598103934665603ULL;
+	for (const char *p = user; *p; p++)
+		h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+	return h % a->cache_size;
+}
+
+static bool cache_hit(const struct authn *a, const char *user, const char *hash, const char *password)
+{
+	if (!a->cache || !hash)
+		return false;
+	const struct cache_entry *e = &a->cache[cache_slot(a, user)];
+	if (strcmp(e->user, user) != 0 || e->expires_ms <= mono_ms())
+		return false;
+	unsigned char mac[32];
+	cache_mac(a, hash, password, mac);
+	bool hit = CRYPTO_memcmp(mac, e->mac, 32) == 0;
+	OPENSSL_cleanse(mac, sizeof(mac));
+	return hit;
+}
+
+/* One entry per slot: a newer login takes the slot of an older one. */
+static void cache_put(struct authn *a, const char *user, const char *hash, const char *password)
+{
+	if (!a->cache || !hash)
+		return;
+	struct cache_entry *e = &a->cache[cache_slot(a, user)];
+	snprintf(e->user, sizeof(e->user), "%s", user);
+	cache_mac(a, hash, password, e->mac);
+	e->expires_ms = mono_ms() + a->o.cache_ttl_ms;
+}
+
+/* ---- the password, on a worker ------------------------------------------- */
+
+static void run(void *owner, void *state, struct workers_job *job)
+{
+	(void)owner; (void)state;
+	struct areq *r = (struct areq *)job;
+	r->verified = passdb_verify(r->hash, r->pass);
+}
+
+static void job_done(struct workers_job *job)
+{
+	struct areq *r = (struct areq *)job;
+	if (r->verified && !r->cached && !r->account_locked && r->pass)
+		cache_put(r->a, r->user, r->hash, r->pass);
+	wipe_free(r->pass);
+	r->pass = NULL;
+	if (r->refused) {
+		r->out.result = AUTHN_TEMPFAIL;
+		snprintf(r->out.reason, sizeof(r->out.reason), "too many authentications waiting");
+		finish(r);
+		return;
+	}
+	if (r->verified && !r->account_locked) {
+		r->out.result = AUTHN_OK;
+		snprintf(r->out.reason, sizeof(r->out.reason), "password matches%s", r->cached ? " (cached)" : "");
+		finish(r);
+		return;
+	}
+	r->out.result = AUTHN_BAD;
+	snprintf(r->out.reason, sizeof(r->out.reason), "%s",
+		 !r->hash ? "no such account" : r->account_locked ? "account locked" : "wrong password");
+	if (r->a->st && r->counted) {
+		state_incr(r->a->st, r->key_ip, 1, r->a->o.lockout_ms, counted_ip, r);
+		return;
+	}
+	answer(r, false);
+}
+
+static void job_discard(struct workers_job *job)
+{
+	areq_free((struct areq *)job);
+}
+
+static const struct workers_def authn_workers = {
+	.name = "auth",
+	.max_waiting = 1000,
+	.run = run,
+	.done = job_done,
+	.discard = job_discard,
+};
+
+static void verify(struct areq *r)
+{
+	const struct passdb_account *acc = passdb_find(r->a->db, r->user);
+	if (acc) {
+		r->hash = xstrdup(acc->hash);
+		r->account_locked = acc->locked;
+		r->out.app = acc->app;
+	}
+	if (acc && !acc->locked && cache_hit(r->a, r->user, r->hash, r->pass)) {
+		/* answered through the loop all the same */
+		r->verified = r->cached = true;
+		workers_return(r->a->w, &r->job);
+		return;
+	}
+	if (!workers_submit(r->a->w, &r->job)) {
+		r->refused = true;
+		workers_return(r->a->w, &r->job);
+	}
+}
+
+/* ---- before the check: is this source cooling off? ---------------------- */
+
+static void lockout_decided(struct areq *r)
+{
+	long long worst = r->fails_ip > r->fails_user ? r->fails_ip : r->fails_user;
+	if (worst >= r->a->o.max_failures) {
+		r->out.result = AUTHN_LOCKED_OUT;
+		snprintf(r->out.reason, sizeof(r->out.reason), "%lld failures from %s, %lld for %s", r->fails_ip, r->ip,
+			 r->fails_user, r->user);
+		wipe_free(r->pass);
+		r->pass = NULL;
+		answer(r, true);
+		return;
+	}
+	verify(r);
+}
+
+static bool failed_read(struct areq *r, const struct state_result *res)
+{
+	if (res->status != STATE_ERROR)
+		return false;
+	store_error(r, res);
+	if (r->a->o.fail_open) {
+		r->counted = false;
+		verify(r);
+		return true;
+	}
+	r->out.result = AUTHN_TEMPFAIL;
+	snprintf(r->out.reason, sizeof(r->out.reason), "state store: %s", res->reason);
+	finish(r);
+	return true;
+}
+
+static long long as_count(const struct state_result *res)
+{
+	return res->status == STATE_OK && res->value ? strtoll(res->value, NULL, 10) : 0;
+}
+
+static void read_user(void *arg, const struct state_result *res)
+{
+	struct areq *r = arg;
+	if (failed_read(r, res))
+		return;
+	r->fails_user = as_count(res);
+	lockout_decided(r);
+}
+
+static void read_ip(void *arg, const struct state_result *res)
+{
+	struct areq *r = arg;
+	if (failed_read(r, res))
+		return;
+	r->fails_ip = as_count(res);
+	state_get(r->a->st, r->key_user, read_user, r);
+}
+
+void authn_check(struct authn *a, const char *sid, const char *ip, const char *user, const char *password,
+		 authn_done_fn done, void *arg)
+{
+	struct areq *r = xcalloc(1, sizeof(*r));
+	r->a = a;
+	r->done = done;
+	r->arg = arg;
+	snprintf(r->sid, sizeof(r->sid), "%s", sid ? sid : "");
+	snprintf(r->ip, sizeof(r->ip), "%s", ip && *ip ? ip : "unknown");
+	snprintf(r->user, sizeof(r->user), "%s", user);
+	r->pass = xstrdup(password);
+	char lower[256];
+	size_t i = 0;
+	for (; user[i] && i < sizeof(lower) - 1; i++)
+		lower[i] = (char)tolower((unsigned char)user[i]);
+	lower[i] = '\0';
+	snprintf(r->key_ip, sizeof(r->key_ip), "authfail:ip:%s", r->ip);
+	snprintf(r->key_user, sizeof(r->key_user), "authfail:user:%s", lower);
+	if (!a->st) {
+		verify(r);
+		return;
+	}
+	r->counted = true;
+	state_get(a->st, r->key_ip, read_ip, r);
+}
+
+struct authn *authn_new(const struct authn_opts *o, struct event_base *base, struct state *st,
+			struct metrics *m, char *why, size_t whylen)
+{
+	struct authn *a = xcalloc(1, sizeof(*a));
+	a->o = *o;
+	a->accounts_file = xstrdup(o->accounts_file ? o->accounts_file : "");
+	a->o.accounts_file = a->accounts_file;
+	a->base = base;
+	a->st = st;
+	if (o->cache_ttl_ms > 0 && o->cache_size > 0 && base) {
+		if (RAND_bytes(a->secret, sizeof(a->secret)) != 1) {
+			snprintf(why, whylen, "no randomness for the authentication cache");
+			authn_free(a);
+			return NULL;
+		}
+		a->cache_size = o->cache_size;
+		a->cache = xcalloc(a->cache_size, sizeof(*a->cache));
+	}
+	if (!*a->accounts_file) {
+		snprintf(why, whylen, "accounts_file: no accounts file (rampartctl user add makes one)");
+		authn_free(a);
+		return NULL;
+	}
+	a->db = passdb_load(a->accounts_file, why, whylen);
+	if (!a->db) {
+		authn_free(a);
+		return NULL;
+	}
+	if (base) {
+		a->w = workers_new(base, o->workers ? o->workers : 1, &authn_workers, a, why, whylen);
+		if (!a->w) {
+			authn_free(a);
+			return NULL;
+		}
+	}
+	if (m) {
+		a->m_total = metrics_counter(m, "rampart_auth_total", "SMTP AUTH attempts, by result.");
+		a->m_store_errors = metrics_counter(m, "rampart_auth_store_errors_total",
+						    "Brute-force counters the state store could not read or write.");
+	}
+	if (!st && base)
+		log_warn(NULL, NULL, "auth.no_state_store", "reason=%s", "failed authentications are not counted");
+	return a;
+}
+
+void authn_free(struct authn *a)
+{
+	if (!a)
+		return;
+	workers_free(a->w);
+	if (a->cache) {
+		OPENSSL_cleanse(a->cache, a->cache_size * sizeof(*a->cache));
+		free(a->cache);
+	}
+	OPENSSL_cleanse(a->secret, sizeof(a->secret));
+	passdb_free(a->db);
+	free(a->accounts_file);
+	free(a);
+}
+
+void authn_tick(struct authn *a)
+{
+	char why[512];
+	if (!passdb_refresh(&a->db, why, sizeof(why)))
+		log_error(NULL, NULL, "auth.accounts_reload_failed", "error=%s", why);
+}
+
+const struct passdb *authn_accounts(const struct authn *a)
+{
+	return a->db;
+}
