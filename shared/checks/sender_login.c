@@ -8,6 +8,10 @@
  * else is refused 553 5.7.1 naming the address and the account.  The
  * null sender (bounces) is anyone's.
  *
+ * A login the accounts file does not list (Dovecot checked its password,
+ * or there is no accounts file at all) owns its own address, when it is
+ * one, and nothing else.
+ *
  * Mail without a login (another stage's clients) is not this check's
  * business unless unauthenticated = reject (a submission port that must
  * never take unauthenticated mail: 553 5.7.1 as well).  The accounts
@@ -48,7 +52,8 @@ static const struct param_set sender_login_params_set = {
 
 struct sender_login {
 	const struct sender_login_params *p;
-	struct passdb *db;
+	struct passdb *db;                      /* NULL: no accounts file */
+	struct passdb_account unlisted;         /* a login not in the file (name set per call) */
 };
 
 static void *sender_login_init(const void *params, const struct check_env *env, char *why, size_t whylen)
@@ -56,11 +61,8 @@ static void *sender_login_init(const void *params, const struct check_env *env, 
 	struct sender_login *s = xcalloc(1, sizeof(*s));
 	s->p = params;
 	const char *path = *s->p->accounts_file ? s->p->accounts_file : env->accounts_file;
-	if (!path || !*path) {
-		snprintf(why, whylen, "accounts_file: expected the accounts file (this stage has none of its own)");
-		free(s);
-		return NULL;
-	}
+	if (!path || !*path)
+		return s;               /* no accounts file: every login owns its own address */
 	char w[512];
 	s->db = passdb_load(path, w, sizeof(w));
 	if (!s->db) {
@@ -85,7 +87,7 @@ static const struct passdb_account *account_of(struct sender_login *s, struct ch
 {
 	char why[512];
 	*answered = false;
-	if (!passdb_refresh(&s->db, why, sizeof(why)))
+	if (s->db && !passdb_refresh(&s->db, why, sizeof(why)))
 		log_error(ctx->sid, ctx->qid, "sender_login.reload_failed", "error=%s", why);
 	const char *login = ctx->client ? ctx->client->login : NULL;
 	if (!login || !*login) {
@@ -96,12 +98,17 @@ static const struct passdb_account *account_of(struct sender_login *s, struct ch
 			check_continue(call);
 		return NULL;
 	}
-	const struct passdb_account *a = passdb_find(s->db, login);
-	if (!a) {
-		*answered = true;
-		check_reject(call, 553, "5.7.1", "Sender address rejected: %s owns no sender addresses here", login);
+	const struct passdb_account *a = s->db ? passdb_find(s->db, login) : NULL;
+	if (a)
+		return a;
+	if (strchr(login, '@')) {
+		/* not listed: its own address only */
+		s->unlisted.name = (char *)login;
+		return &s->unlisted;
 	}
-	return a;
+	*answered = true;
+	check_reject(call, 553, "5.7.1", "Sender address rejected: %s owns no sender addresses here", login);
+	return NULL;
 }
 
 static void sender_login_mail(void *inst, struct check_ctx *ctx, struct check_call *call)

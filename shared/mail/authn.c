@@ -4,6 +4,7 @@
  * thread, then the answer on the loop (delayed after repeated failures).
  */
 #include "authn.h"
+#include "dovecot_auth.h"
 #include "passdb.h"
 #include "state.h"
 #include "../util/alloc.h"
@@ -41,8 +42,9 @@ struct authn {
 	char *accounts_file;
 	struct event_base *base;
 	struct state *st;
-	struct passdb *db;
+	struct passdb *db;              /* NULL: none (Dovecot checks the passwords) */
 	struct workers *w;
+	struct dovecot_auth *dv;        /* passwords checked by Dovecot instead of crypt */
 	struct metric *m_total, *m_store_errors;
 };
 
@@ -230,7 +232,7 @@ static void run(void *owner, void *state, struct workers_job *job)
 static void job_done(struct workers_job *job)
 {
 	struct areq *r = (struct areq *)job;
-	if (r->verified && !r->cached && !r->account_locked && r->pass)
+	if (r->verified && !r->cached && !r->account_locked && r->pass && !r->a->dv)
 		cache_put(r->a, r->user, r->hash, r->pass);
 	wipe_free(r->pass);
 	r->pass = NULL;
@@ -248,7 +250,8 @@ static void job_done(struct workers_job *job)
 	}
 	r->out.result = AUTHN_BAD;
 	snprintf(r->out.reason, sizeof(r->out.reason), "%s",
-		 !r->hash ? "no such account" : r->account_locked ? "account locked" : "wrong password");
+		 !r->hash ? "no such account" : r->account_locked ? "account locked"
+		 : r->a->dv ? "refused by dovecot" : "wrong password");
 	if (r->a->st && r->counted) {
 		state_incr(r->a->st, r->key_ip, 1, r->a->o.lockout_ms, counted_ip, r);
 		return;
@@ -269,9 +272,35 @@ static const struct workers_def authn_workers = {
 	.discard = job_discard,
 };
 
+static void dovecot_answered(void *arg, enum dovecot_result res, const char *reason)
+{
+	struct areq *r = arg;
+	if (res == DOVECOT_TEMPFAIL) {
+		wipe_free(r->pass);
+		r->pass = NULL;
+		r->out.result = AUTHN_TEMPFAIL;
+		snprintf(r->out.reason, sizeof(r->out.reason), "%s", reason);
+		finish(r);
+		return;
+	}
+	r->verified = res == DOVECOT_OK;
+	job_done(&r->job);
+}
+
 static void verify(struct areq *r)
 {
-	const struct passdb_account *acc = passdb_find(r->a->db, r->user);
+	const struct passdb_account *acc = r->a->db ? passdb_find(r->a->db, r->user) : NULL;
+	if (r->a->dv) {
+		/* Dovecot knows the password; the accounts file, when there is
+		 * one, still says who is an application and who is locked */
+		r->hash = xstrdup("dovecot");
+		if (acc) {
+			r->account_locked = acc->locked;
+			r->out.app = acc->app;
+		}
+		dovecot_auth_check(r->a->dv, r->user, r->pass, r->ip, dovecot_answered, r);
+		return;
+	}
 	if (acc) {
 		r->hash = xstrdup(acc->hash);
 		r->account_locked = acc->locked;
@@ -389,17 +418,22 @@ struct authn *authn_new(const struct authn_opts *o, struct event_base *base, str
 		a->cache_size = o->cache_size;
 		a->cache = xcalloc(a->cache_size, sizeof(*a->cache));
 	}
-	if (!*a->accounts_file) {
-		snprintf(why, whylen, "accounts_file: no accounts file (rampartctl user add makes one)");
+	bool dovecot = o->dovecot_socket && *o->dovecot_socket;
+	if (!*a->accounts_file && !dovecot) {
+		snprintf(why, whylen, "no accounts file (rampartctl user add makes one) and no dovecot_auth_socket");
 		authn_free(a);
 		return NULL;
 	}
-	a->db = passdb_load(a->accounts_file, why, whylen);
-	if (!a->db) {
-		authn_free(a);
-		return NULL;
+	if (*a->accounts_file) {
+		a->db = passdb_load(a->accounts_file, why, whylen);
+		if (!a->db) {
+			authn_free(a);
+			return NULL;
+		}
 	}
-	if (base) {
+	if (dovecot && base) {
+		a->dv = dovecot_auth_new(base, o->dovecot_socket, o->dovecot_timeout_ms);
+	} else if (base) {
 		a->w = workers_new(base, o->workers ? o->workers : 1, &authn_workers, a, why, whylen);
 		if (!a->w) {
 			authn_free(a);
@@ -421,6 +455,7 @@ void authn_free(struct authn *a)
 	if (!a)
 		return;
 	workers_free(a->w);
+	dovecot_auth_free(a->dv);
 	if (a->cache) {
 		OPENSSL_cleanse(a->cache, a->cache_size * sizeof(*a->cache));
 		free(a->cache);
@@ -434,7 +469,7 @@ void authn_free(struct authn *a)
 void authn_tick(struct authn *a)
 {
 	char why[512];
-	if (!passdb_refresh(&a->db, why, sizeof(why)))
+	if (a->db && !passdb_refresh(&a->db, why, sizeof(why)))
 		log_error(NULL, NULL, "auth.accounts_reload_failed", "error=%s", why);
 }
 

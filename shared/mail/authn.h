@@ -20,6 +20,11 @@
  * the password): the next login of that account with that password
  * (applications reconnect all day) costs no crypt(3).  A changed or
  * locked account, a wrong password, an expired entry: crypt again.
+ *
+ * With dovecot_socket the passwords are Dovecot's (dovecot_auth.h; its
+ * own cache applies, not this one); the accounts file is then optional
+ * and, when present, still marks applications, locked accounts and the
+ * senders each owns.
  */
 #ifndef RAMPART_AUTHN_H
 #define RAMPART_AUTHN_H
@@ -40,6 +45,8 @@ struct authn_opts {
 	long long failure_delay_ms;
 	long long lockout_ms;           /* how long failures are remembered */
 	bool fail_open;                 /* store down: check anyway (not counted) */
+	const char *dovecot_socket;     /* non-empty: Dovecot checks the passwords */
+	long long dovecot_timeout_ms;
 	long long cache_ttl_ms;         /* 0: no cache */
 	size_t cache_size;              /* entries */
 };
@@ -73,7 +80,8 @@ void authn_tick(struct authn *a);
  * once checked. */
 void authn_check(struct authn *a, const char *sid, const char *ip, const char *user, const char *password,
 		 authn_done_fn done, void *arg);
-/* The accounts, for the checks that use them (sender ownership). */
+/* The accounts, for the checks that use them (sender ownership); NULL
+ * when there is no accounts file (Dovecot alone). */
 const struct passdb *authn_accounts(const struct authn *a);
 
 #endif

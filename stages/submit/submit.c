@@ -38,14 +38,22 @@ struct submit_config {
 	int auth_failure_mode;          /* 0 tempfail, 1 continue */
 	long long auth_cache_ttl;
 	long long auth_cache_size;
+	char *dovecot_auth_socket;
+	long long dovecot_auth_timeout;
 	struct strlist local_next_hops;
 	int local_next_protocol;        /* enum next_protocol */
 };
 
 #define P(f) offsetof(struct submit_config, f)
 static const struct param_def submit_params[] = {
-	{ "accounts_file", PT_STR, "", 1, 0, NULL, P(accounts_file),
-	  "the accounts that may authenticate: NAME:HASH[:app] [senders=...] lines (rampartctl user add|passwd|del)" },
+	{ "accounts_file", PT_STR, "", 0, 0, NULL, P(accounts_file),
+	  "the accounts that may authenticate: NAME:HASH[:app] [senders=...] lines (rampartctl user add|passwd|del); "
+	  "with dovecot_auth_socket optional (then it only marks applications, locked accounts and owned senders)" },
+	{ "dovecot_auth_socket", PT_STR, "", 0, 0, NULL, P(dovecot_auth_socket),
+	  "check passwords with Dovecot instead: its auth-client socket, e.g. /run/dovecot/auth-client "
+	  "(a unix_listener the rampart user may open)" },
+	{ "dovecot_auth_timeout", PT_TIME, "10s", 100, 600000, NULL, P(dovecot_auth_timeout),
+	  "how long Dovecot may take to answer (then 454 4.7.0)" },
 	{ "auth_workers", PT_INT, "2", 1, 64, NULL, P(auth_workers),
 	  "threads checking passwords (crypt(3) is slow by design)" },
 	{ "auth_delay_after", PT_INT, "3", 1, 1000, NULL, P(auth_delay_after),
@@ -88,6 +96,8 @@ static void *submit_init(const void *config, const struct stage_env *env, char *
 		.lockout_ms = c->auth_lockout,
 		.fail_open = c->auth_failure_mode == 1,
 		.cache_ttl_ms = c->auth_cache_ttl,
+		.dovecot_socket = c->dovecot_auth_socket,
+		.dovecot_timeout_ms = c->dovecot_auth_timeout,
 		.cache_size = (size_t)c->auth_cache_size,
 	};
 	char w[512] = "";
@@ -129,7 +139,7 @@ static bool submit_validate(const void *config, const struct global_config *g, c
 {
 	(void)g;
 	const struct submit_config *c = config;
-	struct authn_opts o = { .accounts_file = c->accounts_file };
+	struct authn_opts o = { .accounts_file = c->accounts_file, .dovecot_socket = c->dovecot_auth_socket };
 	char w[512] = "";
 	struct authn *a = authn_new(&o, NULL, NULL, NULL, w, sizeof(w));
 	if (!a) {
@@ -184,7 +194,8 @@ static void submit_accepted(void *state, const struct envelope *env, size_t byte
 {
 	struct submit *s = state;
 	const char *login = env->client.login;
-	const struct passdb_account *a = login ? passdb_find(authn_accounts(s->authn), login) : NULL;
+	const struct passdb *db = authn_accounts(s->authn);
+	const struct passdb_account *a = login && db ? passdb_find(db, login) : NULL;
 	if (!a || !a->app || !s->m_app_msgs)
 		return;
 	struct buf b = BUF_INIT;

@@ -430,3 +430,124 @@ def test_tls_scan_shows_no_old_protocols_or_weak_ciphers():
                   and found.get("PFS") == "offered", "%s: %r" % (name, found))
     finally:
         lab.close()
+
+
+DOVECOT_CONF = """base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+protocols =
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+passdb {{
+  driver = passwd-file
+  args = {d}/users
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home=/nonexistent
+}}
+service auth {{
+  unix_listener auth-client {{
+    mode = 0600
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"""
+
+
+def _dovecot(lab):
+    """A private Dovecot (Debian's dovecot-core) answering auth only; (Popen, socket path)."""
+    d = lab.path("dovecot")
+    os.makedirs(os.path.join(d, "state"))
+    os.chmod(lab.dir, 0o711)        # Dovecot's auth runs as its own user: it must reach the users file
+    os.chmod(d, 0o755)
+    pw = subprocess.run(["doveadm", "pw", "-s", "SHA512-CRYPT", "-p", "carol-secret"], capture_output=True, text=True,
+                        check=True).stdout.strip()
+    with open(os.path.join(d, "users"), "w") as f:
+        f.write("carol@example.test:%s\n" % pw)
+    with open(os.path.join(d, "dovecot.conf"), "w") as f:
+        f.write(DOVECOT_CONF.format(d=d))
+    p = subprocess.Popen(["/usr/sbin/dovecot", "-F", "-c", os.path.join(d, "dovecot.conf")],
+                         stdout=open(os.path.join(d, "out.log"), "ab"), stderr=subprocess.STDOUT)
+    sock = os.path.join(d, "run", "auth-client")
+    for _ in range(100):
+        if os.path.exists(sock):
+            break
+        time.sleep(0.1)
+    check(os.path.exists(sock), "dovecot did not start: %s" % open(os.path.join(d, "out.log")).read()[-2000:])
+    return p, sock
+
+
+def test_passwords_checked_by_dovecot():
+    lab = _lab("submit-dovecot", accounts_file="")
+    dv, sock = _dovecot(lab)
+    try:
+        lab.sections["submit"]["dovecot_auth_socket"] = sock
+        lab.sections["submit"]["dovecot_auth_timeout"] = "2s"
+        lab.start("store")
+        lab.start("submit")
+
+        def auth(user, pw):
+            s = smtplib.SMTP_SSL("127.0.0.1", lab.ports["submit-tls"], context=_tls_ctx(), timeout=30)
+            s.ehlo("c.example.org")
+            code, text = s.docmd("AUTH", "PLAIN " + base64.b64encode(("\0%s\0%s" % (user, pw)).encode()).decode())
+            return s, code, text
+
+        s, code, _ = auth("carol@example.test", "carol-secret")
+        check(code == 235, "Dovecot's password: %d" % code)
+        # no accounts file: the login owns its own address, nothing else
+        code, text = s.docmd("MAIL", "FROM:<alice@example.test>")
+        check(code == 553 and b"not owned by user carol@example.test" in text, "not hers: %d %r" % (code, text))
+        s.docmd("RSET")
+        s.sendmail("carol@example.test", ["bob@example.test"], _msg("via dovecot", "carol@example.test"))
+        s.quit()
+        check(b"(Authenticated sender: carol@example.test)" in lab.wait_mail("bob", 1)[0], "delivered")
+        s, code, text = auth("carol@example.test", "wrong")
+        check(code == 535, "wrong password: %d %r" % (code, text))
+        s.close()
+        # Dovecot cannot read its passwords: its temporary failure is ours (454)
+        os.chmod(os.path.join(lab.path("dovecot"), "users"), 0o600)
+        s, code, text = auth("carol@example.test", "carol-secret")
+        check(code == 454, "dovecot's own trouble: %d %r" % (code, text))
+        s.close()
+        os.chmod(os.path.join(lab.path("dovecot"), "users"), 0o644)
+        # Dovecot gone: a temporary failure (454), never 535, and it comes back
+        dv.terminate()
+        dv.wait(10)
+        s, code, text = auth("carol@example.test", "carol-secret")
+        check(code == 454 and b"4.7.0" in text, "dovecot down: %d %r" % (code, text))
+        s.close()
+        log = lab.log("submit")
+        check('"event":"dovecot.connection_lost"' in log and '"reason":"refused by dovecot"' in log, "logged")
+        dv, sock = _dovecot_again(lab)
+        s, code, _ = auth("carol@example.test", "carol-secret")
+        check(code == 235, "dovecot back: %d" % code)
+        s.close()
+    finally:
+        if dv.poll() is None:
+            dv.terminate()
+            dv.wait(10)
+        lab.close()
+
+
+def _dovecot_again(lab):
+    d = lab.path("dovecot")
+    p = subprocess.Popen(["/usr/sbin/dovecot", "-F", "-c", os.path.join(d, "dovecot.conf")],
+                         stdout=open(os.path.join(d, "out.log"), "ab"), stderr=subprocess.STDOUT)
+    sock = os.path.join(d, "run", "auth-client")
+    for _ in range(100):
+        if os.path.exists(sock):
+            try:
+                import socket as so
+                c = so.socket(so.AF_UNIX)
+                c.connect(sock)
+                c.close()
+                break
+            except OSError:
+                pass
+        time.sleep(0.1)
+    return p, sock

@@ -297,9 +297,14 @@ static void sender_ownership(void **state)
 	assert_int_equal(v.code, 553);
 	assert_string_equal(v.enh, "5.7.1");
 	assert_string_equal(v.reason, "<bob@example.test>: Sender address rejected: not owned by user alice@example.test");
-	v = mail_as(&f, "mallory@example.test", "mallory@example.test");
+	/* a login the file does not list (Dovecot's): its own address only */
+	assert_int_equal(mail_as(&f, "carol@example.test", "carol@example.test").kind, V_CONTINUE);
+	v = mail_as(&f, "carol@example.test", "alice@example.test");
 	assert_int_equal(v.code, 553);
-	assert_non_null(strstr(v.reason, "owns no sender addresses"));
+	assert_non_null(strstr(v.reason, "not owned by user carol@example.test"));
+	v = mail_as(&f, "someapp", "someapp@example.test");
+	assert_int_equal(v.code, 553);
+	assert_non_null(strstr(v.reason, "someapp owns no sender addresses"));
 	assert_int_equal(mail_as(&f, NULL, "anyone@example.org").kind, V_CONTINUE);
 	assert_int_equal(mail_as(&f, "billing", "x@billing.example.test").kind, V_CONTINUE);
 	assert_int_equal(mail_as(&f, "billing", "billing@example.test").code, 553);
