@@ -551,3 +551,41 @@ def _dovecot_again(lab):
                 pass
         time.sleep(0.1)
     return p, sock
+
+
+def test_certificate_reloaded_on_sighup():
+    import signal
+    lab = _lab("submit-reload")
+    try:
+        _add_users(lab)
+        lab.start("store")
+        lab.start("submit")
+        wait_port(lab.ports["submit-tls"])
+
+        def subject():
+            s = smtplib.SMTP_SSL("127.0.0.1", lab.ports["submit-tls"], context=_tls_ctx(), timeout=30)
+            der = s.sock.getpeercert(binary_form=True)
+            s.close()
+            out = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject"], input=der,
+                                 capture_output=True, timeout=30)
+            return out.stdout.decode()
+
+        check("submit.example.test" in subject(), "the first certificate: %r" % subject())
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=renewed.example.test", "-keyout", lab.path("key.pem"), "-out", lab.path("cert.pem")],
+                       check=True, capture_output=True)
+        lab.procs["submit"].send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while time.time() < deadline and "renewed.example.test" not in subject():
+            time.sleep(0.2)
+        check("renewed.example.test" in subject(), "the renewed certificate after SIGHUP: %r" % subject())
+        # and STARTTLS on 587 too
+        c = smtplib.SMTP("127.0.0.1", lab.ports["submit"], timeout=30)
+        c.ehlo("c.example.org")
+        c.starttls(context=_tls_ctx())
+        der = c.sock.getpeercert(binary_form=True)
+        c.close()
+        out = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject"], input=der, capture_output=True)
+        check(b"renewed.example.test" in out.stdout, "587 too: %r" % out.stdout)
+    finally:
+        lab.close()
