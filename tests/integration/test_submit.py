@@ -589,3 +589,33 @@ def test_certificate_reloaded_on_sighup():
         check(b"renewed.example.test" in out.stdout, "587 too: %r" % out.stdout)
     finally:
         lab.close()
+
+
+def test_login_reaches_the_outgoing_ledger():
+    """submit -> out -> the Internet: XFORWARD carries the login, so the
+    outgoing stage's per-sender ledger names the account."""
+    lab = _lab("submit-out")
+    try:
+        _add_users(lab)
+        lab.add_out(next_hops="127.0.0.1:%d" % lab.ports["internet"], xforward_hosts="127.0.0.0/8",
+                    smarthost_tls="none")
+        lab.sections["check.relay.out"] = {"relay_networks": "127.0.0.0/8"}
+        lab.sections["submit"]["next_hops"] = "127.0.0.1:%d" % lab.ports["out"]
+        lab.start("store")
+        lab.start("out")
+        lab.start("submit")
+        s = smtplib.SMTP_SSL("127.0.0.1", lab.ports["submit-tls"], context=_tls_ctx(), timeout=30)
+        s.ehlo("c.example.org")
+        s.login("alice@example.test", "alice-secret")
+        s.sendmail("alice@example.test", ["someone@example.net", "other@example.net"], _msg("out", "alice@example.test"))
+        s.quit()
+        got = lab.wait_outbound("example.net", 1)[0]
+        check(b"(Authenticated sender: alice@example.test)" in got, "left with the submission's Received")
+        lab.stop("out")                     # the ledger is saved at exit
+        out = subprocess.run([os.path.join(BUILD, "rampartctl"), "-c", lab.path("rampart.conf"), "-n", "out", "stats",
+                              "senders", "login"], capture_output=True, text=True, timeout=30)
+        rows = {l.split()[1]: l.split() for l in out.stdout.splitlines()[1:] if l.strip()}
+        check(out.returncode == 0 and rows.get("alice@example.test", [])[2:4] == ["1", "2"],
+              "out's ledger names the login:\n%s%s" % (out.stdout, out.stderr))
+    finally:
+        lab.close()
