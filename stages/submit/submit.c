@@ -40,6 +40,7 @@ struct submit_config {
 	long long auth_cache_size;
 	char *dovecot_auth_socket;
 	long long dovecot_auth_timeout;
+	int account_metrics;            /* 0 apps, 1 all, 2 none */
 	struct strlist local_next_hops;
 	int local_next_protocol;        /* enum next_protocol */
 };
@@ -71,6 +72,9 @@ static const struct param_def submit_params[] = {
 	  "login costs no crypt(3); 0: check every time" },
 	{ "auth_cache_size", PT_INT, "10000", 1, 10000000, NULL, P(auth_cache_size),
 	  "accounts the authentication cache holds" },
+	{ "account_metrics", PT_ENUM, "apps", 0, 0, "apps|all|none", P(account_metrics),
+	  "which accounts get their own series on /metrics (rampart_account_*): the applications, every account (one "
+	  "series per user: mind Prometheus at large sites), or none; rampartctl stats users has them all anyway" },
 	{ "local_next_hops", PT_LIST, "", 0, 0, NULL, P(local_next_hops),
 	  "queue mode: where mail for local_domains goes (the store) instead of next_hops" },
 	{ "local_next_protocol", PT_ENUM, "lmtp", 0, 0, "smtp|lmtp", P(local_next_protocol),
@@ -110,12 +114,12 @@ static void *submit_init(const void *config, const struct stage_env *env, char *
 	s->c = c;
 	s->authn = a;
 	if (env->metrics) {
-		s->m_app_msgs = metrics_counter(env->metrics, "rampart_app_messages_total",
-						"Messages accepted from application accounts, by application.");
-		s->m_app_rcpts = metrics_counter(env->metrics, "rampart_app_recipients_total",
-						 "Recipients accepted from application accounts, by application.");
-		s->m_app_bytes = metrics_counter(env->metrics, "rampart_app_bytes_total",
-						 "Bytes accepted from application accounts, by application.");
+		s->m_app_msgs = metrics_counter(env->metrics, "rampart_account_messages_total",
+						"Messages accepted, by account (account_metrics says which accounts).");
+		s->m_app_rcpts = metrics_counter(env->metrics, "rampart_account_recipients_total",
+						 "Recipients accepted, by account.");
+		s->m_app_bytes = metrics_counter(env->metrics, "rampart_account_bytes_total",
+						 "Bytes accepted, by account.");
 	}
 	return s;
 }
@@ -188,7 +192,8 @@ static void submit_authenticate(void *state, const char *sid, const char *ip, co
 }
 
 /* -- accounting: every account in the ledger (rampartctl stats users);
- * applications, few and named, on /metrics too -- */
+ * on /metrics the applications (few and named), or every account, or
+ * none (account_metrics) -- */
 
 static void submit_accepted(void *state, const struct envelope *env, size_t bytes)
 {
@@ -196,12 +201,13 @@ static void submit_accepted(void *state, const struct envelope *env, size_t byte
 	const char *login = env->client.login;
 	const struct passdb *db = authn_accounts(s->authn);
 	const struct passdb_account *a = login && db ? passdb_find(db, login) : NULL;
-	if (!a || !a->app || !s->m_app_msgs)
+	bool app = a && a->app;
+	if (!login || !s->m_app_msgs || s->c->account_metrics == 2 || (s->c->account_metrics == 0 && !app))
 		return;
 	struct buf b = BUF_INIT;
-	metrics_escape_label(&b, a->name);
+	metrics_escape_label(&b, a ? a->name : login);
 	char labels[400];
-	snprintf(labels, sizeof(labels), "app=\"%s\"", buf_cstr(&b));
+	snprintf(labels, sizeof(labels), "account=\"%s\",app=\"%s\"", buf_cstr(&b), app ? "yes" : "no");
 	buf_free(&b);
 	metric_inc(s->m_app_msgs, labels);
 	metric_add(s->m_app_rcpts, labels, (double)env->nrcpt);

@@ -343,9 +343,10 @@ def test_sender_ownership():
                    _msg("invoice", "invoices@example.test"))
         s.quit()
         m = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
-        check(re.search(r'^rampart_app_messages_total\{[^}]*app="billing"[^}]*\} 1$', m, re.M)
-              and re.search(r'^rampart_app_recipients_total\{[^}]*app="billing"[^}]*\} 2$', m, re.M),
-              "app accounting on /metrics:\n%s" % "\n".join(l for l in m.splitlines() if "app_" in l))
+        check(re.search(r'^rampart_account_messages_total\{[^}]*account="billing",app="yes"[^}]*\} 1$', m, re.M)
+              and re.search(r'^rampart_account_recipients_total\{[^}]*account="billing",app="yes"[^}]*\} 2$', m, re.M)
+              and 'account="alice@example.test"' not in m,
+              "app accounting on /metrics:\n%s" % "\n".join(l for l in m.splitlines() if "account_" in l))
         lab.stop("submit")                  # the ledger is saved at exit (and every 10 s)
         out = _ctl(lab, "stats", "users")
         rows = {l.split()[1]: l.split() for l in out.stdout.splitlines()[1:] if l.strip()}
@@ -359,7 +360,7 @@ def test_sender_ownership():
 
 
 def test_quota_exceeded_puts_the_account_on_hold():
-    lab = _lab("submit-quota")
+    lab = _lab("submit-quota", account_metrics="all")
     lab.sections["check.quota"] = {"messages_per_hour": "2", "recipients_per_day": "100"}
     lab.write_config()
     mport = free_port()
@@ -390,6 +391,8 @@ def test_quota_exceeded_puts_the_account_on_hold():
         check(b.docmd("MAIL", "FROM:<alice@example.test>")[0] == 451, "still held on a new connection")
         b.close()
         m = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
+        check(re.search(r'^rampart_account_messages_total\{[^}]*account="alice@example.test",app="no"[^}]*\} 2$', m, re.M),
+              "every account on /metrics:\n%s" % "\n".join(l for l in m.splitlines() if "account_" in l))
         check(re.search(r"^rampart_quota_holds_total\{[^}]*\} 1$", m, re.M), "hold counted:\n%s" %
               "\n".join(l for l in m.splitlines() if "quota" in l))
         out = _ctl(lab, "user", "release", "alice@example.test")
