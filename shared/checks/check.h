@@ -24,6 +24,7 @@ struct event_base;
 struct metrics;
 struct state;
 struct pool;
+struct check_shared;
 
 enum check_phase {
 	PHASE_CONNECT,
@@ -68,6 +69,8 @@ struct check_env {
 	struct event_base *base;                 /* the event loop, for timers (NULL in
 						  * offline checks: no timers then) */
 	const char *accounts_file;               /* the stage's accounts (submission), or NULL */
+	struct check_shared *shared;             /* the process's long-lived objects (shared.h);
+						  * NULL when only checking a configuration */
 	struct state *state;                     /* the process's state store ([state]),
 						  * opened when a check needs_state; NULL
 						  * when only checking a configuration */

@@ -21,6 +21,7 @@ extern const struct check_def check_greylist;
 extern const struct check_def check_dkim;
 extern const struct check_def check_sender_login;
 extern const struct check_def check_quota;
+extern const struct check_def check_clamav;
 
 const struct check_def *const check_registry[] = {
 	&check_relay,
@@ -38,6 +39,7 @@ const struct check_def *const check_registry[] = {
 	&check_dkim,
 	&check_sender_login,
 	&check_quota,
+	&check_clamav,
 	NULL
 };
 

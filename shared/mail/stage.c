@@ -19,6 +19,7 @@
 #include "state.h"
 #include "smtp_client.h"
 #include "../checks/chain.h"
+#include "../checks/shared.h"
 #include "../util/alloc.h"
 #include "../util/dns.h"
 #include "../util/fs.h"
@@ -170,6 +171,7 @@ struct stage {
 	struct metrics *metrics;
 	struct dns *dns;
 	struct state *state;            /* opened with the first generation whose checks need it */
+	struct check_shared *shared;    /* checks' long-lived objects (an antivirus engine) */
 	struct ledger *ledger;          /* per-sender accounting (def->accounting) */
 	char *ledger_path;
 	unsigned ticks;
@@ -264,6 +266,7 @@ static struct generation *gen_load(struct stage *st, bool dry, char *why, size_t
 	g->env.metrics = st->metrics;
 	g->env.dns = st->dns;
 	g->env.base = st->base;
+	g->env.shared = dry ? NULL : st->shared;
 	/* The state store: [state], checked always; opened once, by the first
 	 * generation whose checks use it (a change needs a restart). */
 	struct state_config scfg;
@@ -2097,6 +2100,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 		}
 	}
 	config_free(pre);
+	st->shared = check_shared_new();
 	st->gen = gen_load(st, test_only, why, sizeof(why));
 	if (!st->gen || test_only) {
 		if (!st->gen) {
@@ -2106,6 +2110,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 			printf("%s: configuration OK\n", st->config_path);
 		}
 		gen_unref(st, st->gen);
+		check_shared_free(st->shared);
 		state_close(st->state);
 		dns_free(st->dns);
 		metrics_free(st->metrics);
@@ -2255,6 +2260,7 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	idle_close_all(st);
 	dest_free_all(st);
 	gen_unref(st, st->gen);
+	check_shared_free(st->shared);
 	if (st->ledger) {
 		if (!ledger_save(st->ledger, st->ledger_path, why, sizeof(why)))
 			log_error(NULL, NULL, "ledger.save_failed", "error=%s", why);
