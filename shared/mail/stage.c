@@ -59,6 +59,8 @@ const struct param_def server_param_defs[] = {
 	{ "mode", PT_ENUM, "queue", 0, 0, "queue|proxy", SRV(mode), "queue: 250 after fsync, deliver later; proxy: relay the transaction live" },
 	{ "next_hops", PT_LIST, "", 0, 0, NULL, SRV(next_hops), "next stage: host:port list tried in order with failover" },
 	{ "next_protocol", PT_ENUM, "smtp", 0, 0, "smtp|lmtp", SRV(next_protocol), "protocol spoken to the next hops" },
+	{ "local_next_hops", PT_LIST, "", 0, 0, NULL, SRV(local_next_hops), "queue mode: where mail for local_domains goes instead of next_hops (the store; the rest goes on, e.g. to the outgoing stage)" },
+	{ "local_next_protocol", PT_ENUM, "lmtp", 0, 0, "smtp|lmtp", SRV(local_next_protocol), "protocol spoken to local_next_hops" },
 	{ "next_xforward", PT_BOOL, "yes", 0, 0, NULL, SRV(next_xforward), "send XFORWARD (original client) to next hops that offer it" },
 	{ "next_tls", PT_BOOL, "yes", 0, 0, NULL, SRV(next_tls), "use STARTTLS with next hops that offer it (opportunistic)" },
 	{ "next_idle_timeout", PT_TIME, "2s", 0, 300000, NULL, SRV(next_idle_timeout), "keep a connection to a next hop open this long for the next message (0: one per message)" },
@@ -605,6 +607,8 @@ static struct smtp_client_opts client_opts(struct stage *st, const struct genera
 	o.data_timeout_ms = 600000;
 	o.log_sid = sid;
 	o.live = &st->clients;
+	if (domain && *domain && sc->local_next_hops.n && strlist_contains(&sc->local_domains, domain))
+		o.lmtp = sc->local_next_protocol == NEXT_LMTP;
 	if (st->def->client_opts && gen->state)
 		st->def->client_opts(gen->state, domain ? domain : "", &o);
 	return o;
@@ -1734,10 +1738,14 @@ static void routed(void *arg, const struct strlist *hops, const struct smtp_repl
 
 static void group_route(struct delivery *d)
 {
-	if (d->routed)
-		d->st->def->route(d->gen->state, d->groups[d->cur].domain, routed, d);
-	else
+	const struct server_config *sc = d->gen->sc;
+	const char *domain = d->groups[d->cur].domain;
+	if (!d->routed)
 		group_connect(d);
+	else if (d->st->def->route)
+		d->st->def->route(d->gen->state, domain, routed, d);
+	else    /* local_next_hops: local domains to their own hops */
+		routed(d, strlist_contains(&sc->local_domains, domain) ? &sc->local_next_hops : &sc->next_hops, NULL);
 }
 
 /* Take a place at the group's destination, or park or wait for one. */
@@ -1789,7 +1797,8 @@ static void deliver_item(void *arg, struct queue_item *it)
 	d->gen = st->gen;
 	d->gen->refs++;
 	d->data = queue_item_data(it, &d->len);
-	d->routed = st->def->route && !(st->def->route_all && st->def->route_all(d->gen->state));
+	d->routed = st->def->route ? !(st->def->route_all && st->def->route_all(d->gen->state))
+				   : d->gen->sc->local_next_hops.n > 0;
 	struct envelope *e = queue_item_envelope(it);
 	d->groups = xcalloc(e->nrcpt ? e->nrcpt : 1, sizeof(*d->groups));
 	d->accepted = xcalloc(e->nrcpt ? e->nrcpt : 1, sizeof(bool));

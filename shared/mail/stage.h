@@ -33,6 +33,8 @@ struct server_config {
 	int mode;                       /* enum forward_mode */
 	struct strlist next_hops;
 	int next_protocol;              /* enum next_protocol */
+	struct strlist local_next_hops; /* mail for local_domains (queue mode), or none */
+	int local_next_protocol;
 	bool next_xforward;
 	bool next_tls;
 	long long next_idle_timeout;

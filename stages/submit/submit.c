@@ -9,8 +9,8 @@
  * brute-force defence in the state store).  Everything else is a check of
  * the chain: relay (authenticated users may relay), sender ownership,
  * per-account limits.  Accepted mail goes to next_hops; with
- * local_next_hops, mail for local_domains goes there instead (the store,
- * over LMTP with local_next_protocol) — queue mode.
+ * local_next_hops (a server parameter), mail for local_domains goes
+ * there instead (the store, over LMTP) — queue mode.
  * It may reach: its listen sockets, its spool, the accounts file, the
  * state store, its next hops.
  */
@@ -25,7 +25,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 struct submit_config {
 	struct server_config srv;
@@ -41,8 +40,6 @@ struct submit_config {
 	char *dovecot_auth_socket;
 	long long dovecot_auth_timeout;
 	int account_metrics;            /* 0 apps, 1 all, 2 none */
-	struct strlist local_next_hops;
-	int local_next_protocol;        /* enum next_protocol */
 };
 
 #define P(f) offsetof(struct submit_config, f)
@@ -75,10 +72,6 @@ static const struct param_def submit_params[] = {
 	{ "account_metrics", PT_ENUM, "apps", 0, 0, "apps|all|none", P(account_metrics),
 	  "which accounts get their own series on /metrics (rampart_account_*): the applications, every account (one "
 	  "series per user: mind Prometheus at large sites), or none; rampartctl stats users has them all anyway" },
-	{ "local_next_hops", PT_LIST, "", 0, 0, NULL, P(local_next_hops),
-	  "queue mode: where mail for local_domains goes (the store) instead of next_hops" },
-	{ "local_next_protocol", PT_ENUM, "lmtp", 0, 0, "smtp|lmtp", P(local_next_protocol),
-	  "protocol spoken to local_next_hops" },
 	PARAM_END
 };
 
@@ -214,37 +207,6 @@ static void submit_accepted(void *state, const struct envelope *env, size_t byte
 	metric_add(s->m_app_bytes, labels, (double)bytes);
 }
 
-/* -- where accepted mail goes -- */
-
-static bool is_local(const struct submit *s, const char *domain)
-{
-	const struct strlist *l = &s->c->srv.local_domains;
-	for (size_t i = 0; i < l->n; i++)
-		if (strcasecmp(l->v[i], domain) == 0)
-			return true;
-	return false;
-}
-
-static void submit_route(void *state, const char *domain,
-			 void (*done)(void *arg, const struct strlist *hops, const struct smtp_reply *err), void *arg)
-{
-	struct submit *s = state;
-	done(arg, is_local(s, domain) ? &s->c->local_next_hops : &s->c->srv.next_hops, NULL);
-}
-
-static bool submit_route_all(void *state)
-{
-	struct submit *s = state;
-	return s->c->local_next_hops.n == 0;
-}
-
-static void submit_client_opts(void *state, const char *domain, struct smtp_client_opts *o)
-{
-	struct submit *s = state;
-	if (*domain && s->c->local_next_hops.n && is_local(s, domain))
-		o->lmtp = s->c->local_next_protocol == NEXT_LMTP;
-}
-
 const struct stage_def submit_stage = {
 	.name = "submit",
 	.doc = "stage B: mail from the site's users and applications (587 STARTTLS, 465 TLS; AUTH required)",
@@ -260,8 +222,5 @@ const struct stage_def submit_stage = {
 	.tick = submit_tick,
 	.validate = submit_validate,
 	.authenticate = submit_authenticate,
-	.route = submit_route,
-	.route_all = submit_route_all,
-	.client_opts = submit_client_opts,
 	.accepted = submit_accepted,
 };

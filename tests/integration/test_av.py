@@ -212,6 +212,16 @@ def test_signature_reload_under_load():
         check(len(lab.wait_mail("alice", len(results))) == len(results), "and delivered")
         code, text = _send(lab, _mail("after", attachments=[("eicar.com", EICAR)]))
         check(code == 554 and "Eicar-Test-Signature" in text, "known after the reload: %d %s" % (code, text))
+        # SIGHUP builds a new engine too (in the background), and sessions go on
+        import signal
+        n = lab.log("av").count('"event":"av.reloaded"')
+        lab.procs["av"].send_signal(signal.SIGHUP)
+        deadline = time.time() + 20
+        while time.time() < deadline and lab.log("av").count('"event":"av.reloaded"') <= n:
+            time.sleep(0.2)
+        check(lab.log("av").count('"event":"av.reloaded"') == n + 1 and '"engine":3' in lab.log("av"),
+              "SIGHUP reload:\n%s" % lab.log("av")[-1500:])
+        check(_send(lab, _mail("after hup", attachments=[("eicar.com", EICAR)]))[0] == 554, "still scanning")
         # a broken database: the old engine stays, and says why
         with open(lab.path("clamav-db", "broken.ndb"), "w") as f:
             f.write("this is not a signature\n")
@@ -262,5 +272,34 @@ def test_bad_database_stops_startup():
         r = subprocess.run([os.path.join(BUILD, "rampart-av"), "-c", lab.path("rampart.conf"), "-n", "av", "-t"],
                            capture_output=True, text=True, timeout=60)
         check(r.returncode != 0 and "no signature databases (expected" in r.stderr, "empty database: %r" % r.stderr)
+    finally:
+        lab.close()
+
+
+def test_rejection_reaches_the_original_client_through_a_proxy_mx():
+    """MX (proxy) -> AV (proxy) -> store: the client of the MX gets the 554
+    with the signature at the end of its own DATA; nothing is queued, so
+    nobody is bounced to."""
+    lab = _lab("av-pipeline")
+    try:
+        lab.add_mx(mode="proxy", next_hops="127.0.0.1:%d" % lab.ports["av"], next_protocol="smtp")
+        lab.sections["av"]["xforward_hosts"] = "127.0.0.0/8"
+        lab.stop("av")
+        lab.start("av")
+        lab.start("mx")
+        with smtplib.SMTP("127.0.0.1", lab.ports["mx"], timeout=60) as c:
+            c.ehlo("client.example.org")
+            c.mail("sender@example.org")
+            c.rcpt("alice@example.test")
+            code, text = c.data(_mail("through the mx", attachments=[("eicar.zip", _zip("eicar.com", EICAR))]))
+        check(code == 554 and b"5.7.1" in text and b"Eicar-Test-Signature" in text, "at SMTP time: %d %r" % (code, text))
+        with smtplib.SMTP("127.0.0.1", lab.ports["mx"], timeout=60) as c:
+            c.ehlo("client.example.org")
+            c.sendmail("sender@example.org", ["alice@example.test"], _mail("clean through the mx"))
+        got = lab.wait_mail("alice", 1)
+        check(len(got) == 1 and b"clean through the mx" in got[0] and b"X-Virus-Status: Clean" in got[0], "clean delivered")
+        out = lab.ctl("-n", "mx", "queue", "list")
+        check("0 messages" in out.stdout, "nothing queued at the MX: %s" % out.stdout)
+        check('"client":"127.0.0.1"' in lab.log("av"), "the AV saw the original client (XFORWARD)")
     finally:
         lab.close()

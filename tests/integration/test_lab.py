@@ -1,7 +1,7 @@
 """The one-command lab (deploy/lab/up and down): it comes up with its
 self-checks passing, its demonstrations of the MX defences behave as the
 lab says, and down stops everything it started.  The lab listens on its
-fixed ports (2424, 2525, 2626, 10026, 2587, 2465, 9024-9027): they must be free."""
+fixed ports (2424, 2525, 2526, 2626, 10026, 2587, 2465, 9024-9028): they must be free."""
 
 import os
 import re
@@ -29,7 +29,7 @@ def test_lab_up_demo_and_down():
         check(up.returncode == 0, "lab up failed: %s %s" % (up.stdout[-3000:], up.stderr[-3000:]))
         check("Rampart lab is up" in up.stdout, "banner: %s" % up.stdout[-500:])
         pids = [int(open(os.path.join(d, "pids", f)).read()) for f in os.listdir(os.path.join(d, "pids"))]
-        check(len(pids) >= 5, "mx, store, out, submit and the lab Internet run: %r" % pids)
+        check(len(pids) >= 6, "mx, av, store, out, submit and the lab Internet run: %r" % pids)
         # submission: the passwords printed and kept in credentials (0600)
         cred_path = os.path.join(d, "credentials")
         check(os.stat(cred_path).st_mode & 0o777 == 0o600, "credentials file is 0600")
@@ -54,8 +54,24 @@ def test_lab_up_demo_and_down():
                 if "from bob via 465" in text:
                     got = text
             time.sleep(0.2)
-        check(got and "DKIM-Signature:" in got and "(Authenticated sender: bob@example.test)" in got,
-              "bob's message left signed: %r" % (got or "")[:1500])
+        check(got and "DKIM-Signature:" in got and "(Authenticated sender: bob@example.test)" in got
+              and "X-Virus-Status: Clean" in got, "bob's message left scanned and signed: %r" % (got or "")[:1500])
+        # EICAR, as the lab says: rampart-av quarantines it
+        nbob = len(os.listdir(bob))
+        r = subprocess.run(["swaks", "--server", "127.0.0.1:2587", "-tls", "--auth", "PLAIN", "--auth-user",
+                            "alice@example.test", "--auth-password", creds["alice@example.test"], "--from",
+                            "alice@example.test", "--h-From", "<alice@example.test>", "--to", "bob@example.test",
+                            "--attach", "@" + os.path.join(d, "eicar.com")], capture_output=True, text=True, timeout=60)
+        check(r.returncode == 0, "EICAR accepted by submission: %s" % r.stdout[-800:])
+        ctl = [os.path.join(REPO, "build", "rampartctl"), "-c", os.path.join(d, "rampart.conf"), "-n", "av",
+               "quarantine", "list"]
+        deadline = time.time() + 20
+        out = ""
+        while time.time() < deadline and "Eicar-Test-Signature" not in out:
+            out = subprocess.run(ctl, capture_output=True, text=True, timeout=30).stdout
+            time.sleep(0.3)
+        check("1 message in quarantine" in out and "Eicar-Test-Signature" in out, "quarantined:\n%s" % out)
+        check(len(os.listdir(bob)) == nbob, "bob did not get it")
         # the self-check message came from example.net, signed: the MX verified it
         box = os.path.join(d, "mail", "example.test", "postmaster", "Maildir", "new")
         got = open(os.path.join(box, sorted(os.listdir(box))[-1])).read()
