@@ -41,6 +41,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <errno.h>
 
 #include <clamav.h>
 #include <openssl/evp.h>
@@ -387,6 +389,12 @@ static void *clamav_init(const void *params, const struct check_env *env, char *
 		.max_scan_size = p->max_scan_size, .max_file_size = p->max_file_size, .max_files = p->max_files,
 		.max_recursion = p->max_recursion, .max_scan_time_ms = p->max_scan_time, .tmp_dir = p->tmp_dir,
 	};
+	if (*p->tmp_dir && access(p->tmp_dir, W_OK | X_OK) != 0) {
+		/* libclamav would carry on without its temporary files */
+		snprintf(why, whylen, "tmp_dir: %s: %s (expected a directory rampart can write)", p->tmp_dir, strerror(errno));
+		free(c);
+		return NULL;
+	}
 	char key[4200], w[600] = "";
 	snprintf(key, sizeof(key), "clamav:%s", p->database_dir);
 	c->engine = env->shared ? check_shared_get(env->shared, key) : NULL;

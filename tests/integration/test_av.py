@@ -245,6 +245,15 @@ def test_scanner_failures_tempfail():
         check('"error":"scan time limit reached"' in lab.log("av"), "logged: %s" % lab.log("av")[-1500:])
     finally:
         lab.close()
+    # failure_action = tag: the site prefers tag-and-pass
+    lab = _lab("av-timeout-tag", max_scan_time="1ms", failure_action="tag")
+    try:
+        code, _ = _send(lab, _mail("slow but tagged", attachments=big))
+        check(code == 250, "tagged and passed: %d" % code)
+        got = lab.wait_mail("alice", 1)[0]
+        check(b"X-Virus-Status: Unscanned (scanner failure)" in got, "tagged: %r" % got[:500])
+    finally:
+        lab.close()
     # over a scan limit: limits_action
     lab = _lab("av-limits", max_files="2", limits_action="tempfail")
     try:
@@ -272,6 +281,16 @@ def test_bad_database_stops_startup():
         r = subprocess.run([os.path.join(BUILD, "rampart-av"), "-c", lab.path("rampart.conf"), "-n", "av", "-t"],
                            capture_output=True, text=True, timeout=60)
         check(r.returncode != 0 and "no signature databases (expected" in r.stderr, "empty database: %r" % r.stderr)
+        # a temporary directory it cannot write (libclamav would scan less, silently)
+        lab.sections["check.clamav"] = {"database_dir": lab.path("clamav-db"), "tmp_dir": "/nonexistent/av-tmp"}
+        os.makedirs(lab.path("clamav-db"))
+        with open(lab.path("clamav-db", "eicar.ndb"), "w") as f:
+            f.write(EICAR_NDB)
+        lab.write_config()
+        r = subprocess.run([os.path.join(BUILD, "rampart-av"), "-c", lab.path("rampart.conf"), "-n", "av", "-t"],
+                           capture_output=True, text=True, timeout=60)
+        check(r.returncode != 0 and "tmp_dir: /nonexistent/av-tmp: No such file or directory" in r.stderr,
+              "bad tmp_dir: %r" % r.stderr)
     finally:
         lab.close()
 
