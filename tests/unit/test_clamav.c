@@ -94,10 +94,7 @@ static struct verdict scan(struct fx *f, const char *msg)
 
 static const char *header(struct fx *f, const char *name)
 {
-	for (size_t i = 0; i < f->ctx.nadd; i++)
-		if (strcmp(f->ctx.add[i].name, name) == 0)
-			return f->ctx.add[i].value;
-	return NULL;
+	return tu_added_header(&f->ctx, name);
 }
 
 static void test_actions(void **state)

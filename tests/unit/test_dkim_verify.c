@@ -267,13 +267,7 @@ static struct verdict run_msg(struct fx *f, char *msg)
 
 static const char *header(struct fx *f, const char *name)
 {
-	const char *found = NULL;
-	for (size_t i = 0; i < f->ctx.nadd; i++)
-		if (strcmp(f->ctx.add[i].name, name) == 0) {
-			assert_null(found);             /* one only */
-			found = f->ctx.add[i].value;
-		}
-	return found;
+	return tu_added_header(&f->ctx, name);
 }
 
 /* A complete CRLF message from FROM_DOMAIN. */

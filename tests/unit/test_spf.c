@@ -148,10 +148,7 @@ static struct verdict mail(struct fx *f, const char *ip, const char *sender)
 
 static const char *header(struct fx *f, const char *name)
 {
-	for (size_t i = 0; i < f->ctx.nadd; i++)
-		if (strcmp(f->ctx.add[i].name, name) == 0)
-			return f->ctx.add[i].value;
-	return NULL;
+	return tu_added_header(&f->ctx, name);
 }
 
 /* The result the header reports, which is the first word of its value. */

@@ -366,3 +366,15 @@ double tu_state_tokens(struct tu_state_fx *f, const char *key, double rate, doub
 	assert_int_equal(g.status, STATE_OK);
 	return g.tokens;
 }
+
+const char *tu_added_header(const struct check_ctx *ctx, const char *name)
+{
+	const char *found = NULL;
+	for (size_t i = 0; i < ctx->nadd; i++)
+		if (strcmp(ctx->add[i].name, name) == 0) {
+			if (found)
+				fail_msg("header %s added twice", name);
+			found = ctx->add[i].value;
+		}
+	return found;
+}

@@ -45,6 +45,10 @@ struct chain *tu_chain_new(const struct config *cfg, const char *names, const st
 struct verdict tu_chain_verdict(struct chain *chain, enum check_phase phase, struct check_ctx *ctx,
 				struct event_base *base);
 
+/* The value of the header named name the checks asked to add to ctx; NULL
+ * if none.  Asking for one that was added twice fails the test. */
+const char *tu_added_header(const struct check_ctx *ctx, const char *name);
+
 /* The metrics' text has line (the text is printed when it does not). */
 bool tu_metric_has(struct metrics *m, const char *line);
 
