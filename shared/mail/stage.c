@@ -2097,6 +2097,8 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	struct config *pre = config_parse_file(st->config_path, &perr);
 	struct global_config g0;
 	if (pre && config_bind(pre, "global", &global_param_set, &g0, &perr)) {
+		/* the checks built next log at the configured level already */
+		log_set_level((enum log_level)g0.log_level);
 		struct dns_opts dopts = { 0 };
 		dopts.local_data = *g0.dns_local_data ? g0.dns_local_data : NULL;
 		dopts.local_only = g0.dns_local_only;

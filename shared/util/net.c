@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -350,6 +351,11 @@ int net_connect_start(const struct endpoint *e, char *why, size_t whylen)
 			set_why(why, whylen, "socket: %s", strerror(errno));
 			continue;
 		}
+		/* SMTP is a dialogue of small writes (a command, then the end
+		 * of the message): Nagle would hold each for the peer's
+		 * delayed ACK, 40 ms here. */
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 || errno == EINPROGRESS)
 			break;
 		set_why(why, whylen, "connect %s:%d: %s", e->host, e->port, strerror(errno));

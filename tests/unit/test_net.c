@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,6 +188,12 @@ static void connect_and_talk(int lfd, const struct endpoint *e)
 	if (cfd < 0)
 		fail_msg("connect: %s", why);
 	assert_nonblock_cloexec(cfd);
+	if (!e->is_unix) {
+		int nodelay = 0;
+		socklen_t nl = sizeof(nodelay);
+		assert_int_equal(getsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &nl), 0);
+		assert_int_equal(nodelay, 1);   /* small SMTP writes go out at once */
+	}
 	wait_for(cfd, POLLOUT);
 	assert_int_equal(sock_error(cfd), 0);
 
