@@ -1,8 +1,9 @@
 /*
  * submit-client.c — the load generator of tests/bench/submit: authenticated
  * SMTP submissions over TLS, the same client for rampart-submit and for
- * Postfix.  Compiled by the harness (cc -O2 ... -lssl -lcrypto -lpthread)
- * into its temporary directory; not part of the build.
+ * Postfix.  Compiled by the harness (cc -O2 -I tests/bench ... -lssl
+ * -lcrypto -lpthread) into its temporary directory; not part of the build.
+ * The SMTP client code it shares with av-client.c is in bench-smtp.h.
  *
  * -c THREADS threads, each with blocking sockets, share the work:
  *   -m 1 (new connection per message): each message is its own session,
@@ -31,20 +32,11 @@
  * Exit status 0 when it ran (even with failures), 2 on bad usage or setup.
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -53,6 +45,9 @@
 #include <openssl/objects.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+
+#define BENCH_SMTP_TLS
+#include "bench-smtp.h"
 
 static const char *host = "127.0.0.1";
 static int port;
@@ -69,159 +64,8 @@ static int do_auth = 1;                 /* -a 0: no AUTH (the Postfix fallback w
 
 static SSL_CTX *ctx;
 static atomic_long next_msg;            /* -m 1: messages taken */
-static atomic_long accepted, failed, logins, connections;
-static atomic_int stop_all;
-
-static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static double t_first_connect = -1, t_last_250 = -1;
-#define MAX_ERRS 8
-static struct {
-	char text[200];
-	long count;
-} errs[MAX_ERRS];
-static long errs_other;
+static atomic_long logins;
 static char tls_info[200], cert_sha256[80];
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* Record an unexpected reply or a failure (text is one line). */
-static void note_error(const char *fmt, ...)
-{
-	char t[200];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(t, sizeof(t), fmt, ap);
-	va_end(ap);
-	for (char *p = t; *p; p++)
-		if (*p == '\r' || *p == '\n' || *p == '"' || *p == '\\' || (unsigned char)*p < 32)
-			*p = ' ';
-	pthread_mutex_lock(&mu);
-	int i;
-	for (i = 0; i < MAX_ERRS && errs[i].count; i++)
-		if (strcmp(errs[i].text, t) == 0)
-			break;
-	if (i == MAX_ERRS) {
-		errs_other++;
-	} else {
-		if (!errs[i].count)
-			snprintf(errs[i].text, sizeof(errs[i].text), "%s", t);
-		errs[i].count++;
-	}
-	pthread_mutex_unlock(&mu);
-}
-
-struct conn {
-	int fd;
-	SSL *ssl;
-	char buf[8192];
-	size_t have, off;
-};
-
-static int conn_write(struct conn *c, const char *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w;
-		if (c->ssl) {
-			int r = SSL_write(c->ssl, p, (int)n);
-			if (r <= 0)
-				return -1;
-			w = r;
-		} else {
-			w = send(c->fd, p, n, MSG_NOSIGNAL);
-			if (w < 0 && errno == EINTR)
-				continue;
-			if (w <= 0)
-				return -1;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
-static int conn_fill(struct conn *c)
-{
-	if (c->off > 0) {
-		memmove(c->buf, c->buf + c->off, c->have - c->off);
-		c->have -= c->off;
-		c->off = 0;
-	}
-	if (c->have == sizeof(c->buf))
-		return -1;
-	ssize_t r;
-	if (c->ssl) {
-		int n = SSL_read(c->ssl, c->buf + c->have, (int)(sizeof(c->buf) - c->have));
-		if (n <= 0)
-			return -1;
-		r = n;
-	} else {
-		do
-			r = recv(c->fd, c->buf + c->have, sizeof(c->buf) - c->have, 0);
-		while (r < 0 && errno == EINTR);
-		if (r <= 0)
-			return -1;
-	}
-	c->have += (size_t)r;
-	return 0;
-}
-
-/* Read one SMTP reply (all its lines); returns its code, or -1 on a broken
- * connection.  last: its last line, for the error notes. */
-static int read_reply(struct conn *c, char *last, size_t lastlen)
-{
-	for (;;) {
-		char *start = c->buf + c->off;
-		char *nl = memchr(start, '\n', c->have - c->off);
-		if (!nl) {
-			if (conn_fill(c) < 0)
-				return -1;
-			continue;
-		}
-		size_t len = (size_t)(nl - start);
-		if (len > 0 && start[len - 1] == '\r')
-			len--;
-		if (last) {
-			size_t k = len < lastlen - 1 ? len : lastlen - 1;
-			memcpy(last, start, k);
-			last[k] = '\0';
-		}
-		c->off += (size_t)(nl - start) + 1;
-		if (len < 3)
-			return -1;
-		if (len >= 4 && start[3] == '-')
-			continue;                       /* more lines follow */
-		return (start[0] - '0') * 100 + (start[1] - '0') * 10 + (start[2] - '0');
-	}
-}
-
-/* Send a command (NULL: none, just read) and expect a reply code. */
-static int cmd(struct conn *c, const char *line, int want, const char *what)
-{
-	char last[200];
-	if (line) {
-		char out[600];
-		int n = snprintf(out, sizeof(out), "%s\r\n", line);
-		if (conn_write(c, out, (size_t)n) < 0) {
-			note_error("%s: connection lost while sending", what);
-			return -1;
-		}
-	}
-	int code = read_reply(c, last, sizeof(last));
-	if (code < 0) {
-		note_error("%s: connection lost%s", what, c->ssl ? " (TLS)" : "");
-		return -1;
-	}
-	if (code != want) {
-		note_error("%s: %s", what, last);
-		return -2;                      /* a reply, not the wanted one */
-	}
-	return 0;
-}
 
 static int tls_start(struct conn *c)
 {
@@ -270,53 +114,16 @@ static void record_tls(struct conn *c)
 	pthread_mutex_unlock(&mu);
 }
 
-static void conn_close(struct conn *c)
-{
-	if (c->ssl) {
-		SSL_shutdown(c->ssl);           /* close_notify, not waiting for the peer's */
-		SSL_free(c->ssl);
-		c->ssl = NULL;
-	}
-	if (c->fd >= 0)
-		close(c->fd);
-	c->fd = -1;
-}
-
 static char auth_line[600];
 
 /* Connect and log in; 0 when ready for MAIL. */
 static int session_open(struct conn *c)
 {
-	memset(c, 0, sizeof(*c));
-	c->fd = socket(AF_INET, SOCK_STREAM, 0);
-	if (c->fd < 0) {
-		note_error("socket: %s", strerror(errno));
+	if (conn_connect(c, host, port, timeout_s) < 0)
 		return -1;
-	}
-	struct timeval tv = { .tv_sec = timeout_s };
-	setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	int one = 1;
-	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-	inet_pton(AF_INET, host, &sa.sin_addr);
-	double t = now();
-	pthread_mutex_lock(&mu);
-	if (t_first_connect < 0 || t < t_first_connect)
-		t_first_connect = t;
-	pthread_mutex_unlock(&mu);
-	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		note_error("connect: %s", strerror(errno));
-		return -1;
-	}
-	atomic_fetch_add(&connections, 1);
 	if (implicit_tls && tls_start(c) < 0)
 		return -1;
-	if (cmd(c, NULL, 220, "banner") < 0)
-		return -1;
-	char ehlo[300];
-	snprintf(ehlo, sizeof(ehlo), "EHLO %s", helo);
-	if (cmd(c, ehlo, 250, "EHLO") < 0)
+	if (smtp_greet(c, helo) < 0)
 		return -1;
 	if (!implicit_tls) {
 		if (cmd(c, "STARTTLS", 220, "STARTTLS") < 0)
@@ -327,7 +134,7 @@ static int session_open(struct conn *c)
 		}
 		if (tls_start(c) < 0)
 			return -1;
-		if (cmd(c, ehlo, 250, "EHLO after STARTTLS") < 0)
+		if (smtp_ehlo(c, helo, "EHLO after STARTTLS") < 0)
 			return -1;
 	}
 	record_tls(c);
@@ -341,7 +148,6 @@ static int session_open(struct conn *c)
 
 static char *msg_tmpl;                  /* the message, DATA bytes, without ".\r\n" */
 static size_t msg_len, msgid_off;
-static char mail_line[400], rcpt_line[400];
 static unsigned run_id;
 
 /* One transaction; 0 accepted, -2 refused (the session goes on), -1 the
@@ -349,12 +155,8 @@ static unsigned run_id;
 static int send_one(struct conn *c, long seq, char *msg)
 {
 	int r;
-	if ((r = cmd(c, mail_line, 250, "MAIL")) < 0)
-		goto refused;
-	if ((r = cmd(c, rcpt_line, 250, "RCPT")) < 0)
-		goto refused;
-	if ((r = cmd(c, "DATA", 354, "DATA")) < 0)
-		goto refused;
+	if ((r = smtp_data_begin(c)) < 0)
+		return r;
 	char id[32];
 	snprintf(id, sizeof(id), "%08x.%010ld", run_id, seq);
 	memcpy(msg + msgid_off, id, 19);
@@ -362,22 +164,10 @@ static int send_one(struct conn *c, long seq, char *msg)
 		note_error("DATA: connection lost while sending the message");
 		return -1;
 	}
-	if ((r = cmd(c, NULL, 250, "end of DATA")) < 0)
-		return r;
-	double t = now();
-	pthread_mutex_lock(&mu);
-	if (t > t_last_250)
-		t_last_250 = t;
-	pthread_mutex_unlock(&mu);
-	return 0;
-refused:
-	if (r == -2 && cmd(c, "RSET", 250, "RSET") < 0)
-		return -1;
-	return r;
+	return smtp_data_end(c);
 }
 
 struct worker {
-	pthread_t th;
 	int idx;
 	long share;                     /* -m 0: messages of this thread */
 };
@@ -410,10 +200,7 @@ static void *work(void *arg)
 		for (;;) {
 			int r = send_one(&c, seq, msg);
 			done++;
-			if (r == 0)
-				atomic_fetch_add(&accepted, 1);
-			else
-				atomic_fetch_add(&failed, 1);
+			count_result(r);
 			if (r == -1)
 				break;
 			if (per_conn || done >= w->share || atomic_load(&stop_all)) {
@@ -424,9 +211,7 @@ static void *work(void *arg)
 		}
 		conn_close(&c);
 check:
-		/* a server that refuses everything: do not spin for ever */
-		if (atomic_load(&failed) > 50 && atomic_load(&failed) > atomic_load(&accepted))
-			atomic_store(&stop_all, 1);
+		check_give_up();
 	}
 	free(msg);
 	return NULL;
@@ -537,8 +322,7 @@ int main(int argc, char **argv)
 	char enc[820];
 	b64(plain, 2 + ul + pl, enc, sizeof(enc));
 	snprintf(auth_line, sizeof(auth_line), "AUTH PLAIN %s", enc);
-	snprintf(mail_line, sizeof(mail_line), "MAIL FROM:<%s>", from);
-	snprintf(rcpt_line, sizeof(rcpt_line), "RCPT TO:<%s>", rcpt);
+	smtp_envelope(from, rcpt);
 	run_id = (unsigned)getpid() ^ (unsigned)time(NULL);
 	build_message();
 
@@ -557,27 +341,16 @@ int main(int argc, char **argv)
 	for (int i = 0; i < threads; i++) {
 		ws[i].idx = i;
 		ws[i].share = total / threads + (i < total % threads ? 1 : 0);
-		if (pthread_create(&ws[i].th, NULL, work, &ws[i]) != 0) {
-			fprintf(stderr, "submit-client: cannot start thread %d\n", i);
-			return 2;
-		}
 	}
-	for (int i = 0; i < threads; i++)
-		pthread_join(ws[i].th, NULL);
+	if (run_threads("submit-client", threads, work, ws, sizeof(*ws)) < 0)
+		return 2;
 
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
 	printf("{\"accepted\": %ld, \"failed\": %ld, \"logins\": %ld, \"connections\": %ld, "
 	       "\"t_first_connect\": %.6f, \"t_last_250\": %.6f, \"tls\": \"%s\", \"cert_sha256\": \"%s\", "
-	       "\"cpu_s\": %.6f, \"threads\": %d, \"message_bytes\": %zu, \"errors\": [",
+	       "\"cpu_s\": %.6f, \"threads\": %d, \"message_bytes\": %zu, \"errors\": ",
 	       atomic_load(&accepted), atomic_load(&failed), atomic_load(&logins), atomic_load(&connections),
-	       t_first_connect, t_last_250, tls_info, cert_sha256,
-	       ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6,
-	       threads, msg_len);
-	for (int i = 0; i < MAX_ERRS && errs[i].count; i++)
-		printf("%s[\"%s\", %ld]", i ? ", " : "", errs[i].text, errs[i].count);
-	if (errs_other)
-		printf("%s[\"(other replies)\", %ld]", errs[0].count ? ", " : "", errs_other);
-	printf("]}\n");
+	       t_first_connect, t_last_250, tls_info, cert_sha256, cpu_seconds(), threads, msg_len);
+	print_errors();
+	printf("}\n");
 	return 0;
 }
