@@ -335,7 +335,8 @@ struct sess {
 	struct check_ctx ctx;
 	enum smtp_hook_kind kind;
 	/* proxy mode */
-	struct smtp_client *client;
+	struct smtp_client *client;     /* kept across the session's transactions while reusable */
+	bool client_in_txn;             /* MAIL of this transaction sent on it */
 	bool client_failed;
 	size_t proxied_rcpts;           /* RCPTs accepted by the next hop */
 	bool *rcpt_ok;                  /* per envelope recipient: accepted by next hop */
@@ -586,6 +587,7 @@ static void proxy_ready(void *arg, struct smtp_client *c, const struct smtp_repl
 		return;
 	}
 	x->client = c;
+	x->client_in_txn = true;
 	smtp_client_mail(c, t->env, t->declared_size > 0 ? (size_t)t->declared_size : 0, proxy_mail_done, x);
 	proxy_send_rcpt(x);   /* keeps the session reference */
 }
@@ -617,6 +619,17 @@ static struct smtp_client_opts client_opts(struct stage *st, const struct genera
 static void proxy_rcpt(struct sess *x)
 {
 	smtp_session_ref(x->s);
+	if (x->client && !x->client_in_txn && !smtp_client_reusable(x->client)) {
+		smtp_client_quit(x->client);    /* closed by the next hop while idle: a new one */
+		x->client = NULL;
+	}
+	if (x->client && !x->client_in_txn) {
+		/* the connection of the session's previous message */
+		struct smtp_txn *t = smtp_session_txn(x->s);
+		smtp_client_set_log_id(x->client, smtp_session_id(x->s));
+		x->client_in_txn = true;
+		smtp_client_mail(x->client, t->env, t->declared_size > 0 ? (size_t)t->declared_size : 0, proxy_mail_done, x);
+	}
 	if (x->client) {
 		proxy_send_rcpt(x);
 		return;
@@ -1003,10 +1016,13 @@ static void on_txn_end(void *arg, struct smtp_session *s)
 	free(x->quarantine);
 	x->quarantine = NULL;
 	x->proxied_rcpts = 0;
-	if (x->client) {
-		smtp_client_quit(x->client);   /* an unfinished transaction is abandoned */
+	/* A next-hop connection whose transaction ended is kept for the
+	 * session's next message; an unfinished transaction is abandoned. */
+	if (x->client && !smtp_client_reusable(x->client)) {
+		smtp_client_quit(x->client);
 		x->client = NULL;
 	}
+	x->client_in_txn = false;
 	x->client_failed = false;
 }
 
@@ -1025,7 +1041,9 @@ static void on_session_end(void *arg, struct smtp_session *s)
 	struct sess *x = smtp_session_data(s);
 	if (!x)
 		return;
-	if (x->client)
+	if (x->client && smtp_client_reusable(x->client))
+		smtp_client_quit(x->client);
+	else if (x->client)
 		smtp_client_abort(x->client);
 	check_ctx_clear_headers(&x->ctx);
 	free(x->out_data);

@@ -322,3 +322,23 @@ def test_rejection_reaches_the_original_client_through_a_proxy_mx():
         check('"client":"127.0.0.1"' in lab.log("av"), "the AV saw the original client (XFORWARD)")
     finally:
         lab.close()
+
+
+def test_proxy_keeps_its_next_hop_connection_for_the_session():
+    """In proxy mode a session's messages share one connection to the next
+    hop; one the next hop closed meanwhile is replaced, and nothing fails."""
+    lab = _lab("av-reuse")
+    try:
+        with smtplib.SMTP("127.0.0.1", lab.ports["av"], timeout=60) as c:
+            c.ehlo("client.example.org")
+            for i in range(3):
+                c.sendmail("sender@example.org", ["alice@example.test"], _mail("reuse %d" % i))
+            check(lab.log("av").count('"event":"smtp_client_connected"') == 1, "one next-hop connection for three messages")
+            # the next hop goes away and comes back: the kept connection is dead
+            lab.stop("store")
+            lab.start("store")
+            c.sendmail("sender@example.org", ["alice@example.test"], _mail("after the restart"))
+        check(len(lab.wait_mail("alice", 4)) == 4, "all four delivered")
+        check(lab.log("av").count('"event":"smtp_client_connected"') == 2, "a new connection after the restart")
+    finally:
+        lab.close()
