@@ -786,9 +786,36 @@ static void deliver_local(struct sess *x)
 
 /* -- the message is complete: hand it on -- */
 
+static void quarantined(void *arg, bool ok, const char *qid)
+{
+	spooled(arg, ok, qid, true);
+}
+
+/* The message, complete and prepared (signed), goes on: to the spool's
+ * quarantine/ when a check quarantined it (queue and proxy mode alike,
+ * durably before the 250; a release sends it on as it is), else to the
+ * store, the next hop or the queue.  A delivering stage (the store) has
+ * no spool: it delivers a quarantined message marked with an
+ * X-Rampart-Quarantine header, and says so in the log. */
 static void message_ready(struct sess *x)
 {
 	struct smtp_session *s = x->s;
+	if (x->quarantine && x->st->queue) {
+		struct smtp_txn *t = smtp_session_txn(s);
+		smtp_session_ref(s);
+		queue_quarantine(x->st->queue, t->env, x->out_data, x->out_len, x->quarantine, quarantined, x);
+		return;
+	}
+	if (x->quarantine) {
+		log_warn(smtp_session_id(s), smtp_session_txn(s)->qid, "message.quarantine_marked", "reason=%s",
+			 x->quarantine);
+		char h[300];
+		struct buf b = BUF_INIT;
+		buf_printf(&b, "X-Rampart-Quarantine: %s\r\n", header_safe(h, sizeof(h), x->quarantine));
+		buf_append(&b, x->out_data, x->out_len);
+		free(x->out_data);
+		x->out_data = buf_steal(&b, &x->out_len);
+	}
 	if (x->st->def->deliver) {
 		deliver_local(x);
 	} else if (x->gen->sc->mode == MODE_PROXY) {
@@ -823,36 +850,6 @@ static void prepared(void *arg, bool ok, struct buf *add, const char *why)
 		message_ready(x);
 	}
 	smtp_session_unref(s);
-}
-
-/* -- quarantine -- */
-
-static void quarantined(void *arg, bool ok, const char *qid)
-{
-	spooled(arg, ok, qid, true);
-}
-
-/* The message goes to the spool's quarantine/ (queue and proxy mode
- * alike), durably before the 250.  A delivering stage (the store) has no
- * spool: it delivers the message marked with an X-Rampart-Quarantine
- * header, and says so in the log. */
-static void quarantine_message(struct sess *x)
-{
-	struct smtp_session *s = x->s;
-	struct smtp_txn *t = smtp_session_txn(s);
-	if (!x->st->queue) {
-		log_warn(smtp_session_id(s), t->qid, "message.quarantine_marked", "reason=%s", x->quarantine);
-		char h[300];
-		struct buf b = BUF_INIT;
-		buf_printf(&b, "X-Rampart-Quarantine: %s\r\n", header_safe(h, sizeof(h), x->quarantine));
-		buf_append(&b, x->out_data, x->out_len);
-		free(x->out_data);
-		x->out_data = buf_steal(&b, &x->out_len);
-		message_ready(x);
-		return;
-	}
-	smtp_session_ref(s);
-	queue_quarantine(x->st->queue, t->env, x->out_data, x->out_len, x->quarantine, quarantined, x);
 }
 
 /* -- chain results -- */
@@ -909,10 +906,6 @@ static void after_chain(void *arg, const struct verdict *v)
 		break;
 	case SMTP_HOOK_MESSAGE: {
 		x->out_data = build_outgoing(x, &x->out_len);
-		if (x->quarantine) {
-			quarantine_message(x);
-			break;
-		}
 		if (x->st->def->prepare) {
 			/* The stage's last look (DKIM signing) may run on another
 			 * thread; the session waits, referenced. */

@@ -270,3 +270,42 @@ def test_per_sender_accounting_survives_restart():
         check("example.test" in dom and " 4 " in dom, "by domain: %s" % dom)
     finally:
         lab.close()
+
+
+def test_quarantined_message_is_signed_when_released():
+    """A check quarantines a message at the outgoing stage: it is kept as it
+    would have left (DKIM-signed), and a release sends exactly that."""
+    import os
+    import subprocess
+    from lib import BUILD
+
+    lab = Lab("out-quarantine")
+    p = subprocess.run([os.path.join(BUILD, "rampartctl"), "dkim", "keygen", "example.test", "q2026", "--dir", lab.dir,
+                        "--txt-only"], capture_output=True, text=True, timeout=30)
+    check(p.returncode == 0, "keygen: %s" % p.stderr)
+    with open(lab.path("keytable"), "w") as f:
+        f.write("example.test q2026 rsa-sha256 %s\n" % os.path.join(lab.dir, "q2026._domainkey.example.test.key"))
+    with open(lab.path("rules"), "w") as f:
+        f.write("/^Subject:.*hold me/i quarantine held for review\n")
+    lab.add_internet()
+    lab.dns(["example.net. 3600 IN MX 10 mx.example.net.", "mx.example.net. 3600 IN A 127.0.0.1"])
+    lab.add_out(smtp_port=str(lab.ports["internet"]), dkim_keytable=lab.path("keytable"),
+                checks="relay limits headers")
+    lab.sections["check.relay"] = {"relay_networks": "127.0.0.0/8"}
+    lab.sections["check.headers"] = {"rules_file": lab.path("rules")}
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    lab.start("out", binary="rampart-out", env={"ASAN_OPTIONS": (asan + ":" if asan else "") + "fast_unwind_on_malloc=0"})
+    try:
+        body = ("From: Alice <alice@example.test>\r\nTo: bob@example.net\r\nSubject: hold me\r\n"
+                "Message-ID: <held@example.test>\r\n\r\nHello Bob.\r\n")
+        send_mail(lab.ports["out"], "alice@example.test", ["bob@example.net"], body)
+        out = lab.ctl("-n", "out", "quarantine", "list")
+        check("1 message in quarantine" in out.stdout and "held for review" in out.stdout, "list:\n%s" % out.stdout)
+        time.sleep(1)
+        check(lab.outbound("example.net") == [], "nothing left before the release")
+        qid = out.stdout.split()[0]
+        check(lab.ctl("-n", "out", "quarantine", "release", qid).returncode == 0, "release")
+        got = lab.wait_outbound("example.net", 1)[0]
+        check(got.count(b"DKIM-Signature:") == 1 and b"s=q2026" in got, "released signed: %r" % got[:1200])
+    finally:
+        lab.close()
