@@ -9,7 +9,7 @@
  * (shared/util/workers) straight from the message in memory; the event
  * loop never waits for one.  A message whose body was found clean by the
  * same engine recently is not scanned again (a client's retry): a bounded
- * cache of SHA-256 body hashes.
+ * cache of SHA-256 hashes of the whole message.
  *
  * What an infected message gets is the site's policy (action):
  *   reject      554 5.7.1 naming the signature (in proxy mode the
@@ -215,6 +215,8 @@ static void count_scan(void *owner, struct workers_job *job)
 {
 	struct clamav_check *c = owner;
 	struct scan_job *j = (struct scan_job *)job;
+	if (j->result == SCAN_CLEAN && j->hashed)
+		cache_put(c, j->hash, j->generation);
 	if (!c->m_scans)
 		return;
 	char l[300];
@@ -228,12 +230,20 @@ static void count_scan(void *owner, struct workers_job *job)
 		buf_free(&b);
 		metric_inc(c->m_found, l);
 	}
-	if (j->result == SCAN_CLEAN && j->hashed)
-		cache_put(c, j->hash, j->generation);
 }
 
+/* Our verdict headers replace any the message arrived with (a forged
+ * "X-Virus-Status: Clean" must not reach the filters downstream). */
 static void add_tag(struct clamav_check *c, struct check_ctx *ctx, const char *status)
 {
+	static const char *const names[] = { "X-Virus-Scanned", "X-Virus-Status" };
+	for (size_t k = 0; k < 2; k++) {
+		struct hdr_field f;
+		unsigned idx = 0;
+		for (size_t pos = 0; ctx->data && hdr_next(ctx->data, ctx->header_bytes, &pos, &f); )
+			if (hdr_is(&f, names[k]))
+				check_ctx_remove_header(ctx, names[k], ++idx);
+	}
 	char v[300];
 	snprintf(v, sizeof(v), "ClamAV using Rampart on %s", c->hostname);
 	check_ctx_add_header(ctx, "X-Virus-Scanned", v);
@@ -342,9 +352,10 @@ static void clamav_message(void *inst, struct check_ctx *ctx, struct check_call 
 	j->len = ctx->len;
 	j->generation = av_engine_generation(c->engine);
 	if (c->cache) {
-		size_t body = hdr_body_start(ctx->data, ctx->len);
+		/* the whole message: how a body decodes depends on its
+		 * Content-Type and Content-Transfer-Encoding fields */
 		unsigned int n = 32;
-		j->hashed = EVP_Digest(ctx->data + body, ctx->len - body, j->hash, &n, EVP_sha256(), NULL) == 1;
+		j->hashed = EVP_Digest(ctx->data, ctx->len, j->hash, &n, EVP_sha256(), NULL) == 1;
 		if (j->hashed && cache_hit(c, j->hash, j->generation)) {
 			j->cached = true;
 			j->result = SCAN_CLEAN;

@@ -70,9 +70,9 @@ static void lib_init(void)
 static bool has_databases(const char *dir, char *why, size_t whylen)
 {
 	static const char *const ext[] = { ".cvd", ".cld", ".cud", ".ndb", ".ndu", ".hdb", ".hdu", ".hsb", ".hsu",
-					   ".mdb", ".mdu", ".msb", ".msu", ".ldb", ".ldu", ".cdb", ".db", ".ign",
-					   ".ign2", ".fp", ".sfp", ".cbc", ".idb", ".ftm", ".pdb", ".gdb", ".wdb",
-					   ".yar", ".yara", ".crb", ".cat", ".ioc", ".pwdb", ".info", ".cfg", NULL };
+					   ".mdb", ".mdu", ".msb", ".msu", ".ldb", ".ldu", ".cdb", ".db", ".cbc",
+					   ".idb", ".ftm", ".pdb", ".gdb", ".wdb", ".yar", ".yara", ".crb", ".cat",
+					   ".ioc", ".pwdb", NULL };
 	DIR *d = opendir(dir);
 	if (!d) {
 		snprintf(why, whylen, "%s: cannot read the directory: %s", dir, strerror(errno));
@@ -83,8 +83,7 @@ static bool has_databases(const char *dir, char *why, size_t whylen)
 	while (!found && (de = readdir(d))) {
 		const char *dot = strrchr(de->d_name, '.');
 		for (size_t i = 0; dot && ext[i] && !found; i++)
-			found = strcmp(dot, ext[i]) == 0 && strcmp(dot, ".info") && strcmp(dot, ".cfg") && strcmp(dot, ".ign")
-				&& strcmp(dot, ".ign2") && strcmp(dot, ".fp") && strcmp(dot, ".sfp");
+			found = strcmp(dot, ext[i]) == 0;
 	}
 	closedir(d);
 	if (!found)
