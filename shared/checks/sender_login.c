@@ -114,11 +114,15 @@ static const struct passdb_account *account_of(struct sender_login *s, struct ch
 static void sender_login_mail(void *inst, struct check_ctx *ctx, struct check_call *call)
 {
 	struct sender_login *s = inst;
+	const char *sender = ctx->env ? ctx->env->sender : "";
+	if (!*sender && ctx->client && ctx->client->login && *ctx->client->login) {
+		check_continue(call);           /* the null sender (a bounce) is anyone's */
+		return;
+	}
 	bool answered;
 	const struct passdb_account *a = account_of(s, ctx, call, &answered);
 	if (answered)
 		return;
-	const char *sender = ctx->env ? ctx->env->sender : "";
 	if (!passdb_owns(a, sender)) {
 		check_reject(call, 553, "5.7.1", "<%s>: Sender address rejected: not owned by user %s", sender, a->name);
 		return;
@@ -155,13 +159,19 @@ static void sender_login_headers(void *inst, struct check_ctx *ctx, struct check
 		return;
 	struct from_walk w = { .a = a };
 	struct hdr_field f;
+	unsigned fields = 0;
 	for (size_t pos = 0; !*w.bad && hdr_next(ctx->data, ctx->header_bytes, &pos, &f); ) {
 		if (!hdr_is(&f, "From"))
 			continue;
+		fields++;
 		if (!hdr_addresses(f.value, f.value_len, from_owned, &w)) {
 			check_reject(call, 553, "5.7.1", "Message rejected: malformed From header field");
 			return;
 		}
+	}
+	if (fields && w.n == 0) {          /* "From: group:;" would hide whose it is */
+		check_reject(call, 553, "5.7.1", "Message rejected: the From header field has no address");
+		return;
 	}
 	if (*w.bad) {
 		for (char *c = w.bad; *c; c++)

@@ -306,16 +306,19 @@ static void sender_ownership(void **state)
 	assert_int_equal(v.code, 553);
 	assert_non_null(strstr(v.reason, "someapp owns no sender addresses"));
 	assert_int_equal(mail_as(&f, NULL, "anyone@example.org").kind, V_CONTINUE);
+	assert_int_equal(mail_as(&f, "someapp", "").kind, V_CONTINUE);    /* a bounce: anyone's */
 	assert_int_equal(mail_as(&f, "billing", "x@billing.example.test").kind, V_CONTINUE);
 	assert_int_equal(mail_as(&f, "billing", "billing@example.test").code, 553);
 	/* the From header field */
 	static const char ok[] = "From: \"Alice\" <alice@example.test>\r\nSubject: x\r\n\r\nbody\r\n";
 	static const char bad[] = "From: alice@example.test, \"Bob\" <bob@example.test>\r\nSubject: x\r\n\r\nbody\r\n";
 	static const char broken[] = "From: \"Alice <alice@example.test>\r\n\r\nbody\r\n";
+	static const char empty[] = "From: undisclosed:;\r\n\r\nbody\r\n";
+	static const char none[] = "Subject: no From field\r\n\r\nbody\r\n";
 	mail_as(&f, "alice@example.test", "alice@example.test");
-	const char *msgs[] = { ok, bad, broken };
-	const int want[] = { 0, 553, 553 };
-	for (int i = 0; i < 3; i++) {
+	const char *msgs[] = { ok, none, empty, bad, broken };
+	const int want[] = { 0, 0, 553, 553, 553 };
+	for (int i = 0; i < 5; i++) {
 		f.ctx.data = msgs[i];
 		f.ctx.len = strlen(msgs[i]);
 		f.ctx.header_bytes = strstr(msgs[i], "\r\n\r\n") + 4 - msgs[i];
