@@ -42,15 +42,17 @@ bool sasl_decode(const char *b64, unsigned char *out, size_t cap, size_t *len)
 	return true;
 }
 
-/* One field: printable or UTF-8, no NUL, no CR/LF, under the bound. */
-static bool field(const unsigned char *p, size_t n, char *out, const char *what, const char **why)
+/* One field under the bound: no NUL, CR or LF; an identity (user,
+ * authzid) no control character at all (it names things in logs and in
+ * the state store). */
+static bool field(const unsigned char *p, size_t n, char *out, bool identity, const char *what, const char **why)
 {
 	if (n >= SASL_FIELD_MAX) {
 		*why = what;
 		return false;
 	}
 	for (size_t i = 0; i < n; i++)
-		if (p[i] == '\0' || p[i] == '\r' || p[i] == '\n') {
+		if (p[i] == '\0' || p[i] == '\r' || p[i] == '\n' || (identity && (p[i] < 0x20 || p[i] == 0x7f))) {
 			*why = what;
 			return false;
 		}
@@ -69,9 +71,9 @@ bool sasl_plain(const unsigned char *msg, size_t len, struct sasl_creds *c, cons
 		return false;
 	}
 	size_t ulen = (size_t)(n2 - n1 - 1), plen = len - (size_t)(n2 + 1 - msg);
-	if (!field(msg, (size_t)(n1 - msg), c->authzid, "bad authorization identity", why) ||
-	    !field(n1 + 1, ulen, c->user, "bad user name", why) ||
-	    !field(n2 + 1, plen, c->pass, "bad password", why)) {
+	if (!field(msg, (size_t)(n1 - msg), c->authzid, true, "bad authorization identity", why) ||
+	    !field(n1 + 1, ulen, c->user, true, "bad user name", why) ||
+	    !field(n2 + 1, plen, c->pass, false, "bad password", why)) {
 		sasl_creds_wipe(c);
 		return false;
 	}
@@ -83,9 +85,9 @@ bool sasl_plain(const unsigned char *msg, size_t len, struct sasl_creds *c, cons
 	return true;
 }
 
-bool sasl_login_field(const unsigned char *msg, size_t len, char *out, const char **why)
+bool sasl_login_field(const unsigned char *msg, size_t len, char *out, bool identity, const char **why)
 {
-	if (!field(msg, len, out, "bad user name or password", why))
+	if (!field(msg, len, out, identity, identity ? "bad user name" : "bad password", why))
 		return false;
 	if (!*out) {
 		*why = "empty user name or password";

@@ -28,8 +28,9 @@ struct sasl_creds {
  * long, a NUL or line break where none may be). */
 bool sasl_plain(const unsigned char *msg, size_t len, struct sasl_creds *c, const char **why);
 
-/* One field of LOGIN (the user name, then the password): the same rules. */
-bool sasl_login_field(const unsigned char *msg, size_t len, char *out, const char **why);
+/* One field of LOGIN (the user name: identity, then the password): the
+ * same rules. */
+bool sasl_login_field(const unsigned char *msg, size_t len, char *out, bool identity, const char **why);
 
 /* Wipe credentials (the password must not outlive its check). */
 void sasl_creds_wipe(struct sasl_creds *c);

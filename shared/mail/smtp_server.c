@@ -1069,10 +1069,10 @@ static void auth_continue(struct smtp_session *s, const char *line)
 		ok = sasl_plain(raw, len, s->creds, &why);
 		break;
 	case SASL_LOGIN_USER:
-		ok = sasl_login_field(raw, len, s->creds->user, &why);
+		ok = sasl_login_field(raw, len, s->creds->user, true, &why);
 		break;
 	case SASL_LOGIN_PASS:
-		ok = sasl_login_field(raw, len, s->creds->pass, &why);
+		ok = sasl_login_field(raw, len, s->creds->pass, false, &why);
 		break;
 	case SASL_NONE:
 		break;
@@ -1477,6 +1477,7 @@ static void process_input(struct smtp_session *s)
 			bad_command(s, 500, "5.5.2", "Error: line too long");
 		else
 			dispatch(s, line, len);
+		OPENSSL_cleanse(line, len);      /* AUTH lines carry credentials */
 		free(line);
 	}
 	s->processing = false;

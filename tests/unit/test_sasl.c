@@ -64,6 +64,9 @@ static void test_plain(void **state)
 	assert_string_equal(c.user, "");            /* wiped on failure */
 	assert_false(sasl_plain((const unsigned char *)"\0al\r\nice\0pw", 11, &c, &why));
 	assert_string_equal(why, "bad user name");
+	assert_false(sasl_plain((const unsigned char *)"\0al\x01ice\0pw", 10, &c, &why));
+	assert_string_equal(why, "bad user name");
+	assert_true(sasl_plain((const unsigned char *)"\0alice\0p\tw", 10, &c, &why));
 	unsigned char longp[2 + 5 + SASL_FIELD_MAX];
 	memset(longp, 'x', sizeof(longp));
 	memcpy(longp, "\0alice\0", 7);
@@ -76,13 +79,17 @@ static void test_login_field(void **state)
 	(void)state;
 	char out[SASL_FIELD_MAX];
 	const char *why = NULL;
-	assert_true(sasl_login_field((const unsigned char *)"alice", 5, out, &why));
+	assert_true(sasl_login_field((const unsigned char *)"alice", 5, out, true, &why));
 	assert_string_equal(out, "alice");
-	assert_false(sasl_login_field((const unsigned char *)"", 0, out, &why));
-	assert_false(sasl_login_field((const unsigned char *)"a\0b", 3, out, &why));
+	assert_false(sasl_login_field((const unsigned char *)"", 0, out, true, &why));
+	assert_false(sasl_login_field((const unsigned char *)"a\0b", 3, out, true, &why));
+	/* a password may hold a TAB, a user name may not */
+	assert_true(sasl_login_field((const unsigned char *)"pa\tss", 5, out, false, &why));
+	assert_false(sasl_login_field((const unsigned char *)"al\tice", 6, out, true, &why));
+	assert_string_equal(why, "bad user name");
 	unsigned char big[SASL_FIELD_MAX];
 	memset(big, 'y', sizeof(big));
-	assert_false(sasl_login_field(big, sizeof(big), out, &why));
+	assert_false(sasl_login_field(big, sizeof(big), out, true, &why));
 }
 
 int main(void)
