@@ -18,6 +18,7 @@
  * stage counts failed authentications in ([state]).
  */
 #include "user_ctl.h"
+#include "mail/authn.h"
 #include "mail/passdb.h"
 #include "mail/stage.h"
 #include "mail/state.h"
@@ -268,6 +269,11 @@ int user_ctl_main(const char *path, const char *instance, int argc, char **argv)
 			bool generated;
 			char *pw = get_password(o.pw_stdin, &generated);
 			char *hash = pw ? passdb_hash(pw, o.method, why, sizeof(why)) : NULL;
+			if (hash && a && a->locked) {        /* a new password does not unlock */
+				char *locked = xasprintf("!%s", hash);
+				free(hash);
+				hash = locked;
+			}
 			if (pw && !hash)
 				fprintf(stderr, "rampartctl: user: %s\n", why);
 			options_of(a, &o, options, sizeof(options));
@@ -409,12 +415,9 @@ int authfail_ctl_main(const char *path, const char *instance, int argc, char **a
 		goto out;
 	}
 	char lower[256];
-	size_t i = 0;
-	for (; argv[1][i] && i < sizeof(lower) - 1; i++)
-		lower[i] = (char)tolower((unsigned char)argv[1][i]);
-	lower[i] = '\0';
+	lower_into(argv[1], lower, sizeof(lower));
 	char key_ip[320], key_user[320];
-	snprintf(key_ip, sizeof(key_ip), "authfail:ip:%s", argv[1]);
+	authn_client_key(argv[1], key_ip, sizeof(key_ip));
 	snprintf(key_user, sizeof(key_user), "authfail:user:%s", lower);
 	const char *keys[] = { key_ip, key_user };
 	int cleared = 0;

@@ -10,6 +10,7 @@
 #include "../util/alloc.h"
 #include "../util/log.h"
 #include "../util/metrics.h"
+#include "../util/net.h"
 #include "../util/workers.h"
 
 #include <ctype.h>
@@ -374,6 +375,15 @@ static void read_ip(void *arg, const struct state_result *res)
 	state_get(r->a->st, r->key_user, read_user, r);
 }
 
+void authn_client_key(const char *ip, char *out, size_t outlen)
+{
+	/* an IPv6 client has a /64 to roam in: counted by network */
+	char net[80];
+	if (!strchr(ip, ':') || !net_prefix(ip, 32, 64, net, sizeof(net)))
+		snprintf(net, sizeof(net), "%s", ip);
+	snprintf(out, outlen, "authfail:ip:%s", net);
+}
+
 void authn_check(struct authn *a, const char *sid, const char *ip, const char *user, const char *password,
 		 authn_done_fn done, void *arg)
 {
@@ -390,7 +400,7 @@ void authn_check(struct authn *a, const char *sid, const char *ip, const char *u
 	for (; user[i] && i < sizeof(lower) - 1; i++)
 		lower[i] = (char)tolower((unsigned char)user[i]);
 	lower[i] = '\0';
-	snprintf(r->key_ip, sizeof(r->key_ip), "authfail:ip:%s", r->ip);
+	authn_client_key(r->ip, r->key_ip, sizeof(r->key_ip));
 	snprintf(r->key_user, sizeof(r->key_user), "authfail:user:%s", lower);
 	if (!a->st) {
 		verify(r);

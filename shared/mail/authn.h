@@ -5,7 +5,8 @@
  * defence kept in the shared state store, so that both servers of a pair
  * count the same failures.
  *
- * Failures are counted per client address ("authfail:ip:ADDR") and per
+ * Failures are counted per client address ("authfail:ip:ADDR", an IPv6
+ * client by its /64) and per
  * account name ("authfail:user:NAME"), each counter living for lockout
  * from its first failure.  From delay_after failures on, a failure is
  * answered only after failure_delay (a guesser gets few tries a minute);
@@ -80,6 +81,9 @@ void authn_tick(struct authn *a);
  * once checked. */
 void authn_check(struct authn *a, const char *sid, const char *ip, const char *user, const char *password,
 		 authn_done_fn done, void *arg);
+/* The state-store key of a client's failure counter: its address (IPv4),
+ * or its /64 (IPv6). */
+void authn_client_key(const char *ip, char *out, size_t outlen);
 /* The accounts, for the checks that use them (sender ownership); NULL
  * when there is no accounts file (Dovecot alone). */
 const struct passdb *authn_accounts(const struct authn *a);

@@ -428,6 +428,42 @@ bool passdb_update(const char *path, const char *name, const char *hash, const c
 		}
 		buf_printf(&out, "%s:%s%s%s\n", name, hash, options && *options ? ":" : "", options ? options : "");
 	}
+	/* the file as it would be must load: nothing is written otherwise */
+	{
+		char *line = NULL;
+		size_t cap = 0;
+		FILE *m = fmemopen(out.data ? out.data : (char *)"", out.len, "r");
+		unsigned lineno = 0;
+		ssize_t n;
+		while (m && (n = getline(&line, &cap, m)) >= 0) {
+			lineno++;
+			while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+				line[--n] = '\0';
+			char *p = line;
+			while (*p == ' ' || *p == '\t')
+				p++;
+			if (!*p || *p == '#')
+				continue;
+			struct passdb_account acc;
+			char w[256];
+			if (!parse_line(p, &acc, w, sizeof(w))) {
+				snprintf(why, whylen, "%s:%u would be wrong: %s (nothing written)", path, lineno, w);
+				if (line)
+					OPENSSL_cleanse(line, cap);
+				free(line);
+				fclose(m);
+				OPENSSL_cleanse(out.data, out.cap);
+				buf_free(&out);
+				return false;
+			}
+			account_free(&acc);
+		}
+		if (line)
+			OPENSSL_cleanse(line, cap);
+		free(line);
+		if (m)
+			fclose(m);
+	}
 	char tmp[4096];
 	snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);

@@ -240,6 +240,9 @@ def test_accounts_kept_with_rampartctl():
         check(_ctl(lab, "user", "lock", "billing").returncode == 0, "lock")
         time.sleep(1.2)
         check(login("billing", "new-secret") == 535, "locked account refused")
+        out = _ctl(lab, "user", "passwd", "billing", "--password-stdin", stdin="new-secret\n")
+        check(out.returncode == 0 and re.search(r"^billing\s+locked", _ctl(lab, "user", "list").stdout, re.M),
+              "a new password does not unlock: %s" % _ctl(lab, "user", "list").stdout)
         check(_ctl(lab, "user", "unlock", "billing").returncode == 0, "unlock")
         check(_ctl(lab, "user", "del", "bob@example.test").returncode == 0, "del")
         time.sleep(1.2)

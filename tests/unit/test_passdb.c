@@ -153,6 +153,11 @@ static void test_update_and_refresh(void **state)
 	assert_false(passdb_update(f->path, "carol@example.test", "$y$c", NULL, false, false, why, sizeof(why)));
 	assert_non_null(strstr(why, "no account carol@example.test"));
 	assert_false(passdb_update(f->path, "x y", "$y$c", NULL, false, true, why, sizeof(why)));
+	/* what would not load is not written */
+	assert_false(passdb_update(f->path, "bob@example.test", "$y$new$b", "senders=bob", false, true, why, sizeof(why)));
+	assert_non_null(strstr(why, "would be wrong"));
+	assert_non_null(strstr(why, "bad sender 'bob'"));
+	assert_false(passdb_update(f->path, "ALICE@example.test", "plaintext", NULL, false, false, why, sizeof(why)));
 	char *text = tu_read_file(f->path, NULL);
 	assert_string_equal(text, "# keep this comment\nALICE@example.test:$y$new$a:senders=alice@example.test\n"
 			    "bob@example.test:$y$new$b:app\n");

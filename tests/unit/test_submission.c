@@ -137,6 +137,11 @@ static void authn_passwords_and_lockout(struct tu_state_suite *s, int backend)
 	assert_int_equal(tu_state_get(&f, "authfail:user:alice@example.test", v, sizeof(v)), STATE_OK);
 	assert_string_equal(v, "4");
 	assert_true(tu_metric_has(f.c.metrics, "result=\"locked_out\"} 2\n"));
+	/* an IPv6 client is counted by its /64 */
+	assert_int_equal(check_pw(&f, an, "2001:db8:0:1::5", "billing", "x").o.result, AUTHN_BAD);
+	assert_int_equal(check_pw(&f, an, "2001:db8:0:1::6", "billing", "y").o.result, AUTHN_BAD);
+	assert_int_equal(tu_state_get(&f, "authfail:ip:2001:db8:0:1::/64", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "2");
 	assert_true(tu_file_has(s->logpath, "\"event\":\"auth.lockout\""));
 	authn_free(an);
 	tu_state_fx_close(&f);
