@@ -16,6 +16,7 @@
 #include "../util/buf.h"
 #include "../util/log.h"
 #include "../util/net.h"
+#include "../util/sockout.h"
 #include "../util/tls.h"
 
 #include <ctype.h>
@@ -168,6 +169,7 @@ struct smtp_client {
 	char hop_name[256];         /* "mx.example.net" of "mx.example.net[192.0.2.1]:25", else "" */
 	char peer[300];
 	struct bufferevent *bev;
+	struct sockout wout;        /* plain TCP: commands written at the end of a loop pass */
 	bool tls_on;
 	char tls_desc[128];
 	struct event *timer;
@@ -312,6 +314,7 @@ static void disarm(struct smtp_client *c)
 static void conn_close(struct smtp_client *c)
 {
 	if (c->bev) {
+		sockout_forget(&c->wout);
 		bufferevent_free(c->bev);
 		c->bev = NULL;
 	}
@@ -350,6 +353,7 @@ static void destroy(struct smtp_client *c)
 		cmd_free(e);
 	}
 	event_free(c->timer);
+	sockout_free(&c->wout);
 	event_free(c->kick);
 	for (size_t i = 0; i < c->nhops; i++)
 		free(c->hops[i]);
@@ -373,6 +377,7 @@ static void send_line(struct smtp_client *c, const struct buf *line)
 	log_debug(c->sid, NULL, "smtp_client_send", "peer=%s cmd=%.*s", c->peer,
 		  (int)(line->len >= 2 ? line->len - 2 : line->len), line->data);
 	bufferevent_write(c->bev, line->data, line->len);
+	sockout_kick(&c->wout);
 }
 
 static void send_text(struct smtp_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -403,6 +408,7 @@ static void send_secret(struct smtp_client *c, const char *prefix, const unsigne
 	len += 2;
 	log_debug(c->sid, NULL, "smtp_client_send", "peer=%s cmd=%s", c->peer, shown);
 	bufferevent_write(c->bev, line, len);
+	sockout_kick(&c->wout);
 	OPENSSL_cleanse(line, cap);
 	free(line);
 }
@@ -669,6 +675,7 @@ static bool start_hop(struct smtp_client *c)
 		return false;
 	}
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	sockout_attach(&c->wout, c->bev);
 	c->phase = PH_CONNECTING;
 	c->ext = 0;
 	c->size_max = 0;
@@ -935,6 +942,7 @@ static void start_tls(struct smtp_client *c)
 		if (name && !ip)
 			SSL_set1_host(ssl, name);   /* reported in the log, not enforced */
 	}
+	sockout_detach(&c->wout);      /* the filter writes from now on */
 	struct bufferevent *f = bufferevent_openssl_filter_new(c->base, c->bev, ssl, BUFFEREVENT_SSL_CONNECTING,
 							       BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 	if (!f) {
@@ -1443,6 +1451,7 @@ static void write_body(struct smtp_client *c, struct cmd *e)
 		stuff(e, e->data + e->off, n, &c->out);
 		e->off += n;
 		bufferevent_write(c->bev, c->out.data, c->out.len);
+		sockout_kick(&c->wout);
 	}
 	if (e->off < e->len)
 		return;         /* on_write continues */
@@ -1451,6 +1460,7 @@ static void write_body(struct smtp_client *c, struct cmd *e)
 		buf_append(&c->out, "\r\n", 2);
 	buf_append(&c->out, ".\r\n", 3);
 	bufferevent_write(c->bev, c->out.data, c->out.len);
+	sockout_kick(&c->wout);
 	buf_free(&c->out);
 	e->pending_cr = false;
 	e->dphase = 2;
@@ -1461,7 +1471,10 @@ static void write_body(struct smtp_client *c, struct cmd *e)
 static void on_write(struct bufferevent *bev, void *arg)
 {
 	struct smtp_client *c = arg;
-	if (bev != c->bev || c->phase != PH_READY)
+	if (!bev || bev != c->bev)
+		return;
+	sockout_written(&c->wout);
+	if (c->phase != PH_READY)
 		return;
 	hold(c);
 	for (struct cmd *e = c->head; e; e = e->next)
@@ -1470,6 +1483,13 @@ static void on_write(struct bufferevent *bev, void *arg)
 			break;
 		}
 	release(c);
+}
+
+/* A direct write left nothing behind: as the write callback. */
+static void wout_drained(void *arg)
+{
+	struct smtp_client *c = arg;
+	on_write(c->bev, c);
 }
 
 /* Send what may be sent now.  With PIPELINING everything up to and
@@ -1802,6 +1822,7 @@ void smtp_client_connect_rotating(struct event_base *base, const struct smtp_cli
 	c->tailp = &c->head;
 	c->phase = PH_START;
 	c->timer = evtimer_new(base, on_timer, c);
+	sockout_init(&c->wout, base, wout_drained, c);
 	c->kick = event_new(base, -1, 0, on_kick, c);
 	strcpy(c->peer, "-");
 	kick(c);

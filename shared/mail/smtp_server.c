@@ -16,6 +16,7 @@
 #include "../util/id.h"
 #include "../util/log.h"
 #include "../util/net.h"
+#include "../util/sockout.h"
 #include "../util/tls.h"
 
 #include <ctype.h>
@@ -111,7 +112,10 @@ struct smtp_session {
 	char id[ID_LEN + 1];
 	struct bufferevent *bev;
 	struct event *timer;                /* greet pause */
-	struct event *close_timer;          /* closing: waits for a TLS filter's socket to drain */
+	struct event *close_wake;           /* closing: the socket below a TLS filter has drained */
+	struct evbuffer *under_out;         /* ... watched by under_cb */
+	struct evbuffer_cb_entry *under_cb;
+	struct sockout out;                 /* plain TCP: replies written at the end of a loop pass */
 	enum state state;
 	enum state resume_state;            /* state to return to after a hook */
 	enum pending pending;
@@ -204,8 +208,10 @@ void smtp_session_unref(struct smtp_session *s)
 
 static void send_raw(struct smtp_session *s, const char *p, size_t n)
 {
-	if (s->bev && !s->closed)
+	if (s->bev && !s->closed) {
 		bufferevent_write(s->bev, p, n);
+		sockout_kick(&s->out);
+	}
 }
 
 /* One reply line; text may contain '\n' for a multi-line reply. */
@@ -247,9 +253,18 @@ static void reply(struct smtp_session *s, int code, const char *enh, const char 
 
 /* Closing: every byte of the last reply is on its way.  After STARTTLS
  * the session writes to a TLS filter whose encrypted output still sits in
- * the socket's own bufferevent below it: that one must drain too (it has
- * the filter's callbacks, so it is looked at again shortly). */
-static void close_timer_cb(evutil_socket_t fd, short what, void *arg);
+ * the socket's own bufferevent below it: that one must drain too.  Its
+ * callbacks are the filter's, so a callback on its output buffer says
+ * when it has emptied, through an event (never from inside libevent's
+ * write, where the session cannot be freed). */
+static void close_wake_cb(evutil_socket_t fd, short what, void *arg);
+static void under_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct smtp_session *s = arg;
+	if (info->n_deleted && evbuffer_get_length(buf) == 0 && s->close_wake)
+		event_active(s->close_wake, EV_WRITE, 1);
+}
+
 static void closing_check(struct smtp_session *s)
 {
 	if (s->closed)
@@ -262,16 +277,15 @@ static void closing_check(struct smtp_session *s)
 		smtp_session_unref(s);  /* the connection's reference */
 		return;
 	}
-	if (under && evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
-		if (!s->close_timer)
-			s->close_timer = evtimer_new(s->srv->base, close_timer_cb, s);
-		struct timeval tv = { 0, 5000 };
-		evtimer_add(s->close_timer, &tv);
+	if (under && evbuffer_get_length(bufferevent_get_output(s->bev)) == 0 && !s->close_wake) {
+		s->close_wake = event_new(s->srv->base, -1, 0, close_wake_cb, s);
+		s->under_out = bufferevent_get_output(under);
+		s->under_cb = evbuffer_add_cb(s->under_out, under_drained, s);
 	}
 	/* else the write callback looks again */
 }
 
-static void close_timer_cb(evutil_socket_t fd, short what, void *arg)
+static void close_wake_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd; (void)what;
 	closing_check(arg);
@@ -550,13 +564,21 @@ static void finish_pending(struct smtp_session *s)
 			free(s->creds);
 			s->creds = NULL;
 		}
-		if (s->reply_code == 0 || (s->reply_code >= 200 && s->reply_code < 300)) {
+		/* an explicit yes only: a hook that forgot to answer, or said
+		 * "go on", does not log anyone in */
+		if (s->reply_code >= 200 && s->reply_code < 300) {
 			s->login = pool_strdup(s->pool, user);
 			s->client.login = s->login;
 			log_info(s->id, NULL, "smtp.auth", "result=ok mech=%s user=%s client=%s", s->sasl_mech, user,
 				 s->client.addr);
 			reply(s, 235, "2.7.0", "Authentication successful");
 			break;
+		}
+		if (s->reply_code < 400 || s->reply_code > 599) {
+			log_error(s->id, NULL, "smtp.auth_hook_unanswered", "code=%d user=%s", s->reply_code, user);
+			s->reply_code = 454;
+			snprintf(s->reply_enh, sizeof(s->reply_enh), "4.7.0");
+			snprintf(s->reply_text, sizeof(s->reply_text), "Temporary authentication failure");
 		}
 		log_warn(s->id, NULL, "smtp.auth", "result=failed mech=%s user=%s code=%d client=%s", s->sasl_mech, user,
 			 s->reply_code, s->client.addr);
@@ -895,6 +917,7 @@ static void cmd_starttls(struct smtp_session *s, char *arg)
 		note(s->srv, s, "starttls_injection");
 		evbuffer_drain(in, junk);
 	}
+	sockout_detach(&s->out);       /* the 220 goes out in the clear, then the filter writes */
 	struct bufferevent *tb = bufferevent_openssl_filter_new(
 		bufferevent_get_base(s->bev), s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
 		BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
@@ -1510,6 +1533,7 @@ static void on_read(struct bufferevent *bev, void *arg)
 static void on_write(struct bufferevent *bev, void *arg)
 {
 	struct smtp_session *s = arg;
+	sockout_written(&s->out);
 	size_t pending = evbuffer_get_length(bufferevent_get_output(bev));
 	if (s->state == ST_CLOSING && !s->closed) {
 		if (pending == 0)
@@ -1520,6 +1544,13 @@ static void on_write(struct bufferevent *bev, void *arg)
 		s->out_blocked = false;
 		process_input(s);
 	}
+}
+
+/* A direct write left nothing behind: as the write callback. */
+static void out_drained(void *arg)
+{
+	struct smtp_session *s = arg;
+	on_write(s->bev, s);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -1605,6 +1636,10 @@ static void install_callbacks(struct smtp_session *s)
 	bufferevent_setwatermark(s->bev, EV_WRITE, OUT_LOW, 0);
 	set_deadlines(s);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	/* Plain TCP without a bandwidth limit (that one counts in the
+	 * bufferevent's own writes): replies go out directly. */
+	if (!s->srv->rate_cfg && !s->tls)
+		sockout_attach(&s->out, s->bev);
 }
 
 static void greet_timer(evutil_socket_t fd, short what, void *arg)
@@ -1625,8 +1660,11 @@ static void session_free(struct smtp_session *s)
 	log_info(s->id, NULL, "smtp.disconnect", "client=%s errors=%u", s->client.addr, s->errors);
 	if (s->timer)
 		event_free(s->timer);
-	if (s->close_timer)
-		event_free(s->close_timer);
+	if (s->under_cb)
+		evbuffer_remove_cb_entry(s->under_out, s->under_cb);
+	if (s->close_wake)
+		event_free(s->close_wake);
+	sockout_free(&s->out);
 	if (s->bev)
 		bufferevent_free(s->bev);
 	if (s->prev)
@@ -1778,6 +1816,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		s->next->prev = s;
 	srv->sessions = s;
 	srv->nsessions++;
+	sockout_init(&s->out, srv->base, out_drained, s);
 	/* Replies are small and often answer pipelined commands: send them
 	 * at once instead of waiting for the client's delayed ACK. */
 	int one = 1;
@@ -1792,6 +1831,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		 * output until it is done. */
 		s->bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
 							BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+		ssl = NULL;     /* the bufferevent's now, freed by libevent even when it failed */
 		s->tls = true;
 	} else {
 		s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);

@@ -48,8 +48,9 @@ enum smtp_hook_kind {
 	SMTP_HOOK_DATA,             /* DATA command, before 354 */
 	SMTP_HOOK_MESSAGE,          /* complete message received; answer = final reply(ies) */
 	SMTP_HOOK_AUTH,             /* AUTH credentials presented (smtp_session_auth_user/
-				     * _password): 0 or 2xx accepts (235), 535 refuses,
-				     * 454 is a temporary failure */
+				     * _password): only a 2xx accepts (235); 535 refuses,
+				     * 454 is a temporary failure; anything else (0, the
+				     * "go on" of other hooks, included) refuses */
 };
 
 struct smtp_server_hooks {

@@ -1,0 +1,97 @@
+/*
+ * sockout.c — direct writes on plain socket bufferevents (sockout.h).
+ */
+#include "sockout.h"
+#include "log.h"
+
+#include <stddef.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what;
+	struct sockout *o = arg;
+	o->queued = false;
+	struct bufferevent *bev = o->bev;
+	if (!bev || (bufferevent_get_enabled(bev) & EV_WRITE))
+		return;         /* detached, or the bufferevent is writing */
+	struct evbuffer *out = bufferevent_get_output(bev);
+	if (evbuffer_get_length(out)) {
+		/* an error leaves the data where it is: the bufferevent's
+		 * own write meets the same error and reports it */
+		/* a socket bufferevent keeps the start of its output frozen
+		 * against the user; its own writer thaws it the same way */
+		evbuffer_unfreeze(out, 1);
+		(void)evbuffer_write(out, bufferevent_getfd(bev));
+		evbuffer_freeze(out, 1);
+		if (evbuffer_get_length(out)) {
+			bufferevent_enable(bev, EV_WRITE);
+			return;
+		}
+	}
+	if (o->drained)
+		o->drained(o->arg);     /* may free the owner, and o */
+}
+
+void sockout_init(struct sockout *o, struct event_base *base, void (*drained)(void *arg), void *arg)
+{
+	o->bev = NULL;
+	o->queued = false;
+	o->drained = drained;
+	o->arg = arg;
+	o->ev = event_new(base, -1, 0, flush_cb, o);
+	if (!o->ev)
+		log_fatal(NULL, NULL, "sockout.event_failed", "cannot create an event");
+}
+
+bool sockout_attach(struct sockout *o, struct bufferevent *bev)
+{
+	if (!bev || bufferevent_get_underlying(bev) || bufferevent_openssl_get_ssl(bev) ||
+	    bufferevent_getfd(bev) < 0)
+		return false;
+	o->bev = bev;
+	bufferevent_disable(bev, EV_WRITE);
+	if (evbuffer_get_length(bufferevent_get_output(bev)))
+		sockout_kick(o);
+	return true;
+}
+
+void sockout_detach(struct sockout *o)
+{
+	if (!o->bev)
+		return;
+	struct bufferevent *bev = o->bev;
+	o->bev = NULL;
+	bufferevent_enable(bev, EV_WRITE);
+}
+
+void sockout_forget(struct sockout *o)
+{
+	o->bev = NULL;
+}
+
+void sockout_kick(struct sockout *o)
+{
+	if (o->bev && !o->queued) {
+		o->queued = true;
+		event_active(o->ev, EV_WRITE, 1);
+	}
+}
+
+void sockout_written(struct sockout *o)
+{
+	if (o->bev && evbuffer_get_length(bufferevent_get_output(o->bev)) == 0)
+		bufferevent_disable(o->bev, EV_WRITE);
+}
+
+void sockout_free(struct sockout *o)
+{
+	if (o->ev)
+		event_free(o->ev);
+	o->ev = NULL;
+	o->bev = NULL;
+}
