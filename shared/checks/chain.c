@@ -22,11 +22,13 @@ struct chain_item {
 struct chain {
 	struct chain_item *items;
 	size_t n;
+	struct check_call *calls;   /* in progress (freed by chain_free when a shutdown cut them) */
 	struct metric *evals, *verdicts;
 };
 
 struct check_call {
 	struct chain *chain;
+	struct check_call *older, *newer;  /* chain.calls */
 	enum check_phase phase;
 	struct check_ctx *ctx;
 	chain_done_fn done;
@@ -164,8 +166,26 @@ void chain_free(struct chain *c)
 			free(it->params);
 		}
 	}
+	/* A shutdown cut these (their checks were stopped; no answer will
+	 * come): nothing is told, they only go. */
+	while (c->calls) {
+		struct check_call *call = c->calls;
+		c->calls = call->older;
+		free(call);
+	}
 	free(c->items);
 	free(c);
+}
+
+void chain_stop(struct chain *c)
+{
+	if (!c)
+		return;
+	for (size_t i = 0; i < c->n; i++) {
+		struct chain_item *it = &c->items[i];
+		if (it->inst && it->def->stop)
+			it->def->stop(it->inst);
+	}
 }
 
 static void finish(struct check_call *call)
@@ -177,6 +197,13 @@ static void finish(struct check_call *call)
 	 * sign of a dictionary attack */
 	if (call->phase == PHASE_RCPT && v.kind == V_REJECT)
 		call->ctx->rcpt_refused++;
+	struct chain *c = call->chain;
+	if (call->newer)
+		call->newer->older = call->older;
+	else
+		c->calls = call->older;
+	if (call->older)
+		call->older->newer = call->newer;
 	free(call);
 	done(arg, &v);
 }
@@ -258,6 +285,10 @@ void chain_run(struct chain *c, enum check_phase phase, struct check_ctx *ctx, c
 	call->ctx = ctx;
 	call->done = done;
 	call->arg = arg;
+	call->older = c->calls;
+	if (call->older)
+		call->older->newer = call;
+	c->calls = call;
 	advance(call);
 }
 

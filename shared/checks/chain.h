@@ -24,6 +24,8 @@ struct chain *chain_new(const struct config *cfg, const struct strlist *names,
 struct chain *chain_new_defs(const struct config *cfg, const struct check_def *const *defs, size_t n,
 			     const struct check_env *env, char *why, size_t whylen);
 void chain_free(struct chain *c);
+/* Shutdown, before the sessions go: every check's stop (check_def). */
+void chain_stop(struct chain *c);
 
 /* The section a check's parameters come from: [check.NAME.INSTANCE] (the
  * instance's own settings) when cfg has it, else [check.NAME]. */

@@ -198,6 +198,10 @@ struct check_def {
 	/* Build the instance from its bound parameters; NULL + why on error. */
 	void *(*init)(const void *params, const struct check_env *env, char *why, size_t whylen);
 	void (*free)(void *inst);
+	/* Optional: the process is going down and its sessions are about to
+	 * be torn down: end the work running beside the loop that reads a
+	 * session's data (join worker threads).  Only free follows. */
+	void (*stop)(void *inst);
 	check_hook_fn hooks[PHASE_COUNT];   /* NULL: the check does nothing then */
 	bool needs_state;                   /* uses the state store (check_env.state) */
 };

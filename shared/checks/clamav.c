@@ -385,6 +385,13 @@ static void clamav_free(void *inst)
 	free(c);
 }
 
+static void clamav_stop(void *inst)
+{
+	struct clamav_check *c = inst;
+	workers_free(c->pool);  /* a scan in progress ends first: it reads the session's message */
+	c->pool = NULL;
+}
+
 static void release_engine(void *obj)
 {
 	av_engine_free(obj);
@@ -453,5 +460,6 @@ const struct check_def check_clamav = {
 	.params = &clamav_params_set,
 	.init = clamav_init,
 	.free = clamav_free,
+	.stop = clamav_stop,
 	.hooks = { [PHASE_MESSAGE] = clamav_message },
 };

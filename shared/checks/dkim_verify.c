@@ -904,6 +904,13 @@ static void dkim_free_check(void *inst)
 	free(c);
 }
 
+static void dkim_stop_check(void *inst)
+{
+	struct dkim_check *c = inst;
+	workers_free(c->pool);  /* a verification in progress reads the session's message */
+	c->pool = NULL;
+}
+
 static void *dkim_init_check(const void *params, const struct check_env *env, char *why, size_t whylen)
 {
 	const struct dkim_params *p = params;
@@ -933,5 +940,6 @@ const struct check_def check_dkim = {
 	.params = &dkim_params_set,
 	.init = dkim_init_check,
 	.free = dkim_free_check,
+	.stop = dkim_stop_check,
 	.hooks = { [PHASE_MESSAGE] = dkim_message },
 };

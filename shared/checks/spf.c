@@ -1383,6 +1383,13 @@ static void spf_free(void *inst)
 	free(c);
 }
 
+static void spf_stop(void *inst)
+{
+	struct spf_check *c = inst;
+	workers_free(c->pool);
+	c->pool = NULL;
+}
+
 static void *spf_init(const void *params, const struct check_env *env, char *why, size_t whylen)
 {
 	const struct spf_params *p = params;
@@ -1425,5 +1432,6 @@ const struct check_def check_spf = {
 	.params = &spf_params_set,
 	.init = spf_init,
 	.free = spf_free,
+	.stop = spf_stop,
 	.hooks = { [PHASE_MAIL] = spf_mail },
 };

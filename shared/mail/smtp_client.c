@@ -206,7 +206,8 @@ struct smtp_client {
 	int busy;
 	bool doomed;                /* free at the last release */
 	bool aborted;               /* smtp_client_abort(): no more callbacks */
-	unsigned *live;             /* the caller's count of clients alive */
+	struct smtp_client_set *set;        /* the caller's, while this client exists */
+	struct smtp_client *set_prev, *set_next;
 };
 
 static void on_read(struct bufferevent *bev, void *arg);
@@ -344,8 +345,15 @@ static void free_secret(char *s)
 
 static void destroy(struct smtp_client *c)
 {
-	if (c->live)
-		(*c->live)--;
+	if (c->set) {
+		c->set->n--;
+		if (c->set_prev)
+			c->set_prev->set_next = c->set_next;
+		else
+			c->set->head = c->set_next;
+		if (c->set_next)
+			c->set_next->set_prev = c->set_prev;
+	}
 	conn_close(c);
 	while (c->head) {
 		struct cmd *e = c->head;
@@ -1756,9 +1764,14 @@ void smtp_client_connect_rotating(struct event_base *base, const struct smtp_cli
 {
 	struct smtp_client *c = xcalloc(1, sizeof(*c));
 	c->base = base;
-	c->live = opts->live;
-	if (c->live)
-		(*c->live)++;
+	c->set = opts->set;
+	if (c->set) {
+		c->set->n++;
+		c->set_next = c->set->head;
+		if (c->set_next)
+			c->set_next->set_prev = c;
+		c->set->head = c;
+	}
 	if (opts->hops && opts->hops->n) {
 		c->nhops = opts->hops->n;
 		c->hops = xcalloc(c->nhops, sizeof(*c->hops));
@@ -2057,6 +2070,15 @@ void smtp_client_abort(struct smtp_client *c)
 	conn_close(c);
 	if (c->busy == 0)
 		destroy(c);
+}
+
+void smtp_client_set_abort(struct smtp_client_set *s)
+{
+	struct smtp_client *next;
+	for (struct smtp_client *c = s->head; c; c = next) {
+		next = c->set_next;
+		smtp_client_abort(c);
+	}
 }
 
 bool smtp_client_reusable(const struct smtp_client *c)

@@ -126,9 +126,19 @@ struct smtp_client_opts {
 	long long command_timeout_ms;   /* default 300 s */
 	long long data_timeout_ms;      /* final reply after the dot; default 600 s */
 	const char *log_sid;            /* session or queue id for log lines */
-	unsigned *live;                 /* if set: +1 while this client exists (until freed,
-					 * QUIT included), so a caller can wait for all to end */
+	struct smtp_client_set *set;    /* if set: the client is in it while it exists (until
+					 * freed, QUIT included) */
 };
+
+/* The clients one owner has alive: counted, so the owner can wait for
+ * them to end, and all aborted at once when it cannot wait any longer
+ * (a shutdown).  Zero-initialise it. */
+struct smtp_client_set {
+	unsigned n;
+	struct smtp_client *head;
+};
+/* smtp_client_abort for every client of the set. */
+void smtp_client_set_abort(struct smtp_client_set *s);
 
 /* ready: c is non-NULL when connected, greeted (and authenticated, with
  * credentials); otherwise err says why

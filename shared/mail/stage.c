@@ -81,6 +81,7 @@ const struct param_def server_param_defs[] = {
 	{ "command_timeout", PT_TIME, "300s", 1000, 3600000, NULL, SRV(command_timeout), "deadline for each command line" },
 	{ "data_timeout", PT_TIME, "300s", 1000, 3600000, NULL, SRV(data_timeout), "deadline for each read during DATA" },
 	{ "greet_pause", PT_TIME, "0", 0, 60000, NULL, SRV(greet_pause), "wait before the banner; clients talking first are refused" },
+	{ "shutdown_timeout", PT_TIME, "10s", 0, 3600000, NULL, SRV(shutdown_timeout), "on SIGTERM: how long sessions and deliveries in progress may finish before the rest are cut (a cut session gets no 250: its client sends again)" },
 	{ "retry_min", PT_TIME, "60s", 10, 86400000, NULL, SRV(retry_min), "first retry delay of a deferred message" },
 	{ "retry_max", PT_TIME, "1h", 10, 604800000, NULL, SRV(retry_max), "longest retry delay (exponential backoff)" },
 	{ "queue_lifetime", PT_TIME, "5d", 5000, 7776000000LL, NULL, SRV(queue_lifetime), "maximum time a message stays queued" },
@@ -150,6 +151,7 @@ struct stage;
  * the generation they started with until they end (SIGHUP-safe). */
 struct generation {
 	int refs;
+	struct generation *prev, *next;         /* every live generation (stage.gens) */
 	struct config *cfg;
 	struct global_config g;
 	void *conf;                     /* the stage's struct (begins with server_config) */
@@ -166,6 +168,7 @@ struct stage {
 	const char *instance;
 	struct event_base *base;
 	struct generation *gen;
+	struct generation *gens;        /* gen and the older ones sessions still use */
 	struct smtp_server *server;
 	struct tls_ctx *tls;
 	struct tls_ctx *client_tls;     /* opportunistic STARTTLS to next hops */
@@ -186,7 +189,7 @@ struct stage {
 	char pidfile[1100];
 	struct dest **dests;            /* per-destination concurrency, DEST_BUCKETS chains */
 	struct idle_conn *idle;         /* next-hop connections kept for reuse */
-	unsigned clients;               /* next-hop clients alive (QUIT in progress included) */
+	struct smtp_client_set clients; /* next-hop clients alive (QUIT in progress included) */
 	size_t nidle;
 	char hostname[256];
 };
@@ -195,6 +198,12 @@ static void gen_unref(struct stage *st, struct generation *g)
 {
 	if (!g || --g->refs > 0)
 		return;
+	if (g->prev)
+		g->prev->next = g->next;
+	else if (st->gens == g)
+		st->gens = g->next;
+	if (g->next)
+		g->next->prev = g->prev;
 	chain_free(g->chain);
 	if (g->state && st->def->free)
 		st->def->free(g->state);
@@ -215,6 +224,10 @@ static struct generation *gen_load(struct stage *st, bool dry, char *why, size_t
 	}
 	struct generation *g = xcalloc(1, sizeof(*g));
 	g->refs = 1;
+	g->next = st->gens;
+	if (g->next)
+		g->next->prev = g;
+	st->gens = g;
 	g->cfg = cfg;
 	g->conf = xcalloc(1, st->set->size);
 	if (!config_bind(cfg, "global", &global_param_set, &g->g, &err) ||
@@ -608,7 +621,7 @@ static struct smtp_client_opts client_opts(struct stage *st, const struct genera
 	o.command_timeout_ms = 300000;
 	o.data_timeout_ms = 600000;
 	o.log_sid = sid;
-	o.live = &st->clients;
+	o.set = &st->clients;
 	if (domain && *domain && sc->local_next_hops.n && strlist_contains(&sc->local_domains, domain))
 		o.lmtp = sc->local_next_protocol == NEXT_LMTP;
 	if (st->def->client_opts && gen->state)
@@ -1913,14 +1926,12 @@ static void on_sighup(evutil_socket_t fd, short what, void *arg)
 
 /* Shutdown: stop taking mail, let messages in flight finish (a 250 is
  * sent only once a message is safe), then leave; at most 10 s. */
-#define DRAIN_MS 10000
-
 static void drain_tick(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd; (void)what;
 	struct stage *st = arg;
 	size_t sessions = smtp_server_sessions(st->server);
-	size_t deliveries = (st->queue ? queue_active(st->queue) : 0) + st->clients;
+	size_t deliveries = (st->queue ? queue_active(st->queue) : 0) + st->clients.n;
 	st->drain_left_ms -= 50;
 	if ((sessions == 0 && deliveries == 0) || st->drain_left_ms <= 0) {
 		if (sessions || deliveries)
@@ -1943,7 +1954,7 @@ static void on_sigterm(evutil_socket_t fd, short what, void *arg)
 	if (st->queue)
 		queue_pause(st->queue);
 	idle_close_all(st);
-	st->drain_left_ms = DRAIN_MS;
+	st->drain_left_ms = st->gen->sc->shutdown_timeout;
 	st->drain_timer = evtimer_new(st->base, drain_tick, st);
 	drain_tick(-1, 0, st);
 }
@@ -2277,12 +2288,20 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 		 st->config_path);
 	event_base_dispatch(st->base);
 
-	/* Pending commits answer their sessions first; then sessions go. */
+	/* The checks' worker threads (and the stage's) end before the
+	 * sessions whose messages they may be reading; then pending commits
+	 * answer their sessions; then sessions go. */
+	for (struct generation *g = st->gens; g; g = g->next) {
+		chain_stop(g->chain);
+		if (g->state && def->stop)
+			def->stop(g->state);
+	}
 	if (st->queue)
 		queue_close(st->queue);
 	st->queue = NULL;
 	smtp_server_free(st->server);
 	idle_close_all(st);
+	smtp_client_set_abort(&st->clients);     /* cut by the shutdown: QUITs, deliveries */
 	dest_free_all(st);
 	gen_unref(st, st->gen);
 	check_shared_free(st->shared);

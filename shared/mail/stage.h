@@ -53,6 +53,7 @@ struct server_config {
 	long long command_timeout;
 	long long data_timeout;
 	long long greet_pause;
+	long long shutdown_timeout;
 	long long retry_min, retry_max, queue_lifetime;
 	long long max_deliveries;
 	long long destination_concurrency;
@@ -125,6 +126,9 @@ struct stage_def {
 	/* Start-up and reload: build the stage's state from its config. */
 	void *(*init)(const void *config, const struct stage_env *env, char *why, size_t whylen);
 	void (*free)(void *state);
+	/* Optional, at shutdown before the sessions go: end the threads that
+	 * may read a session's data (only free follows). */
+	void (*stop)(void *state);
 	/* Local delivery (the store); NULL: forward by mode. */
 	void (*deliver)(void *state, struct stage_delivery *d);
 	/* Called about once a second (housekeeping: re-reading files). */

@@ -382,6 +382,14 @@ static bool out_validate(const void *config, const struct global_config *g, char
 	return true;
 }
 
+/* Shutdown: a signature being made reads the message. */
+static void out_stop(void *state)
+{
+	struct out *o = state;
+	workers_free(o->dkim);
+	o->dkim = NULL;
+}
+
 static void out_free(void *state)
 {
 	struct out *o = state;
@@ -583,6 +591,7 @@ const struct stage_def out_stage = {
 	.lmtp = false,
 	.init = out_init,
 	.free = out_free,
+	.stop = out_stop,
 	.validate = out_validate,
 	.route = out_route,
 	.route_all = out_route_all,

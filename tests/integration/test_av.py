@@ -8,6 +8,7 @@ import email.message
 import io
 import os
 import re
+import signal
 import smtplib
 import subprocess
 import threading
@@ -23,7 +24,7 @@ TESTFILES_HDB = "71e7b604d18aefd839e51a39c88df8383bb4c071dc31f87f00a2b5df580d449
 TESTFILES = "/usr/share/clamav-testfiles"
 
 
-def _lab(name, sigs=(EICAR_NDB, TESTFILES_HDB), mode="proxy", metrics=False, **clamav):
+def _lab(name, sigs=(EICAR_NDB, TESTFILES_HDB), mode="proxy", metrics=False, av=None, **clamav):
     lab = Lab(name)
     db = lab.path("clamav-db")
     os.makedirs(db)
@@ -46,6 +47,7 @@ def _lab(name, sigs=(EICAR_NDB, TESTFILES_HDB), mode="proxy", metrics=False, **c
         "retry_min": "1s",
         "retry_max": "2s",
     }
+    lab.sections["av"].update(av or {})
     if metrics:                         # only when a test reads it: one free port less to race for
         lab.ports["av-metrics"] = free_port()
         lab.sections["av"]["metrics_listen"] = "127.0.0.1:%d" % lab.ports["av-metrics"]
@@ -259,6 +261,49 @@ def test_scanner_failures_tempfail():
     try:
         code, text = _send(lab, _mail("many", attachments=[("a%d.zip" % i, _zip("f.txt", b"x%d" % i)) for i in range(5)]))
         check(code == 451 and "over a scan limit" in text, "limits: %d %s" % (code, text))
+    finally:
+        lab.close()
+
+
+def test_shutdown_with_a_scan_in_progress():
+    # SIGTERM while a long scan runs, with no grace (shutdown_timeout 0):
+    # the scanning thread finishes before the session, and the message it
+    # reads, are torn down; the process exits cleanly (the sanitizers
+    # watch), the client gets no 250 and nothing is delivered.  The scan:
+    # 200 MB of zeros in a zip (a 200 KB attachment), a few seconds of
+    # libclamav.
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("zeros.bin", b"\0" * (200 << 20))
+    msg = _mail("slow to scan", attachments=[("zeros.zip", b.getvalue())])
+    lab = _lab("av-shutdown", av={"shutdown_timeout": "0"}, max_file_size="1g", max_scan_size="1g",
+               max_scan_time="120s")
+    try:
+        got = {}
+
+        def send():
+            try:
+                got["reply"] = _send(lab, msg)
+            except (smtplib.SMTPException, OSError) as e:
+                got["error"] = repr(e)
+
+        t = threading.Thread(target=send)
+        t.start()
+        time.sleep(1.5)                 # the message is in; the scan runs
+        check(t.is_alive(), "the scan was over before the signal: %r" % got)
+        p = lab.procs["av"]
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        p.wait(120)
+        took = time.monotonic() - t0
+        t.join(30)
+        check(p.returncode == 0, "exit status %s after %.1f s" % (p.returncode, took))
+        check("reply" not in got or got["reply"][0] != 250, "no 250 for a cut session: %r" % got)
+        log = lab.log("av")
+        check('"event":"stage.drain_timeout"' in log and '"event":"stage.stopped"' in log,
+              "shutdown logged: %s" % log[-1500:])
+        time.sleep(0.5)
+        check(lab.maildir("alice") == [], "nothing delivered")
     finally:
         lab.close()
 

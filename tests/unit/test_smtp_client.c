@@ -79,7 +79,7 @@ struct fixture {
 	struct strlist hops;
 	struct envelope *envs[16];      /* freed by teardown, even after a failed assert */
 	size_t nenv;
-	unsigned live;                  /* clients not yet freed (opts.live) */
+	struct smtp_client_set live;    /* clients not yet freed (opts.set) */
 };
 
 /* ---- processes and files --------------------------------------------- */
@@ -468,7 +468,7 @@ static void tc_init(struct tc *t, struct fixture *f)
 	t->opts.command_timeout_ms = 5000;
 	t->opts.data_timeout_ms = 5000;
 	t->opts.log_sid = SID;
-	t->opts.live = &f->live;
+	t->opts.set = &f->live;
 	t->quit_at_end = true;
 }
 
@@ -599,7 +599,7 @@ static void run(struct tc *t, int max_ms)
 	/* let QUIT go out and the client free itself (it has when the QUIT
 	 * reply came, so the peer has recorded everything by then) */
 	long long drain = now_ms() + 3000;
-	while (t->f->live > 0 && now_ms() < drain)
+	while (t->f->live.n > 0 && now_ms() < drain)
 		event_base_loop(t->f->base, EVLOOP_ONCE);
 	if (t->c) {             /* the test timed out: do not leak */
 		smtp_client_abort(t->c);
@@ -1060,6 +1060,39 @@ static void test_stall_timeout(void **state)
 	assert_true(t.followup.got);
 	assert_int_equal(t.followup.r.code, 421);
 	assert_string_equal(t.followup.r.enh, "4.4.2");
+}
+
+/* A shutdown that cannot wait: smtp_client_set_abort frees every client
+ * of the set, mid-transaction, and no callback runs. */
+static void test_set_abort_cuts_every_client(void **state)
+{
+	struct fixture *f = *state;
+	int p = peer_start(f, "--stall-on", "MAIL", NULL);
+	NEED_PEER(p);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p, hop, sizeof(hop)));
+	struct tc t[2];
+	struct msg *m[2];
+	for (int i = 0; i < 2; i++) {
+		tc_init(&t[i], f);
+		m[i] = add_msg(&t[i], "s@example.org", "x\r\n", "a@example.com", NULL);
+		smtp_client_connect(f->base, &t[i].opts, ready_cb, &t[i]);
+	}
+	long long deadline = now_ms() + 5000;
+	while (!(t[0].ready && t[1].ready) && now_ms() < deadline)
+		event_base_loop(f->base, EVLOOP_ONCE);
+	assert_true(t[0].c && t[1].c);          /* both greeted, MAIL sent and stalled */
+	assert_int_equal(f->live.n, 2);
+	smtp_client_set_abort(&f->live);
+	assert_int_equal(f->live.n, 0);
+	assert_null(f->live.head);
+	for (int i = 0; i < 10; i++)
+		event_base_loop(f->base, EVLOOP_NONBLOCK);
+	for (int i = 0; i < 2; i++) {
+		assert_false(m[i]->mail.got);
+		assert_false(t[i].done);
+		t[i].c = NULL;
+	}
 }
 
 /* No reply after the dot: the data timeout, not the command timeout. */
@@ -2339,6 +2372,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_pipelined_three_rcpts, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_smtp_sink_delivery, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_set_abort_cuts_every_client, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rcpt_rejected, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failover_closed_port, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failover_greeting_421, setup, teardown),
