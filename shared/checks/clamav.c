@@ -110,8 +110,9 @@ struct clamav_check {
 	bool own_engine;
 	struct workers *pool;
 	const char *hostname;
-	struct cache_entry *cache;
+	struct cache_entry *cache;      /* looked up by the scanning threads, filled by the loop */
 	size_t cache_size;
+	pthread_mutex_t cache_mu;
 	struct metric *m_scans, *m_found, *m_seconds;
 };
 
@@ -155,18 +156,23 @@ static bool cache_hit(struct clamav_check *c, const unsigned char *h, unsigned g
 {
 	if (!c->cache)
 		return false;
+	pthread_mutex_lock(&c->cache_mu);
 	const struct cache_entry *e = cache_slot(c, h);
-	return e->generation == generation && e->expires_ms > mono_ms() && memcmp(e->hash, h, 32) == 0;
+	bool hit = e->generation == generation && e->expires_ms > mono_ms() && memcmp(e->hash, h, 32) == 0;
+	pthread_mutex_unlock(&c->cache_mu);
+	return hit;
 }
 
 static void cache_put(struct clamav_check *c, const unsigned char *h, unsigned generation)
 {
 	if (!c->cache)
 		return;
+	pthread_mutex_lock(&c->cache_mu);
 	struct cache_entry *e = cache_slot(c, h);
 	memcpy(e->hash, h, 32);
 	e->generation = generation;
 	e->expires_ms = mono_ms() + c->p->clean_cache_ttl;
+	pthread_mutex_unlock(&c->cache_mu);
 }
 
 /* ---- scanning (worker threads) ------------------------------------------- */
@@ -177,7 +183,20 @@ static void run_scan(void *owner, void *state, struct workers_job *job)
 	struct clamav_check *c = owner;
 	struct scan_job *j = (struct scan_job *)job;
 	long long t0 = mono_ms();
-	struct cl_engine *engine = av_engine_acquire(c->engine);
+	struct cl_engine *engine = av_engine_acquire(c->engine, &j->generation);
+	if (c->cache) {
+		/* the whole message: how a body decodes depends on its
+		 * Content-Type and Content-Transfer-Encoding fields (hashed
+		 * here, not on the loop: a message may be 100 MB) */
+		unsigned int n = 32;
+		j->hashed = EVP_Digest(j->data, j->len, j->hash, &n, EVP_sha256(), NULL) == 1;
+		if (j->hashed && cache_hit(c, j->hash, j->generation)) {
+			j->cached = true;
+			j->result = SCAN_CLEAN;
+			av_engine_release(engine);
+			return;
+		}
+	}
 	cl_fmap_t *map = cl_fmap_open_memory(j->data, j->len);
 	if (!map) {
 		j->result = SCAN_ERROR;
@@ -215,14 +234,15 @@ static void count_scan(void *owner, struct workers_job *job)
 {
 	struct clamav_check *c = owner;
 	struct scan_job *j = (struct scan_job *)job;
-	if (j->result == SCAN_CLEAN && j->hashed)
+	if (j->result == SCAN_CLEAN && j->hashed && !j->cached)
 		cache_put(c, j->hash, j->generation);
 	if (!c->m_scans)
 		return;
 	char l[300];
-	snprintf(l, sizeof(l), "result=\"%s\"", result_names[j->result]);
+	snprintf(l, sizeof(l), "result=\"%s\"", j->cached ? "cached" : result_names[j->result]);
 	metric_inc(c->m_scans, l);
-	metric_add(c->m_seconds, NULL, (double)j->ms / 1000.0);
+	if (!j->cached)
+		metric_add(c->m_seconds, NULL, (double)j->ms / 1000.0);
 	if (j->result == SCAN_INFECTED) {
 		struct buf b = BUF_INIT;
 		metrics_escape_label(&b, j->signature);
@@ -350,22 +370,6 @@ static void clamav_message(void *inst, struct check_ctx *ctx, struct check_call 
 	j->call = call;
 	j->data = ctx->data;
 	j->len = ctx->len;
-	j->generation = av_engine_generation(c->engine);
-	if (c->cache) {
-		/* the whole message: how a body decodes depends on its
-		 * Content-Type and Content-Transfer-Encoding fields */
-		unsigned int n = 32;
-		j->hashed = EVP_Digest(ctx->data, ctx->len, j->hash, &n, EVP_sha256(), NULL) == 1;
-		if (j->hashed && cache_hit(c, j->hash, j->generation)) {
-			j->cached = true;
-			j->result = SCAN_CLEAN;
-			if (c->m_scans)
-				metric_inc(c->m_scans, "result=\"cached\"");
-			answer(j);
-			free(j);
-			return;
-		}
-	}
 	if (!workers_submit(c->pool, &j->link)) {
 		j->result = SCAN_ERROR;
 		snprintf(j->error, sizeof(j->error), "too many scans waiting");
@@ -382,6 +386,7 @@ static void clamav_free(void *inst)
 	if (c->own_engine)
 		av_engine_free(c->engine);
 	free(c->cache);
+	pthread_mutex_destroy(&c->cache_mu);
 	free(c);
 }
 
@@ -413,19 +418,27 @@ static void *clamav_init(const void *params, const struct check_env *env, char *
 		free(c);
 		return NULL;
 	}
-	char key[4200], w[600] = "";
-	snprintf(key, sizeof(key), "clamav:%s", p->database_dir);
+	pthread_mutex_init(&c->cache_mu, NULL);
+	/* One engine per process, whatever its directory: a reload (SIGHUP)
+	 * builds the next one in the background, from database_dir as it
+	 * is now, and the engine in use stays until it is ready. */
+	static const char key[] = "clamav";
+	char w[600] = "";
 	c->engine = env->shared ? check_shared_get(env->shared, key) : NULL;
 	if (c->engine) {
-		/* a reload (SIGHUP): the engine in use stays until the new one is ready */
+		if (!av_engine_dir_usable(p->database_dir, w, sizeof(w))) {
+			snprintf(why, whylen, "database_dir: %s", w);
+			clamav_free(c);
+			return NULL;
+		}
 		av_engine_set_limits(c->engine, &lim);
-		av_engine_reload(c->engine);
+		av_engine_reload(c->engine, p->database_dir);
 	} else {
 		c->engine = av_engine_new(env->shared ? env->base : NULL, p->database_dir, &lim,
 					  p->database_check_interval, w, sizeof(w));
 		if (!c->engine) {
 			snprintf(why, whylen, "database_dir: %s", w);
-			free(c);
+			clamav_free(c);
 			return NULL;
 		}
 		if (env->shared)

@@ -21,12 +21,13 @@
 
 struct av_engine {
 	struct event_base *base;
-	char *dir;
+	char *dir;                      /* the current engine's (loop thread) */
 	pthread_mutex_t mu;
+	char *want_dir;                 /* what the next build loads (under mu) */
 	struct cl_engine *cur;          /* referenced by the holder */
 	unsigned sigs, generation;
 	struct av_limits lim;           /* strings owned */
-	struct cl_stat stat;            /* the directory as the current engine saw it */
+	struct cl_stat stat;            /* want_dir as it was when the last build began */
 	bool stat_ok;
 	/* the background loader */
 	bool loading, reload_again, stopping;
@@ -40,6 +41,7 @@ struct av_engine {
 	struct event *watch;            /* looks at the directory */
 };
 
+static bool has_databases(const char *dir, char *why, size_t whylen);
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static cl_error_t init_rc;
 
@@ -67,6 +69,11 @@ static void lib_init(void)
 }
 
 /* The directory holds at least one database libclamav reads; false and why. */
+bool av_engine_dir_usable(const char *dir, char *why, size_t whylen)
+{
+	return has_databases(dir, why, whylen);
+}
+
 static bool has_databases(const char *dir, char *why, size_t whylen)
 {
 	static const char *const ext[] = { ".cvd", ".cld", ".cud", ".ndb", ".ndu", ".hdb", ".hdu", ".hsb", ".hsu",
@@ -162,13 +169,15 @@ static void *loader_main(void *arg)
 	pthread_mutex_lock(&e->mu);
 	struct av_limits lim = e->lim;
 	char *tmp = xstrdup(e->lim.tmp_dir ? e->lim.tmp_dir : "");
+	char *dir = xstrdup(e->want_dir);
 	pthread_mutex_unlock(&e->mu);
 	lim.tmp_dir = tmp;
 	long long t0 = mono_ms();
 	char why[512] = "";
 	unsigned sigs = 0;
-	struct cl_engine *n = build(e->dir, &lim, &sigs, why, sizeof(why));
+	struct cl_engine *n = build(dir, &lim, &sigs, why, sizeof(why));
 	free(tmp);
+	free(dir);
 	pthread_mutex_lock(&e->mu);
 	e->built = n;
 	e->built_sigs = sigs;
@@ -188,6 +197,11 @@ static void start_loader(struct av_engine *e)
 		return;
 	}
 	e->loading = true;
+	/* The directory as the build will find it, taken before: a change
+	 * made while it runs is seen by the next look. */
+	if (e->stat_ok)
+		cl_statfree(&e->stat);
+	e->stat_ok = cl_statinidir(e->want_dir, &e->stat) == CL_SUCCESS;
 	if (pthread_create(&e->loader, NULL, loader_main, e) != 0) {
 		e->loading = false;
 		log_error(NULL, NULL, "av.reload_failed", "dir=%s reason=%s", e->dir, "cannot start a thread");
@@ -207,6 +221,7 @@ static void loaded(evutil_socket_t fd, short what, void *arg)
 	pthread_mutex_lock(&e->mu);
 	struct cl_engine *n = e->built, *old = NULL;
 	e->built = NULL;
+	char *dir = xstrdup(e->want_dir);
 	if (n) {
 		old = e->cur;
 		e->cur = n;
@@ -215,19 +230,18 @@ static void loaded(evutil_socket_t fd, short what, void *arg)
 	}
 	unsigned sigs = e->sigs, gen = e->generation;
 	pthread_mutex_unlock(&e->mu);
+	/* (a broken directory is not tried again until it changes: the
+	 * snapshot start_loader took stays) */
 	if (n) {
 		if (old)
 			cl_engine_free(old);        /* freed when its last scan ends */
-		if (e->stat_ok)
-			cl_statfree(&e->stat);
-		e->stat_ok = cl_statinidir(e->dir, &e->stat) == CL_SUCCESS;
+		free(e->dir);
+		e->dir = dir;
 		log_info(NULL, NULL, "av.reloaded", "dir=%s signatures=%u engine=%u ms=%lld", e->dir, sigs, gen, e->built_ms);
 	} else {
-		log_error(NULL, NULL, "av.reload_failed", "dir=%s reason=%s kept_engine=%u", e->dir, e->built_why, gen);
-		/* do not try the same broken directory every interval */
-		if (e->stat_ok)
-			cl_statfree(&e->stat);
-		e->stat_ok = cl_statinidir(e->dir, &e->stat) == CL_SUCCESS;
+		log_error(NULL, NULL, "av.reload_failed", "dir=%s reason=%s kept_engine=%u kept_dir=%s", dir, e->built_why,
+			  gen, e->dir);
+		free(dir);
 	}
 	if (e->reload_again) {
 		e->reload_again = false;
@@ -258,16 +272,17 @@ struct av_engine *av_engine_new(struct event_base *base, const char *db_dir, con
 	struct av_engine *e = xcalloc(1, sizeof(*e));
 	e->base = base;
 	e->dir = xstrdup(db_dir);
+	e->want_dir = xstrdup(db_dir);
 	pthread_mutex_init(&e->mu, NULL);
 	limits_copy(&e->lim, lim);
 	long long t0 = mono_ms();
+	e->stat_ok = cl_statinidir(db_dir, &e->stat) == CL_SUCCESS;     /* before: see start_loader */
 	e->cur = build(db_dir, lim, &e->sigs, why, whylen);
 	if (!e->cur) {
 		av_engine_free(e);
 		return NULL;
 	}
 	e->generation = 1;
-	e->stat_ok = cl_statinidir(db_dir, &e->stat) == CL_SUCCESS;
 	if (base) {
 		log_info(NULL, NULL, "av.loaded", "dir=%s signatures=%u ms=%lld", db_dir, e->sigs, mono_ms() - t0);
 		e->loaded_ev = event_new(base, -1, 0, loaded, e);
@@ -301,6 +316,7 @@ void av_engine_free(struct av_engine *e)
 	free((char *)e->lim.tmp_dir);
 	pthread_mutex_destroy(&e->mu);
 	free(e->dir);
+	free(e->want_dir);
 	free(e);
 }
 
@@ -311,16 +327,24 @@ void av_engine_set_limits(struct av_engine *e, const struct av_limits *lim)
 	pthread_mutex_unlock(&e->mu);
 }
 
-void av_engine_reload(struct av_engine *e)
+void av_engine_reload(struct av_engine *e, const char *db_dir)
 {
+	if (db_dir) {
+		pthread_mutex_lock(&e->mu);
+		free(e->want_dir);
+		e->want_dir = xstrdup(db_dir);
+		pthread_mutex_unlock(&e->mu);
+	}
 	start_loader(e);
 }
 
-struct cl_engine *av_engine_acquire(struct av_engine *e)
+struct cl_engine *av_engine_acquire(struct av_engine *e, unsigned *generation)
 {
 	pthread_mutex_lock(&e->mu);
 	struct cl_engine *c = e->cur;
 	cl_engine_addref(c);
+	if (generation)
+		*generation = e->generation;
 	pthread_mutex_unlock(&e->mu);
 	return c;
 }

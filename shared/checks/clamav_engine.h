@@ -6,10 +6,12 @@
  * the directory, cl_engine_compile) once at start-up, on the caller's
  * thread: a directory that does not load stops the start with why.  After
  * that a reload — the directory changed (looked at every check_interval)
- * or av_engine_reload() (SIGHUP) — builds a new engine on a thread of its
- * own and swaps it in when it is ready; scans in flight keep the engine
- * they started with (libclamav reference counts), and a reload that fails
- * keeps the old engine and logs why (av.reload_failed).
+ * or av_engine_reload() (SIGHUP, perhaps with another directory) — builds
+ * a new engine on a thread of its own and swaps it in when it is ready;
+ * scans in flight keep the engine they started with (libclamav reference
+ * counts), and a reload that fails keeps the old engine (and its
+ * directory) and logs why (av.reload_failed).  The directory is looked at
+ * before each build: a change made while one runs starts another.
  */
 #ifndef RAMPART_CLAMAV_ENGINE_H
 #define RAMPART_CLAMAV_ENGINE_H
@@ -37,15 +39,20 @@ struct av_engine *av_engine_new(struct event_base *base, const char *db_dir, con
 void av_engine_free(struct av_engine *e);
 /* New limits take effect with the next engine built. */
 void av_engine_set_limits(struct av_engine *e, const struct av_limits *lim);
-/* Build a new engine in the background (SIGHUP). */
-void av_engine_reload(struct av_engine *e);
-/* The current engine, referenced: give it back with av_engine_release
- * (any thread). */
-struct cl_engine *av_engine_acquire(struct av_engine *e);
+/* Build a new engine in the background (SIGHUP), from db_dir from now on
+ * when it is not NULL. */
+void av_engine_reload(struct av_engine *e, const char *db_dir);
+/* The current engine, referenced, and its generation (NULL: not wanted):
+ * give it back with av_engine_release (any thread). */
+struct cl_engine *av_engine_acquire(struct av_engine *e, unsigned *generation);
 void av_engine_release(struct cl_engine *engine);
 /* Signatures in the current engine, and engines built so far. */
 unsigned av_engine_signatures(struct av_engine *e);
 unsigned av_engine_generation(struct av_engine *e);
+/* dir has a database libclamav would read (cheap: no loading); false
+ * and why. */
+bool av_engine_dir_usable(const char *dir, char *why, size_t whylen);
+/* The current engine's directory (loop thread). */
 const char *av_engine_dir(const struct av_engine *e);
 
 #endif

@@ -76,11 +76,39 @@ static int teardown(void **state)
 	return 0;
 }
 
-static void use(struct fx *f, const char *extra)
+static void use_dir(struct fx *f, const char *db, const char *extra)
 {
-	char *conf = xasprintf("[check.clamav]\ndatabase_dir = %s\ndatabase_check_interval = 0\n%s", f->db, extra);
+	char *conf = xasprintf("[check.clamav]\ndatabase_dir = %s\ndatabase_check_interval = 0\n%s", db, extra);
 	tu_chain_use(&f->c, conf, "clamav");
 	free(conf);
+}
+
+static void use(struct fx *f, const char *extra)
+{
+	use_dir(f, f->db, extra);
+}
+
+/* Runs the loop until the log has n lines with event (10 s at most). */
+static bool wait_log(struct fx *f, const char *event, int n)
+{
+	char log[PATH_MAX + 8], pat[100];
+	snprintf(log, sizeof(log), "%s/log", f->dir);
+	snprintf(pat, sizeof(pat), "\"event\":\"%s\"", event);
+	long long end = tu_mono_ms() + 10000;
+	for (;;) {
+		size_t len = 0;
+		char *text = tu_read_file(log, &len);
+		int seen = 0;
+		for (const char *p = text ? text : ""; (p = strstr(p, pat)); p++)
+			seen++;
+		free(text);
+		if (seen >= n)
+			return true;
+		if (tu_mono_ms() > end)
+			return false;
+		event_base_loop(f->c.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+		usleep(10000);
+	}
 }
 
 static struct verdict scan(struct fx *f, const char *msg)
@@ -158,6 +186,65 @@ static void test_clean_cache(void **state)
 	assert_true(tu_metric_has(f->c.metrics, "result=\"clean\"} 3\n"));
 }
 
+/* A reload (SIGHUP) that names another database directory: the new
+ * engine is built in the background while the old one serves; a
+ * directory without databases is refused at once; one that fails to
+ * build keeps the engine in use. */
+static void test_reload_to_another_directory(void **state)
+{
+	struct fx *f = *state;
+	static const char other[] = "rampart-test-other-signature";
+	const char *with_eicar = xasprintf("Subject: t\r\n\r\n%s\r\n", EICAR);
+	const char *with_other = xasprintf("Subject: t\r\n\r\nx %s x\r\n", other);
+	use(f, "");
+	assert_int_equal(scan(f, with_eicar).kind, V_REJECT);
+	assert_int_equal(scan(f, with_other).kind, V_CONTINUE);
+
+	char db2[PATH_MAX + 16], path[PATH_MAX + 40], hex[100] = "";
+	snprintf(db2, sizeof(db2), "%s/db2", f->dir);
+	assert_int_equal(mkdir(db2, 0700), 0);
+	for (size_t i = 0; other[i]; i++)
+		snprintf(hex + 2 * i, 3, "%02x", (unsigned char)other[i]);
+	char *line = xasprintf("Rampart-Other:0:*:%s\n", hex);
+	snprintf(path, sizeof(path), "%s/other.ndb", db2);
+	tu_write_file(path, line);
+	free(line);
+	use_dir(f, db2, "");
+	assert_true(wait_log(f, "av.reloaded", 1));
+	assert_int_equal(scan(f, with_eicar).kind, V_CONTINUE);
+	struct verdict v = scan(f, with_other);
+	assert_int_equal(v.kind, V_REJECT);
+	assert_non_null(strstr(v.reason, "Rampart-Other"));
+
+	/* no databases at all: refused before anything is built */
+	char empty[PATH_MAX + 16], why[600] = "";
+	snprintf(empty, sizeof(empty), "%s/empty", f->dir);
+	assert_int_equal(mkdir(empty, 0700), 0);
+	char *conf = xasprintf("[check.clamav]\ndatabase_dir = %s\n", empty);
+	assert_false(tu_chain_try(&f->c, conf, "clamav", why, sizeof(why)));
+	assert_non_null(strstr(why, "no signature databases"));
+	free(conf);
+
+	/* a database that does not load: the engine in use stays */
+	char bad[PATH_MAX + 16];
+	snprintf(bad, sizeof(bad), "%s/bad", f->dir);
+	assert_int_equal(mkdir(bad, 0700), 0);
+	snprintf(path, sizeof(path), "%s/broken.ndb", bad);
+	tu_write_file(path, "not a signature at all\n");
+	use_dir(f, bad, "");
+	assert_true(wait_log(f, "av.reload_failed", 1));
+	char log[PATH_MAX + 8];
+	snprintf(log, sizeof(log), "%s/log", f->dir);
+	char *kept = xasprintf("\"kept_dir\":\"%s\"", db2);
+	assert_true(tu_file_has(log, kept));
+	free(kept);
+	v = scan(f, with_other);
+	assert_int_equal(v.kind, V_REJECT);
+	assert_non_null(strstr(v.reason, "Rampart-Other"));
+	free((char *)with_eicar);
+	free((char *)with_other);
+}
+
 static void test_bad_configuration(void **state)
 {
 	struct fx *f = *state;
@@ -185,6 +272,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_actions, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_clean_cache, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reload_to_another_directory, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_configuration, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
