@@ -2,6 +2,12 @@
  * authn.c — SMTP AUTH credentials for the submission stage (authn.h):
  * the brute-force counters in the state store, then crypt(3) on a worker
  * thread, then the answer on the loop (delayed after repeated failures).
+ *
+ * An attempt that needs a password check is counted as a failure before
+ * the check (and the count taken back when the password matches): guesses
+ * made in parallel each see the ones before them, so no connection gets
+ * a guess past auth_max_failures.  A password the cache knows is good
+ * costs no check and is not counted.
  */
 #include "authn.h"
 #include "dovecot_auth.h"
@@ -58,12 +64,14 @@ struct areq {
 	char key_ip[320], key_user[320];
 	char *pass;
 	char *hash;                     /* copy of the account's hash; NULL: none */
+	char *decoy;                    /* no account: a real hash to spend the same time on */
 	bool account_locked;
 	bool verified;
 	bool cached;                    /* verified from the cache, not by crypt */
 	bool refused;                   /* the pool was full: not checked */
 	long long fails_ip, fails_user;
 	bool counted;                   /* the failure counters could be read */
+	bool precounted;                /* this attempt is in them (undone if it succeeds) */
 	struct authn_outcome out;
 	struct event *timer;
 	authn_done_fn done;
@@ -82,6 +90,7 @@ static void areq_free(struct areq *r)
 {
 	wipe_free(r->pass);
 	wipe_free(r->hash);
+	free(r->decoy);
 	if (r->timer)
 		event_free(r->timer);
 	free(r);
@@ -133,36 +142,6 @@ static void store_error(struct areq *r, const struct state_result *res)
 		metric_inc(r->a->m_store_errors, NULL);
 	log_warn(r->sid, NULL, "auth.store_error", "op=%s key=%s reason=%s failure_mode=%s client=%s",
 		 state_op_name(res->op), res->key, res->reason, r->a->o.fail_open ? "continue" : "tempfail", r->ip);
-}
-
-/* ---- after the check: count a failure ----------------------------------- */
-
-static void counted_user(void *arg, const struct state_result *res)
-{
-	struct areq *r = arg;
-	if (res->status == STATE_ERROR) {
-		store_error(r, res);
-		answer(r, r->fails_ip >= r->a->o.delay_after);
-		return;
-	}
-	r->fails_user = res->counter;
-	long long worst = r->fails_ip > r->fails_user ? r->fails_ip : r->fails_user;
-	if (worst == r->a->o.max_failures)
-		log_warn(r->sid, NULL, "auth.lockout", "user=%s client=%s failures_client=%lld failures_user=%lld "
-			 "lockout_ms=%lld", r->user, r->ip, r->fails_ip, r->fails_user, r->a->o.lockout_ms);
-	answer(r, worst >= r->a->o.delay_after);
-}
-
-static void counted_ip(void *arg, const struct state_result *res)
-{
-	struct areq *r = arg;
-	if (res->status == STATE_ERROR) {
-		store_error(r, res);
-		answer(r, false);
-		return;
-	}
-	r->fails_ip = res->counter;
-	state_incr(r->a->st, r->key_user, 1, r->a->o.lockout_ms, counted_user, r);
 }
 
 /* ---- the cache of good passwords ---------------------------------------- */
@@ -227,7 +206,10 @@ static void run(void *owner, void *state, struct workers_job *job)
 {
 	(void)owner; (void)state;
 	struct areq *r = (struct areq *)job;
-	r->verified = passdb_verify(r->hash, r->pass);
+	if (r->hash)
+		r->verified = passdb_verify(r->hash, r->pass);
+	else
+		(void)passdb_verify(r->decoy, r->pass);    /* the time, never the answer */
 }
 
 static void job_done(struct workers_job *job)
@@ -246,6 +228,12 @@ static void job_done(struct workers_job *job)
 	if (r->verified && !r->account_locked) {
 		r->out.result = AUTHN_OK;
 		snprintf(r->out.reason, sizeof(r->out.reason), "password matches%s", r->cached ? " (cached)" : "");
+		if (r->precounted) {
+			/* not a failure after all; a key gone meanwhile comes
+			 * back as -1 for a millisecond only */
+			state_incr(r->a->st, r->key_ip, -1, 1, NULL, NULL);
+			state_incr(r->a->st, r->key_user, -1, 1, NULL, NULL);
+		}
 		finish(r);
 		return;
 	}
@@ -253,11 +241,15 @@ static void job_done(struct workers_job *job)
 	snprintf(r->out.reason, sizeof(r->out.reason), "%s",
 		 !r->hash ? "no such account" : r->account_locked ? "account locked"
 		 : r->a->dv ? "refused by dovecot" : "wrong password");
-	if (r->a->st && r->counted) {
-		state_incr(r->a->st, r->key_ip, 1, r->a->o.lockout_ms, counted_ip, r);
+	if (!r->precounted) {
+		answer(r, false);
 		return;
 	}
-	answer(r, false);
+	long long worst = r->fails_ip > r->fails_user ? r->fails_ip : r->fails_user;
+	if (worst == (long long)r->a->o.max_failures)
+		log_warn(r->sid, NULL, "auth.lockout", "user=%s client=%s failures_client=%lld failures_user=%lld "
+			 "lockout_ms=%lld", r->user, r->ip, r->fails_ip, r->fails_user, r->a->o.lockout_ms);
+	answer(r, worst >= (long long)r->a->o.delay_after);
 }
 
 static void job_discard(struct workers_job *job)
@@ -288,6 +280,21 @@ static void dovecot_answered(void *arg, enum dovecot_result res, const char *rea
 	job_done(&r->job);
 }
 
+/* The password check itself: Dovecot, or crypt on a worker. */
+static void check_password(struct areq *r)
+{
+	if (r->a->dv) {
+		dovecot_auth_check(r->a->dv, r->user, r->pass, r->ip, dovecot_answered, r);
+		return;
+	}
+	if (!workers_submit(r->a->w, &r->job)) {
+		r->refused = true;
+		workers_return(r->a->w, &r->job);
+	}
+}
+
+static void precount(struct areq *r);
+
 static void verify(struct areq *r)
 {
 	const struct passdb_account *acc = r->a->db ? passdb_find(r->a->db, r->user) : NULL;
@@ -299,24 +306,79 @@ static void verify(struct areq *r)
 			r->account_locked = acc->locked;
 			r->out.app = acc->app;
 		}
-		dovecot_auth_check(r->a->dv, r->user, r->pass, r->ip, dovecot_answered, r);
-		return;
-	}
-	if (acc) {
+	} else if (acc) {
 		r->hash = xstrdup(acc->hash);
 		r->account_locked = acc->locked;
 		r->out.app = acc->app;
+	} else if (r->a->db && passdb_decoy(r->a->db)) {
+		r->decoy = xstrdup(passdb_decoy(r->a->db));
 	}
-	if (acc && !acc->locked && cache_hit(r->a, r->user, r->hash, r->pass)) {
+	if (!r->a->dv && acc && !acc->locked && cache_hit(r->a, r->user, r->hash, r->pass)) {
 		/* answered through the loop all the same */
 		r->verified = r->cached = true;
 		workers_return(r->a->w, &r->job);
 		return;
 	}
-	if (!workers_submit(r->a->w, &r->job)) {
-		r->refused = true;
-		workers_return(r->a->w, &r->job);
+	if (r->counted) {
+		precount(r);
+		return;
 	}
+	check_password(r);
+}
+
+/* ---- counted before the check ------------------------------------------- */
+
+static void precount_failed(struct areq *r, const struct state_result *res)
+{
+	store_error(r, res);
+	if (r->a->o.fail_open) {
+		check_password(r);
+		return;
+	}
+	wipe_free(r->pass);
+	r->pass = NULL;
+	r->out.result = AUTHN_TEMPFAIL;
+	snprintf(r->out.reason, sizeof(r->out.reason), "state store: %s", res->reason);
+	finish(r);
+}
+
+static void precounted_user(void *arg, const struct state_result *res)
+{
+	struct areq *r = arg;
+	if (res->status == STATE_ERROR) {
+		precount_failed(r, res);
+		return;
+	}
+	r->fails_user = res->counter;
+	r->precounted = true;
+	long long max = (long long)r->a->o.max_failures;
+	if (r->fails_ip > max || r->fails_user > max) {
+		/* guesses made at the same time used up what was left */
+		r->out.result = AUTHN_LOCKED_OUT;
+		snprintf(r->out.reason, sizeof(r->out.reason), "%lld failures from %s, %lld for %s", r->fails_ip - 1,
+			 r->ip, r->fails_user - 1, r->user);
+		wipe_free(r->pass);
+		r->pass = NULL;
+		answer(r, true);
+		return;
+	}
+	check_password(r);
+}
+
+static void precounted_ip(void *arg, const struct state_result *res)
+{
+	struct areq *r = arg;
+	if (res->status == STATE_ERROR) {
+		precount_failed(r, res);
+		return;
+	}
+	r->fails_ip = res->counter;
+	state_incr(r->a->st, r->key_user, 1, r->a->o.lockout_ms, precounted_user, r);
+}
+
+static void precount(struct areq *r)
+{
+	state_incr(r->a->st, r->key_ip, 1, r->a->o.lockout_ms, precounted_ip, r);
 }
 
 /* ---- before the check: is this source cooling off? ---------------------- */

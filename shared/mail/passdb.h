@@ -48,6 +48,11 @@ bool passdb_refresh(struct passdb **db, char *why, size_t whylen);
 size_t passdb_count(const struct passdb *db);
 /* Case-insensitive; NULL if there is no such account. */
 const struct passdb_account *passdb_find(const struct passdb *db, const char *name);
+/* A hash to check an unknown account's password against, so that it
+ * costs what a real account's does (the same method and cost, whatever
+ * the site chose): a real account's hash, which an unknown name never
+ * passes anyway.  NULL when the file has no account with a crypt hash. */
+const char *passdb_decoy(const struct passdb *db);
 
 /* Does password match hash?  crypt_r(3) with its own state: safe on any
  * thread, and slow by design (call it off the event loop).  A NULL hash

@@ -148,6 +148,56 @@ static void authn_passwords_and_lockout(struct tu_state_suite *s, int backend)
 }
 TU_STATE_BACKENDS(authn_passwords_and_lockout)
 
+/* Guesses made in parallel: each is counted before its check, so no more
+ * than max_failures (4) of them are checked, whatever the timing; a
+ * good password leaves the counters as they were; an unknown name is
+ * checked against a real account's hash (the same cost). */
+static void authn_parallel_guesses(struct tu_state_suite *s, int backend)
+{
+	struct tu_state_fx f;
+	tu_state_fx_open(&f, s, backend, "");
+	struct authn *an = authn_for(&f, false, 0);
+	assert_int_equal(check_pw(&f, an, "192.0.2.60", "alice@example.test", "wrong").o.result, AUTHN_BAD);
+	assert_int_equal(check_pw(&f, an, "192.0.2.60", "alice@example.test", "alice-pw").o.result, AUTHN_OK);
+	char v[64];
+	assert_int_equal(tu_state_get(&f, "authfail:ip:192.0.2.60", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "1");
+	assert_int_equal(tu_state_get(&f, "authfail:user:alice@example.test", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "1");
+
+	struct answer a[8];
+	long long t0 = tu_mono_ms();
+	for (int i = 0; i < 8; i++) {
+		a[i] = (struct answer){ .t0 = t0 };
+		authn_check(an, "S1", "192.0.2.50", "billing", "guess", answered, &a[i]);
+	}
+	long long deadline = tu_mono_ms() + 10000;
+	int done = 0;
+	while (done < 8 && tu_mono_ms() < deadline) {
+		event_base_loop(f.c.base, EVLOOP_ONCE);
+		done = 0;
+		for (int i = 0; i < 8; i++)
+			done += a[i].done;
+	}
+	assert_int_equal(done, 8);
+	int bad = 0, locked = 0;
+	for (int i = 0; i < 8; i++) {
+		bad += a[i].o.result == AUTHN_BAD;
+		locked += a[i].o.result == AUTHN_LOCKED_OUT;
+	}
+	assert_int_equal(bad, 4);
+	assert_int_equal(locked, 4);
+	assert_int_equal(tu_state_get(&f, "authfail:ip:192.0.2.50", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "8");
+
+	const char *decoy = passdb_decoy(authn_accounts(an));
+	assert_non_null(decoy);
+	assert_true(strncmp(decoy, "$6$", 3) == 0);     /* the file's method, not a default */
+	authn_free(an);
+	tu_state_fx_close(&f);
+}
+TU_STATE_BACKENDS(authn_parallel_guesses)
+
 static void authn_cache(struct tu_state_suite *s, int backend)
 {
 	struct tu_state_fx f;
@@ -354,6 +404,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		TU_STATE_TESTS(authn_passwords_and_lockout),
+		TU_STATE_TESTS(authn_parallel_guesses),
 		TU_STATE_TESTS(authn_cache),
 		cmocka_unit_test(authn_store_down),
 		TU_STATE_TESTS(quota_hold),
