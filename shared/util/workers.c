@@ -44,14 +44,20 @@ struct workers {
 	struct event *ev;
 };
 
-/* With the lock held: a finished job for the loop. */
+/* With the lock held: a finished job for the loop.  Only the first of a
+ * batch wakes it: on_done takes the whole list, under the lock, after
+ * reading the eventfd, so a job pushed after that finds the list empty
+ * and wakes it again. */
 static void push_done(struct workers *p, struct workers_job *j)
 {
+	bool wake = p->done == NULL;
 	j->next = p->done;
 	p->done = j;
-	uint64_t one = 1;
-	ssize_t wr = write(p->efd, &one, sizeof(one));
-	(void)wr;
+	if (wake) {
+		uint64_t one = 1;
+		ssize_t wr = write(p->efd, &one, sizeof(one));
+		(void)wr;
+	}
 }
 
 static void *worker_main(void *arg)
@@ -166,6 +172,11 @@ struct workers *workers_new(struct event_base *base, size_t nthreads, const stru
 			return NULL;
 		}
 		p->nstarted++;
+		if (def->name) {        /* top -H, perf: which pool a thread is */
+			char tn[16];
+			snprintf(tn, sizeof(tn), "%s", def->name);
+			pthread_setname_np(p->w[i].th, tn);
+		}
 	}
 	return p;
 }
