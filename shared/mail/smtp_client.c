@@ -1835,7 +1835,7 @@ void smtp_client_connect_rotating(struct event_base *base, const struct smtp_cli
 	c->tailp = &c->head;
 	c->phase = PH_START;
 	c->timer = evtimer_new(base, on_timer, c);
-	sockout_init(&c->wout, base, wout_drained, c);
+	sockout_init(&c->wout, base, wout_drained, NULL, c);
 	c->kick = event_new(base, -1, 0, on_kick, c);
 	strcpy(c->peer, "-");
 	kick(c);

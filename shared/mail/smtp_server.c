@@ -298,6 +298,7 @@ static void close_after_flush(struct smtp_session *s, const char *why)
 	enter_state(s, ST_CLOSING, why);
 	bufferevent_disable(s->bev, EV_READ);
 	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+	sockout_kick(&s->out);  /* replies held for a pipelined group go now */
 	closing_check(s);
 }
 
@@ -1553,6 +1554,18 @@ static void out_drained(void *arg)
 	on_write(s->bev, s);
 }
 
+/* The replies to a pipelined group go out together, as Postfix's smtpd
+ * sends them: while a hook answers one command and the client's next
+ * commands wait in the input, what is queued waits too (the client reads
+ * none of it before the whole group is answered).  answer() and
+ * close_after_flush() kick again. */
+static bool out_hold(void *arg)
+{
+	struct smtp_session *s = arg;
+	return s->state == ST_HOOK && !s->closed && s->bev &&
+	       evbuffer_get_length(bufferevent_get_input(s->bev)) > 0;
+}
+
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
 	(void)bev;
@@ -1816,7 +1829,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		s->next->prev = s;
 	srv->sessions = s;
 	srv->nsessions++;
-	sockout_init(&s->out, srv->base, out_drained, s);
+	sockout_init(&s->out, srv->base, out_drained, out_hold, s);
 	/* Replies are small and often answer pipelined commands: send them
 	 * at once instead of waiting for the client's delayed ACK. */
 	int one = 1;

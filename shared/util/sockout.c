@@ -19,6 +19,8 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 	struct bufferevent *bev = o->bev;
 	if (!bev || (bufferevent_get_enabled(bev) & EV_WRITE))
 		return;         /* detached, or the bufferevent is writing */
+	if (o->hold && o->hold(o->arg))
+		return;         /* the owner kicks again */
 	struct evbuffer *out = bufferevent_get_output(bev);
 	if (evbuffer_get_length(out)) {
 		/* an error leaves the data where it is: the bufferevent's
@@ -37,11 +39,13 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 		o->drained(o->arg);     /* may free the owner, and o */
 }
 
-void sockout_init(struct sockout *o, struct event_base *base, void (*drained)(void *arg), void *arg)
+void sockout_init(struct sockout *o, struct event_base *base, void (*drained)(void *arg), bool (*hold)(void *arg),
+		  void *arg)
 {
 	o->bev = NULL;
 	o->queued = false;
 	o->drained = drained;
+	o->hold = hold;
 	o->arg = arg;
 	o->ev = event_new(base, -1, 0, flush_cb, o);
 	if (!o->ev)

@@ -37,10 +37,16 @@ struct sockout {
 	 * write callback would have done (it is not called then); may free
 	 * the owner */
 	void (*drained)(void *arg);
+	/* optional: true when the owner wants what is queued kept for now
+	 * (replies to a client's pipelined commands, held while a later one
+	 * of the same group is still being answered: RFC 2920 lets a server
+	 * batch them); the owner kicks again when that changes */
+	bool (*hold)(void *arg);
 	void *arg;
 };
 
-void sockout_init(struct sockout *o, struct event_base *base, void (*drained)(void *arg), void *arg);
+void sockout_init(struct sockout *o, struct event_base *base, void (*drained)(void *arg), bool (*hold)(void *arg),
+		  void *arg);
 /* Write bev directly from now on (its EV_WRITE is disabled while nothing
  * waits); false, and nothing changed, if bev is not a plain socket
  * bufferevent. */

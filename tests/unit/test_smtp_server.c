@@ -930,6 +930,32 @@ static void test_pipelining_async_hooks(void **state)
 	assert_int_equal(f->txn_ends, 1);
 }
 
+/* A pipelined group is answered together (RFC 2920, as Postfix's smtpd
+ * does): the MAIL reply, ready at once, waits while RCPT's hook runs
+ * with DATA still in the input, then all three go in one piece; a
+ * command sent alone is answered at once. */
+static void test_pipelined_group_answered_together(void **state)
+{
+	struct fx *f = *state;
+	f->delay_ms[SMTP_HOOK_RCPT] = 150;
+	start(f);
+	hello(f);
+	snprintf(f->ctx, sizeof(f->ctx), "pipelined group held");
+	SEND(f, "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n");
+	EXPECT_SILENCE(f, 80);
+	EXPECT(f, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n" GO_AHEAD);
+	SEND(f, "line\r\n.\r\n");
+	EXPECT(f, QUEUED);
+	/* alone: MAIL's reply is not held behind anything */
+	SEND(f, "MAIL FROM:<a@example.org>\r\n");
+	EXPECT(f, "250 2.1.0 Ok\r\n");
+	SEND(f, "RCPT TO:<b@example.net>\r\n");
+	EXPECT(f, "250 2.1.5 Ok\r\n");
+	SEND(f, "QUIT\r\n");
+	EXPECT(f, "221 2.0.0 Bye\r\n");
+	EXPECT_CLOSED(f);
+}
+
 /* Asynchronous and immediate answers mixed, with pipelined input. */
 static void test_pipelining_mixed_sync_async(void **state)
 {
@@ -1708,6 +1734,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_data_end_needs_crlf, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pipelining_async_hooks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pipelining_mixed_sync_async, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pipelined_group_answered_together, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lmtp_lhlo_required, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lmtp_per_recipient_replies, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lmtp_message_hook_no_answer, setup, teardown),

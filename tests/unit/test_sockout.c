@@ -38,12 +38,18 @@ struct t {
 	struct sockout out;
 	int peer;                       /* the reading end */
 	int drained, written, errors;
+	bool hold;
 	short last_event;
 };
 
 static void on_drained(void *arg)
 {
 	((struct t *)arg)->drained++;
+}
+
+static bool on_hold(void *arg)
+{
+	return ((struct t *)arg)->hold;
 }
 
 static void on_write(struct bufferevent *bev, void *arg)
@@ -81,7 +87,7 @@ static void setup_pair(struct t *t, int sndbuf)
 	bufferevent_setcb(t->bev, NULL, on_write, on_event, t);
 	bufferevent_setwatermark(t->bev, EV_WRITE, 0, 0);
 	bufferevent_enable(t->bev, EV_READ | EV_WRITE);
-	sockout_init(&t->out, t->base, on_drained, t);
+	sockout_init(&t->out, t->base, on_drained, on_hold, t);
 }
 
 static void teardown_pair(struct t *t)
@@ -141,6 +147,28 @@ static void test_one_pass_one_write(void **state)
 	assert_int_equal(t.written, 0);        /* libevent's writer never ran */
 	assert_int_equal(evbuffer_get_length(bufferevent_get_output(t.bev)), 0);
 	assert_false(bufferevent_get_enabled(t.bev) & EV_WRITE);
+	teardown_pair(&t);
+}
+
+/* The owner holds what is queued: nothing goes until it lets go and
+ * kicks again. */
+static void test_hold(void **state)
+{
+	(void)state;
+	struct t t;
+	setup_pair(&t, 0);
+	assert_true(sockout_attach(&t.out, t.bev));
+	t.hold = true;
+	send_text(&t, "250 2.1.0 Ok\r\n");
+	pass(&t);
+	char buf[64];
+	assert_int_equal(drain_peer(&t, buf, sizeof(buf)), 0);
+	assert_int_equal(t.drained, 0);
+	t.hold = false;
+	send_text(&t, "250 2.1.5 Ok\r\n");
+	pass(&t);
+	assert_int_equal(drain_peer(&t, buf, sizeof(buf)), 28);
+	assert_int_equal(t.drained, 1);
 	teardown_pair(&t);
 }
 
@@ -267,6 +295,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_one_pass_one_write),
+		cmocka_unit_test(test_hold),
 		cmocka_unit_test(test_slow_reader_gets_everything_in_order),
 		cmocka_unit_test(test_gone_peer_reported),
 		cmocka_unit_test(test_detach_and_forget),
