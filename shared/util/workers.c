@@ -192,8 +192,11 @@ bool workers_submit(struct workers *p, struct workers_job *job)
 	job->next = NULL;
 	*p->todo_tail = job;
 	p->todo_tail = &job->next;
-	pthread_cond_signal(&p->cv);
 	pthread_mutex_unlock(&p->mu);
+	/* after the unlock: the worker it wakes does not block on the
+	 * mutex the loop still holds (the pool goes only by workers_free,
+	 * on this thread) */
+	pthread_cond_signal(&p->cv);
 	return true;
 }
 
