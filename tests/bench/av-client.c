@@ -7,7 +7,7 @@
  * code it shares with submit-client.c is in bench-smtp.h.
  *
  *   av-client -p PORT -b BLOB -i INDEX [-c SESSIONS] [-f FROM] [-r RCPT]
- *             [-H HELO] [-T TIMEOUT_S] [-h HOST]
+ *             [-H HELO] [-T TIMEOUT_S] [-h HOST] [-P]
  *
  * INDEX has one line per message, "OFFSET LENGTH", into BLOB (the raw
  * message: CRLF line ends, not dot-stuffed).  Everything is read, and
@@ -16,7 +16,9 @@
  * RCPT, DATA for every message it takes, QUIT at the end), take the next
  * message from one shared counter until all are sent.  A session that
  * breaks is counted, and a new one is opened for the rest.  One command,
- * one reply (no PIPELINING), TCP_NODELAY, the same for every server.
+ * one reply, or with -P MAIL, RCPT and DATA in one write (PIPELINING, as
+ * an MTA's SMTP client sends a transaction; the server must offer it);
+ * TCP_NODELAY; the same for every server.
  *
  * On exit it prints one JSON object on stdout: accepted and failed
  * transactions, the first replies that were not the expected ones (with
@@ -41,6 +43,7 @@ static int port;
 static int sessions = 10;
 static const char *from = "bench@bench.test", *rcpt = "user@bench.test", *helo = "client.bench-client.test";
 static int timeout_s = 60;
+static int pipelining;
 
 struct msg {
 	char *data;             /* dot-stuffed, ends with CRLF "." CRLF */
@@ -65,7 +68,7 @@ static int session_open(struct conn *c)
 static int send_one(struct conn *c, const struct msg *m)
 {
 	int r;
-	if ((r = smtp_data_begin(c)) < 0)
+	if ((r = pipelining ? smtp_data_begin_pipelined(c) : smtp_data_begin(c)) < 0)
 		return r;
 	if (conn_write(c, m->data, m->len) < 0) {
 		note_error("DATA: connection lost while sending the message");
@@ -153,7 +156,7 @@ static void stuff(struct msg *m, const char *p, size_t n)
 static void usage(void)
 {
 	fprintf(stderr, "usage: av-client -p PORT -b BLOB -i INDEX [-c SESSIONS] [-f FROM] [-r RCPT] [-H HELO] "
-		"[-T TIMEOUT_S] [-h HOST]\n");
+		"[-T TIMEOUT_S] [-h HOST] [-P]\n");
 	exit(2);
 }
 
@@ -161,7 +164,7 @@ int main(int argc, char **argv)
 {
 	const char *blob = NULL, *index = NULL;
 	int o;
-	while ((o = getopt(argc, argv, "h:p:b:i:c:f:r:H:T:")) != -1) {
+	while ((o = getopt(argc, argv, "h:p:b:i:c:f:r:H:T:P")) != -1) {
 		switch (o) {
 		case 'h': host = optarg; break;
 		case 'p': port = atoi(optarg); break;
@@ -172,6 +175,7 @@ int main(int argc, char **argv)
 		case 'r': rcpt = optarg; break;
 		case 'H': helo = optarg; break;
 		case 'T': timeout_s = atoi(optarg); break;
+		case 'P': pipelining = 1; break;
 		default: usage();
 		}
 	}

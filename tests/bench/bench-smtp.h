@@ -310,6 +310,40 @@ refused:
 	return r;
 }
 
+/* The same with PIPELINING (RFC 2920), as an MTA's SMTP client sends a
+ * transaction: MAIL, RCPT and DATA in one write, then their three
+ * replies.  A refusal: the transaction is closed (an empty message if
+ * DATA was answered 354 all the same, then RSET) and -2. */
+static int smtp_data_begin_pipelined(struct conn *c)
+{
+	char out[1200], last[200];
+	int n = snprintf(out, sizeof(out), "%s\r\n%s\r\nDATA\r\n", mail_line, rcpt_line);
+	if (conn_write(c, out, (size_t)n) < 0) {
+		note_error("MAIL: connection lost while sending");
+		return -1;
+	}
+	static const int want[3] = { 250, 250, 354 };
+	static const char *const what[3] = { "MAIL", "RCPT", "DATA" };
+	int got[3], ok = 1;
+	for (int i = 0; i < 3; i++) {
+		got[i] = read_reply(c, last, sizeof(last));
+		if (got[i] < 0) {
+			note_error("%s: connection lost%s", what[i], CONN_TLS(c) ? " (TLS)" : "");
+			return -1;
+		}
+		if (got[i] != want[i]) {
+			if (ok)
+				note_error("%s: %s", what[i], last);
+			ok = 0;
+		}
+	}
+	if (ok)
+		return 0;
+	if (got[2] == 354 && cmd(c, ".", 250, "the empty message after a refusal") == -1)
+		return -1;
+	return cmd(c, "RSET", 250, "RSET") < 0 ? -1 : -2;
+}
+
 /* The reply to the message sent after DATA: 0 accepted (counted in
  * t_last_250), -2 refused, -1 the session is broken. */
 static int smtp_data_end(struct conn *c)
