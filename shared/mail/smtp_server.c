@@ -44,6 +44,9 @@
  * further until the replies it has are under OUT_LOW bytes. */
 #define OUT_HIGH (64 * 1024)
 #define OUT_LOW (16 * 1024)
+/* Input read ahead of what has been processed, at most (the read
+ * high-water mark: a client sending faster waits in the kernel). */
+#define IN_HIGH (256 * 1024)
 
 enum state {
 	ST_GREET_PAUSE,     /* connected, banner not yet sent */
@@ -1528,6 +1531,12 @@ static void on_read(struct bufferevent *bev, void *arg)
 	}
 	if (s->state == ST_HOOK)
 		return;     /* kept until the hook answers */
+	/* libevent 2.1 reads 4 KiB at a time: when that much came, read the
+	 * rest of what the socket has now (a command line or a short message
+	 * came whole, and a read would only meet EAGAIN) */
+	size_t have = evbuffer_get_length(bufferevent_get_input(s->bev));
+	if (have >= 4096 && have < IN_HIGH)
+		sockout_fill(&s->out, IN_HIGH - have);
 	process_input(s);
 }
 
@@ -1645,7 +1654,7 @@ static void install_callbacks(struct smtp_session *s)
 	if (s->srv->rate_cfg)
 		bufferevent_set_rate_limit(s->bev, s->srv->rate_cfg);
 	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
-	bufferevent_setwatermark(s->bev, EV_READ, 0, 256 * 1024);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, IN_HIGH);
 	bufferevent_setwatermark(s->bev, EV_WRITE, OUT_LOW, 0);
 	set_deadlines(s);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);

@@ -5,6 +5,7 @@
 #include "log.h"
 
 #include <stddef.h>
+#include <sys/uio.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -90,6 +91,50 @@ void sockout_written(struct sockout *o)
 {
 	if (o->bev && evbuffer_get_length(bufferevent_get_output(o->bev)) == 0)
 		bufferevent_disable(o->bev, EV_WRITE);
+}
+
+size_t sockout_fill(struct sockout *o, size_t max)
+{
+	if (!o->bev)
+		return 0;
+	struct evbuffer *in = bufferevent_get_input(o->bev);
+	evutil_socket_t fd = bufferevent_getfd(o->bev);
+	size_t got = 0;
+	/* a socket bufferevent keeps the end of its input frozen against the
+	 * user, as the start of its output */
+	evbuffer_unfreeze(in, 0);
+	while (got < max) {
+		size_t want = max - got > 65536 ? 65536 : max - got;
+		struct evbuffer_iovec v[2];
+		int n = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
+		if (n <= 0)
+			break;
+		struct iovec iov[2];
+		size_t room = 0;
+		for (int i = 0; i < n; i++) {
+			iov[i].iov_base = v[i].iov_base;
+			iov[i].iov_len = v[i].iov_len;
+			room += v[i].iov_len;
+		}
+		ssize_t r = readv(fd, iov, n);
+		if (r <= 0) {
+			evbuffer_commit_space(in, v, 0);
+			break;
+		}
+		size_t left = (size_t)r;
+		int used = 0;
+		for (; used < n && left; used++) {
+			if (v[used].iov_len > left)
+				v[used].iov_len = left;
+			left -= v[used].iov_len;
+		}
+		evbuffer_commit_space(in, v, used);
+		got += (size_t)r;
+		if ((size_t)r < room)
+			break;          /* the socket had no more */
+	}
+	evbuffer_freeze(in, 0);
+	return got;
 }
 
 void sockout_free(struct sockout *o)

@@ -24,6 +24,7 @@
 #define RAMPART_SOCKOUT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 struct bufferevent;
 struct event;
@@ -61,6 +62,13 @@ void sockout_kick(struct sockout *o);
 /* From the bufferevent's write callback: back to direct writing when the
  * output is empty. */
 void sockout_written(struct sockout *o);
+/* The input side, from the owner's read callback: libevent 2.1 reads at
+ * most 4 KiB per read event, so a 100 KB message would take 25 passes of
+ * the loop (an epoll_wait, an ioctl and a readv each).  This reads what
+ * the socket has now into the bufferevent's input, up to max bytes;
+ * the bytes read.  End of file and errors are left for the bufferevent's
+ * next read to find and report. */
+size_t sockout_fill(struct sockout *o, size_t max);
 void sockout_free(struct sockout *o);
 
 #endif

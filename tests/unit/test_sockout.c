@@ -39,6 +39,8 @@ struct t {
 	int peer;                       /* the reading end */
 	int drained, written, errors;
 	bool hold;
+	size_t read_before, read_after;         /* on_read: the input around sockout_fill */
+	int reads;
 	short last_event;
 };
 
@@ -58,6 +60,16 @@ static void on_write(struct bufferevent *bev, void *arg)
 	struct t *t = arg;
 	t->written++;
 	sockout_written(&t->out);
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+	struct t *t = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	t->reads++;
+	t->read_before = evbuffer_get_length(in);
+	sockout_fill(&t->out, 1 << 20);
+	t->read_after = evbuffer_get_length(in);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -147,6 +159,41 @@ static void test_one_pass_one_write(void **state)
 	assert_int_equal(t.written, 0);        /* libevent's writer never ran */
 	assert_int_equal(evbuffer_get_length(bufferevent_get_output(t.bev)), 0);
 	assert_false(bufferevent_get_enabled(t.bev) & EV_WRITE);
+	teardown_pair(&t);
+}
+
+/* The input side: one read event brings everything the socket has (libevent
+ * 2.1 alone reads 4 KiB); end of file is still the bufferevent's to report. */
+static void test_fill_reads_what_is_there(void **state)
+{
+	(void)state;
+	struct t t;
+	setup_pair(&t, 0);
+	bufferevent_setcb(t.bev, on_read, on_write, on_event, &t);
+	assert_true(sockout_attach(&t.out, t.bev));
+	size_t total = 60000;
+	char *data = malloc(total);
+	for (size_t i = 0; i < total; i++)
+		data[i] = (char)('a' + i % 26);
+	size_t off = 0;
+	while (off < total) {
+		ssize_t w = write(t.peer, data + off, total - off);
+		assert_true(w > 0);
+		off += (size_t)w;
+	}
+	shutdown(t.peer, SHUT_WR);
+	pass(&t);
+	assert_int_equal(t.reads, 1);
+	assert_true(t.read_before <= 4096);            /* what libevent read */
+	assert_int_equal(t.read_after, total);          /* and the rest, in the same pass */
+	struct evbuffer *in = bufferevent_get_input(t.bev);
+	assert_memory_equal(evbuffer_pullup(in, -1), data, total);
+	evbuffer_drain(in, total);
+	for (int i = 0; i < 10 && !t.errors; i++)
+		pass(&t);
+	assert_int_equal(t.errors, 1);
+	assert_true(t.last_event & BEV_EVENT_EOF);
+	free(data);
 	teardown_pair(&t);
 }
 
@@ -296,6 +343,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_one_pass_one_write),
 		cmocka_unit_test(test_hold),
+		cmocka_unit_test(test_fill_reads_what_is_there),
 		cmocka_unit_test(test_slow_reader_gets_everything_in_order),
 		cmocka_unit_test(test_gone_peer_reported),
 		cmocka_unit_test(test_detach_and_forget),
