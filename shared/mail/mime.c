@@ -24,6 +24,20 @@
 
 /* ---- small text helpers -------------------------------------------------- */
 
+/* As much of p[0..n) as out's limit lets in (buf_append takes all or
+ * nothing); false, and out's overflow set, when it was cut. */
+static bool put(struct buf *out, const void *p, size_t n)
+{
+	if (out->limit && out->len + n > out->limit) {
+		size_t room = out->limit > out->len ? out->limit - out->len : 0;
+		if (room)
+			buf_append(out, p, room);
+		out->overflow = true;
+		return false;
+	}
+	return buf_append(out, p, n);
+}
+
 static void lower_copy(char *dst, size_t dstlen, const char *src, size_t n)
 {
 	if (dstlen == 0)
@@ -427,7 +441,7 @@ static bool decode_base64(const char *in, size_t n, struct buf *out)
 				if (EVP_DecodeUpdate(ctx, dec, &outl, chunk, (int)cl) < 0)
 					clean = false;
 				if (outl > 0)
-					buf_append(out, dec, (size_t)outl);
+					put(out, dec, (size_t)outl);
 				cl = 0;
 			}
 		} else if (c == '=') {
@@ -455,13 +469,13 @@ static bool decode_base64(const char *in, size_t n, struct buf *out)
 		if (EVP_DecodeUpdate(ctx, dec, &outl, chunk, (int)cl) < 0)
 			clean = false;
 		if (outl > 0)
-			buf_append(out, dec, (size_t)outl);
+			put(out, dec, (size_t)outl);
 	}
 	outl = 0;
 	if (EVP_DecodeFinal(ctx, dec, &outl) < 0)
 		clean = false;
 	else if (outl > 0)
-		buf_append(out, dec, (size_t)outl);
+		put(out, dec, (size_t)outl);
 	EVP_ENCODE_CTX_free(ctx);
 	return clean;
 }
@@ -515,12 +529,12 @@ static bool decode_qp(const char *in, size_t n, struct buf *out, bool header)
 			tmp[t++] = (char)c;
 		}
 		if (t >= sizeof(tmp) - 4) {
-			if (!buf_append(out, tmp, t))
+			if (!put(out, tmp, t))
 				return clean;
 			t = 0;
 		}
 	}
-	buf_append(out, tmp, t);
+	put(out, tmp, t);
 	return clean;
 }
 
@@ -533,7 +547,7 @@ bool mime_decode(const char *msg, const struct mime_part *p, struct buf *out)
 	case MIME_QP:
 		return decode_qp(b, p->body_len, out, false);
 	default:
-		buf_append(out, b, p->body_len);
+		put(out, b, p->body_len);
 		return true;
 	}
 }
@@ -610,7 +624,7 @@ static void utf8_clean(const char *in, size_t n, struct buf *out)
 			i += l;
 			continue;
 		}
-		if (i > run && !buf_append(out, in + run, i - run))
+		if (i > run && !put(out, in + run, i - run))
 			return;
 		put_utf8(out, REPLACEMENT);
 		i++;
@@ -619,7 +633,7 @@ static void utf8_clean(const char *in, size_t n, struct buf *out)
 			return;
 	}
 	if (n > run)
-		buf_append(out, in + run, n - run);
+		put(out, in + run, n - run);
 }
 
 /* Names mail uses that iconv knows otherwise, or that mean a superset
@@ -650,7 +664,7 @@ bool mime_to_utf8(const char *charset, const char *in, size_t len, struct buf *o
 	while (k < len && (unsigned char)in[k] < 0x80)
 		k++;
 	if (k == len) {
-		buf_append(out, in, len);
+		put(out, in, len);
 		return true;
 	}
 	iconv_t cd = iconv_open("UTF-8", charset_alias(charset));
@@ -666,7 +680,7 @@ bool mime_to_utf8(const char *charset, const char *in, size_t len, struct buf *o
 		size_t oleft = sizeof(tmp);
 		size_t r = iconv(cd, &ip, &ileft, &op, &oleft);
 		int err = r == (size_t)-1 ? errno : 0;
-		buf_append(out, tmp, sizeof(tmp) - oleft);
+		put(out, tmp, sizeof(tmp) - oleft);
 		if (err == EILSEQ || err == EINVAL) {
 			put_utf8(out, REPLACEMENT);     /* one byte that does not convert */
 			ip++;
@@ -757,7 +771,7 @@ void mime_header_utf8(const char *value, size_t len, struct buf *out)
 				 * (RFC 2047 6.2) */
 				if (!after_word)
 					plain_run(value, run, i, out);
-				buf_append(out, w.data ? w.data : "", w.len);
+				put(out, w.data ? w.data : "", w.len);
 				buf_free(&w);
 				i += used;
 				run = i;
@@ -868,7 +882,7 @@ void mime_html_text(const char *html, size_t len, struct buf *out, mime_url_fn u
 			uint32_t cp;
 			size_t used;
 			if (entity(html + i + 1, len - i - 1, &cp, &used)) {
-				buf_append(out, html + run, i - run);
+				put(out, html + run, i - run);
 				put_entity_text(out, cp);
 				i += 1 + used;
 				run = i;
@@ -881,7 +895,7 @@ void mime_html_text(const char *html, size_t len, struct buf *out, mime_url_fn u
 			i++;
 			continue;
 		}
-		buf_append(out, html + run, i - run);
+		put(out, html + run, i - run);
 		const char *p = html + i + 1;
 		size_t n = len - i - 1;
 		if (ieq_prefix(p, n, "!--")) {
@@ -988,7 +1002,7 @@ void mime_html_text(const char *html, size_t len, struct buf *out, mime_url_fn u
 			buf_putc(out, ' ');     /* td, span, a ...: words either side stay apart */
 	}
 	if (!out->overflow && len > run)
-		buf_append(out, html + run, len - run);
+		put(out, html + run, len - run);
 }
 
 /* ---- URLs ------------------------------------------------------------------------ */
