@@ -55,7 +55,7 @@ const struct param_set state_param_set = {
 	sizeof(struct state_config)
 };
 
-#define NOPS (STATE_OP_SCAN + 1)
+#define NOPS (STATE_OP_MGET + 1)
 
 struct state {
 	const struct state_backend_ops *ops;
@@ -73,7 +73,7 @@ struct state {
 	char *labels[NOPS];
 };
 
-static const char *op_names[NOPS] = { "get", "set", "del", "incr", "take", "scan" };
+static const char *op_names[NOPS] = { "get", "set", "del", "incr", "take", "scan", "mget" };
 
 const char *state_op_name(enum state_op op)
 {
@@ -316,25 +316,34 @@ static bool key_chars_ok(const char *k, size_t n)
 	return true;
 }
 
+/* Why key is not acceptable (in buf or a constant), NULL if it is; its
+ * length in *len.  A scan prefix may be empty. */
+static const char *key_refused(const char *key, bool empty_ok, size_t *len, char *buf, size_t buflen)
+{
+	if (!key)
+		return "no key";
+	size_t n = strlen(key);
+	*len = n;
+	if (n > STATE_KEY_MAX) {
+		snprintf(buf, buflen, "key too long (%zu bytes, at most %d)", n, STATE_KEY_MAX);
+		return buf;
+	}
+	if (n == 0 && !empty_ok)
+		return "empty key";
+	if (!key_chars_ok(key, n))
+		return "control characters in key";
+	return NULL;
+}
+
 /* Copy key_prefix + key into the request; false (request failed) if
- * the key is not acceptable.  A scan prefix may be empty. */
+ * the key is not acceptable. */
 static bool req_key(struct state_req *req, const char *key, bool empty_ok)
 {
-	if (!key) {
-		state_req_fail(req, "no key");
-		return false;
-	}
-	size_t n = strlen(key);
-	if (n > STATE_KEY_MAX) {
-		state_req_fail(req, "key too long (%zu bytes, at most %d)", n, STATE_KEY_MAX);
-		return false;
-	}
-	if (n == 0 && !empty_ok) {
-		state_req_fail(req, "empty key");
-		return false;
-	}
-	if (!key_chars_ok(key, n)) {
-		state_req_fail(req, "control characters in key");
+	char buf[80];
+	size_t n = 0;
+	const char *why = key_refused(key, empty_ok, &n, buf, sizeof(buf));
+	if (why) {
+		state_req_fail(req, "%s", why);
 		return false;
 	}
 	memcpy(req->key, req->st->prefix, req->plen);
@@ -343,6 +352,39 @@ static bool req_key(struct state_req *req, const char *key, bool empty_ok)
 	req->key[req->klen] = '\0';
 	req->res.key = req->key + req->plen;
 	return true;
+}
+
+/* Copy key_prefix + each key into the request's pool (the first also to
+ * req->key, for res.key); false (request failed) on a bad count or key. */
+static bool req_keys(struct state_req *req, const char *const *keys, size_t n)
+{
+	if (n == 0 || n > STATE_MGET_MAX) {
+		state_req_fail(req, "key count out of range (%zu, 1..%d)", n, STATE_MGET_MAX);
+		return false;
+	}
+	if (!keys) {
+		state_req_fail(req, "no keys");
+		return false;
+	}
+	struct pool *pool = state_req_pool(req);
+	req->keys = pool_alloc(pool, n * sizeof(*req->keys));
+	req->klens = pool_alloc(pool, n * sizeof(*req->klens));
+	char buf[80];
+	for (size_t i = 0; i < n; i++) {
+		size_t len = 0;
+		const char *why = key_refused(keys[i], false, &len, buf, sizeof(buf));
+		if (why) {
+			state_req_fail(req, "key %zu: %s", i, why);
+			return false;
+		}
+		char *k = pool_alloc(pool, req->plen + len + 1);
+		memcpy(k, req->st->prefix, req->plen);
+		memcpy(k + req->plen, keys[i], len + 1);
+		req->keys[i] = k;
+		req->klens[i] = req->plen + len;
+	}
+	req->nkeys = n;
+	return req_key(req, keys[0], false);
 }
 
 static bool ttl_ok(struct state_req *req, long long ttl_ms)
@@ -372,6 +414,12 @@ struct state_req *state_get(struct state *st, const char *key, state_cb cb, void
 {
 	struct state_req *req = req_new(st, STATE_OP_GET, cb, arg);
 	return submit(req, req_key(req, key, false));
+}
+
+struct state_req *state_mget(struct state *st, const char *const *keys, size_t n, state_cb cb, void *arg)
+{
+	struct state_req *req = req_new(st, STATE_OP_MGET, cb, arg);
+	return submit(req, req_keys(req, keys, n));
 }
 
 struct state_req *state_set(struct state *st, const char *key, const void *value, size_t vlen, long long ttl_ms,

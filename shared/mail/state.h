@@ -54,6 +54,7 @@ struct metrics;
 #define STATE_VALUE_MAX 4096            /* bytes */
 #define STATE_TTL_MAX (10LL * 366 * 86400 * 1000)   /* ms */
 #define STATE_SCAN_MAX 1000             /* entries per scan call */
+#define STATE_MGET_MAX 4096             /* keys per state_mget */
 
 enum state_backend { STATE_BACKEND_LMDB, STATE_BACKEND_REDIS };
 enum state_lmdb_sync { STATE_SYNC_PERIODIC, STATE_SYNC_COMMIT };
@@ -83,7 +84,7 @@ struct state_config {
 extern const struct param_set state_param_set;
 
 enum state_status { STATE_OK, STATE_NOTFOUND, STATE_ERROR };
-enum state_op { STATE_OP_GET, STATE_OP_SET, STATE_OP_DEL, STATE_OP_INCR, STATE_OP_TAKE, STATE_OP_SCAN };
+enum state_op { STATE_OP_GET, STATE_OP_SET, STATE_OP_DEL, STATE_OP_INCR, STATE_OP_TAKE, STATE_OP_SCAN, STATE_OP_MGET };
 
 /* One entry of a scan. */
 struct state_entry {
@@ -93,12 +94,19 @@ struct state_entry {
 	long long ttl_ms;               /* time left, -1: no expiry */
 };
 
+/* One key's answer in a state_mget. */
+struct state_value {
+	enum state_status status;       /* STATE_OK (value set) or STATE_NOTFOUND */
+	const char *value;              /* NUL-terminated copy, NUL not counted; NULL when not found */
+	size_t vlen;
+};
+
 /* What a callback gets; everything it points to lives until the callback
  * returns. */
 struct state_result {
 	enum state_status status;
 	enum state_op op;
-	const char *key;                /* the key (scan: the prefix), without key_prefix */
+	const char *key;                /* the key (scan: the prefix; mget: the first key), without key_prefix */
 	const char *reason;             /* STATE_ERROR: what failed; "" otherwise */
 	/* get: the value (NUL-terminated, NUL not counted) */
 	const char *value;
@@ -113,6 +121,9 @@ struct state_result {
 	const struct state_entry *entries;
 	size_t nentries;
 	const char *cursor;             /* pass to the next scan call; "" when the scan is complete */
+	/* mget: one per key, in the order of the keys */
+	const struct state_value *values;
+	size_t nvalues;
 };
 
 typedef void (*state_cb)(void *arg, const struct state_result *r);
@@ -165,6 +176,15 @@ struct state_req *state_incr(struct state *st, const char *key, long long by, lo
  * full again.  rate and burst > 0, 0 <= cost. */
 struct state_req *state_take(struct state *st, const char *key, double rate, double burst, double cost,
 			     state_cb cb, void *arg);
+/* Many gets, one callback: n (1..STATE_MGET_MAX) keys, each checked as
+ * for state_get, read only during the call.  STATE_OK when the store
+ * answered, with values[i] the answer for keys[i] (STATE_OK with the
+ * value, or STATE_NOTFOUND); STATE_ERROR when it could not (values NULL,
+ * nvalues 0), also when n or any key is bad (reason "key I: ...", I the
+ * index in keys).  LMDB reads all the keys in one read transaction,
+ * Redis in one MGET; a malformed or over-long stored value fails the
+ * whole request. */
+struct state_req *state_mget(struct state *st, const char *const *keys, size_t n, state_cb cb, void *arg);
 /* Administration: up to limit (1..STATE_SCAN_MAX) live entries whose key
  * begins with prefix ("" for all), resuming at cursor (NULL or "" to
  * begin).  Bounded work per call: fewer entries than limit with a

@@ -23,7 +23,8 @@ struct state_req {
 	void *arg;
 	enum state_op op;
 	struct state_req *next;         /* completion queue */
-	/* The request.  key = key_prefix + key (scan: + prefix). */
+	/* The request.  key = key_prefix + key (scan: + prefix; mget: + the
+	 * first key). */
 	char key[STATE_PREFIX_MAX + STATE_KEY_MAX + 1];
 	size_t klen;
 	size_t plen;                    /* strlen(key_prefix) */
@@ -34,6 +35,9 @@ struct state_req {
 	double rate, burst, cost;       /* take */
 	const char *cursor;             /* scan: valid during start() only */
 	size_t limit;                   /* scan */
+	char **keys;                    /* mget: key_prefix + each key (pool) */
+	size_t *klens;                  /* mget (pool) */
+	size_t nkeys;                   /* mget */
 	/* The result. */
 	struct state_result res;
 	char reason[256];

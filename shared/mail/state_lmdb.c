@@ -190,6 +190,52 @@ static void op_get(struct lmdb_be *be, struct state_req *req)
 	mdb_txn_reset(txn);
 }
 
+/* All the keys in one read transaction: one snapshot, one clock. */
+static void op_mget(struct lmdb_be *be, struct state_req *req)
+{
+	MDB_txn *txn;
+	int rc = rtxn_begin(be, &txn);
+	if (rc) {
+		fail(be, req, "read", rc);
+		return;
+	}
+	struct pool *pool = state_req_pool(req);
+	struct state_value *vals = pool_alloc(pool, req->nkeys * sizeof(*vals));
+	long long now = state_now_ms();
+	for (size_t i = 0; i < req->nkeys; i++) {
+		MDB_val k = { req->klens[i], req->keys[i] }, v;
+		rc = mdb_get(txn, be->dbi, &k, &v);
+		struct ent e;
+		if (rc == MDB_NOTFOUND) {
+			vals[i].status = STATE_NOTFOUND;
+			continue;
+		}
+		if (rc) {
+			mdb_txn_reset(txn);
+			fail(be, req, "read", rc);
+			return;
+		}
+		if (!decode(&v, &e)) {
+			mdb_txn_reset(txn);
+			state_req_fail(req, "lmdb: malformed entry (key %zu)", i);
+			return;
+		}
+		if (!live(&e, now)) {
+			vals[i].status = STATE_NOTFOUND;
+			continue;
+		}
+		char *copy = pool_alloc(pool, e.len + 1);
+		memcpy(copy, e.data, e.len);
+		vals[i].status = STATE_OK;
+		vals[i].value = copy;
+		vals[i].vlen = e.len;
+	}
+	mdb_txn_reset(txn);
+	req->res.values = vals;
+	req->res.nvalues = req->nkeys;
+	req->res.status = STATE_OK;
+}
+
 static void op_set(struct lmdb_be *be, struct state_req *req)
 {
 	MDB_txn *txn;
@@ -446,6 +492,7 @@ static void lmdb_start(void *arg, struct state_req *req)
 	case STATE_OP_INCR: op_incr(be, req); break;
 	case STATE_OP_TAKE: op_take(be, req); break;
 	case STATE_OP_SCAN: op_scan(be, req); break;
+	case STATE_OP_MGET: op_mget(be, req); break;
 	}
 	state_req_defer(req);
 }

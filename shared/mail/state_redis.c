@@ -456,6 +456,39 @@ static void scan_reply(struct state_req *req, const redisReply *r)
 	req->res.status = STATE_OK;
 }
 
+/* MGET: one element per key, NIL or the value.  The values point into
+ * the reply, which hiredis frees after on_reply() has delivered. */
+static void mget_reply(struct state_req *req, const redisReply *r)
+{
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != req->nkeys) {
+		state_req_fail(req, "redis: unexpected reply (type %d, %zu elements for %zu keys) to mget", r->type,
+			       r->type == REDIS_REPLY_ARRAY ? r->elements : (size_t)0, req->nkeys);
+		return;
+	}
+	struct state_value *vals = pool_alloc(state_req_pool(req), req->nkeys * sizeof(*vals));
+	for (size_t i = 0; i < req->nkeys; i++) {
+		const redisReply *e = r->element[i];
+		if (e->type == REDIS_REPLY_NIL) {
+			vals[i].status = STATE_NOTFOUND;
+			continue;
+		}
+		if (e->type != REDIS_REPLY_STRING) {
+			state_req_fail(req, "redis: unexpected reply (type %d) to mget for key %zu", e->type, i);
+			return;
+		}
+		if (e->len > STATE_VALUE_MAX) {
+			state_req_fail(req, "redis: value too long (%zu bytes) for key %zu", e->len, i);
+			return;
+		}
+		vals[i].status = STATE_OK;
+		vals[i].value = e->str;
+		vals[i].vlen = e->len;
+	}
+	req->res.values = vals;
+	req->res.nvalues = req->nkeys;
+	req->res.status = STATE_OK;
+}
+
 static void user_reply(struct state_req *req, const redisReply *r)
 {
 	if (r->type == REDIS_REPLY_ERROR) {
@@ -510,6 +543,9 @@ static void user_reply(struct state_req *req, const redisReply *r)
 	}
 	case STATE_OP_SCAN:
 		scan_reply(req, r);
+		return;
+	case STATE_OP_MGET:
+		mget_reply(req, r);
 		return;
 	}
 	state_req_fail(req, "redis: unexpected reply (type %d) to %s", r->type, state_op_name(req->op));
@@ -635,6 +671,26 @@ static void glob_prefix(char *out, size_t outlen, const char *p, size_t n)
 	out[j] = '\0';
 }
 
+/* MGET key...: up to STATE_MGET_MAX + 1 arguments, too many for the
+ * fixed arrays of send_user(); hiredis copies them into its buffer. */
+static bool send_mget(struct redis_be *be, struct rcmd *c)
+{
+	struct state_req *req = c->req;
+	size_t argc = req->nkeys + 1;
+	const char **argv = xmalloc(argc * sizeof(*argv));
+	size_t *len = xmalloc(argc * sizeof(*len));
+	argv[0] = "MGET";
+	len[0] = 4;
+	for (size_t i = 0; i < req->nkeys; i++) {
+		argv[i + 1] = req->keys[i];
+		len[i + 1] = req->klens[i];
+	}
+	bool sent = send_argv(be, c, (int)argc, argv, len);
+	free(argv);
+	free(len);
+	return sent;
+}
+
 static bool send_user(struct redis_be *be, struct rcmd *c)
 {
 	struct state_req *req = c->req;
@@ -701,6 +757,8 @@ static bool send_user(struct redis_be *be, struct rcmd *c)
 			ARGS(a[i]);
 		break;
 	}
+	case STATE_OP_MGET:
+		return send_mget(be, c);
 	}
 #undef SCRIPT
 #undef ARGS

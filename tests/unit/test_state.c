@@ -3,8 +3,9 @@
  * redis-server the suite starts on loopback): get/set/del, expiry and the
  * LMDB purge, counters and token buckets (also from two processes at
  * once), prefix scans, bounds, the callback contract, Redis stopped,
- * frozen and refusing the password, reconnection, metrics, and the median
- * latency of get and take (printed, not asserted).
+ * frozen and refusing the password, reconnection, metrics, batched gets
+ * (mget), and the median latency of get and take (printed, not
+ * asserted).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -238,6 +239,13 @@ struct ent {
 	long long ttl;
 };
 
+/* One answer of an mget, copied. */
+struct val {
+	enum state_status status;
+	char *value;            /* NULL when not found */
+	size_t vlen;
+};
+
 struct res {
 	int calls;
 	bool in_call;           /* the operation's function has not returned yet */
@@ -253,8 +261,20 @@ struct res {
 	struct ent *ents;
 	size_t nents;
 	char cursor[STATE_KEY_MAX + 64];
+	char key[STATE_KEY_MAX + 1];
+	struct val *vals;       /* mget */
+	size_t nvals;
 	long long t0, elapsed_ns;
 };
+
+static void vals_free(struct res *x)
+{
+	for (size_t i = 0; i < x->nvals; i++)
+		free(x->vals[i].value);
+	free(x->vals);
+	x->vals = NULL;
+	x->nvals = 0;
+}
 
 static void res_cb(void *arg, const struct state_result *r)
 {
@@ -291,11 +311,43 @@ static void res_cb(void *arg, const struct state_result *r)
 	}
 	if (r->status == STATE_OK && r->op == STATE_OP_GET)
 		assert_int_equal(r->value[r->vlen], '\0');
+	snprintf(x->key, sizeof(x->key), "%s", r->key ? r->key : "(null)");
+	vals_free(x);
+	if (r->op == STATE_OP_MGET && r->status == STATE_OK) {
+		assert_non_null(r->values);
+		assert_true(r->nvalues >= 1 && r->nvalues <= STATE_MGET_MAX);
+	} else {
+		/* values only with an answered mget */
+		assert_null(r->values);
+		assert_int_equal(r->nvalues, 0);
+	}
+	if (r->nvalues) {
+		x->vals = xcalloc(r->nvalues, sizeof(*x->vals));
+		x->nvals = r->nvalues;
+		for (size_t i = 0; i < r->nvalues; i++) {
+			const struct state_value *v = &r->values[i];
+			x->vals[i].status = v->status;
+			x->vals[i].vlen = v->vlen;
+			if (v->status == STATE_OK) {
+				assert_non_null(v->value);
+				assert_true(v->vlen <= STATE_VALUE_MAX);
+				/* the value is NUL-terminated */
+				assert_int_equal(v->value[v->vlen], '\0');
+				x->vals[i].value = xmalloc(v->vlen + 1);
+				memcpy(x->vals[i].value, v->value, v->vlen + 1);
+			} else {
+				assert_int_equal(v->status, STATE_NOTFOUND);
+				assert_null(v->value);
+				assert_int_equal(v->vlen, 0);
+			}
+		}
+	}
 }
 
 static void res_begin(struct res *x)
 {
 	free(x->ents);
+	vals_free(x);
 	memset(x, 0, sizeof(*x));
 	x->in_call = true;
 	x->t0 = mono_ns();
@@ -315,6 +367,7 @@ static void res_free(struct res *x)
 {
 	free(x->ents);
 	x->ents = NULL;
+	vals_free(x);
 }
 
 static struct res *get(struct fx *f, struct res *x, const char *key)
@@ -366,6 +419,15 @@ static struct res *scan(struct fx *f, struct res *x, const char *prefix, const c
 {
 	res_begin(x);
 	assert_non_null(state_scan(f->st, prefix, cursor, limit, res_cb, x));
+	res_wait(f, x);
+	return x;
+}
+
+static struct res *mget(struct fx *f, struct res *x, const char *const *keys, size_t n)
+{
+	res_begin(x);
+	assert_non_null(state_mget(f->st, keys, n, res_cb, x));
+	assert_int_equal(x->calls, 0);
 	res_wait(f, x);
 	return x;
 }
@@ -859,6 +921,374 @@ static void contract(struct suite *s, int backend)
 }
 BOTH(contract)
 
+/* ---- mget ---------------------------------------------------------------- */
+
+static void assert_value(const struct res *x, size_t i, enum state_status st, const void *v, size_t n)
+{
+	if (i >= x->nvals)
+		fail_msg("value %zu of %zu", i, x->nvals);
+	if (x->vals[i].status != st)
+		fail_msg("value %zu: status %s, expected %s", i, state_status_name(x->vals[i].status),
+			 state_status_name(st));
+	if (st != STATE_OK)
+		return;
+	if (x->vals[i].vlen != n)
+		fail_msg("value %zu: %zu bytes, expected %zu", i, x->vals[i].vlen, n);
+	if (n)
+		assert_memory_equal(x->vals[i].value, v, n);
+}
+
+#define assert_reason(x, text) do { \
+	if (!strstr((x)->reason, (text))) \
+		fail_msg("reason \"%s\" lacks \"%s\"", (x)->reason, (text)); \
+} while (0)
+
+static void mgets(struct suite *s, int backend)
+{
+	struct fx f;
+	struct res x = { 0 };
+	fx_open(&f, s, backend, NULL);
+	char *big = xmalloc(STATE_VALUE_MAX);
+	for (int i = 0; i < STATE_VALUE_MAX; i++)
+		big[i] = (char)('a' + i % 26);
+	big[1000] = '\0';
+	assert_status(sets(&f, &x, "m:a", "alpha", 0), STATE_OK);
+	assert_status(set(&f, &x, "m:bin", "x\0y\r\n", 5, 0), STATE_OK);
+	assert_status(set(&f, &x, "m:big", big, STATE_VALUE_MAX, 0), STATE_OK);
+	assert_status(set(&f, &x, "m:empty", NULL, 0, 0), STATE_OK);
+	assert_status(sets(&f, &x, "m:ttl", "for a minute", 60000), STATE_OK);
+	assert_status(sets(&f, &x, "m:exp", "short-lived", 300), STATE_OK);
+	const char *exp[] = { "m:exp" };
+	assert_status(mget(&f, &x, exp, 1), STATE_OK);
+	assert_value(&x, 0, STATE_OK, "short-lived", 11);
+	run_for(&f, 450);
+	/* present, missing, expired, repeated, in the order asked; the
+	 * caller's keys are read during the call only */
+	char keys[9][32] = { "m:a", "m:missing", "m:bin", "m:exp", "m:big", "m:empty", "m:a", "m:ttl", "m:none" };
+	const char *kp[9];
+	for (int i = 0; i < 9; i++)
+		kp[i] = keys[i];
+	res_begin(&x);
+	assert_non_null(state_mget(f.st, kp, 9, res_cb, &x));
+	assert_int_equal(x.calls, 0);
+	for (int i = 0; i < 9; i++)
+		snprintf(keys[i], sizeof(keys[i]), "scribbled%d", i);
+	res_wait(&f, &x);
+	assert_status(&x, STATE_OK);
+	assert_string_equal(x.reason, "");
+	assert_string_equal(x.key, "m:a");
+	assert_int_equal(x.nvals, 9);
+	assert_value(&x, 0, STATE_OK, "alpha", 5);
+	assert_value(&x, 1, STATE_NOTFOUND, NULL, 0);
+	assert_value(&x, 2, STATE_OK, "x\0y\r\n", 5);
+	assert_value(&x, 3, STATE_NOTFOUND, NULL, 0);
+	assert_value(&x, 4, STATE_OK, big, STATE_VALUE_MAX);
+	assert_value(&x, 5, STATE_OK, "", 0);
+	assert_value(&x, 6, STATE_OK, "alpha", 5);
+	assert_value(&x, 7, STATE_OK, "for a minute", 12);
+	assert_value(&x, 8, STATE_NOTFOUND, NULL, 0);
+	/* one key; nothing there at all */
+	const char *one[] = { "m:bin" }, *none[] = { "m:x", "m:y" };
+	assert_status(mget(&f, &x, one, 1), STATE_OK);
+	assert_int_equal(x.nvals, 1);
+	assert_value(&x, 0, STATE_OK, "x\0y\r\n", 5);
+	assert_status(mget(&f, &x, none, 2), STATE_OK);
+	assert_int_equal(x.nvals, 2);
+	assert_string_equal(x.key, "m:x");
+	assert_value(&x, 0, STATE_NOTFOUND, NULL, 0);
+	assert_value(&x, 1, STATE_NOTFOUND, NULL, 0);
+	/* the answers follow writes */
+	assert_status(del(&f, &x, "m:a"), STATE_OK);
+	assert_status(sets(&f, &x, "m:none", "now", 0), STATE_OK);
+	const char *after[] = { "m:a", "m:none" };
+	mget(&f, &x, after, 2);
+	assert_value(&x, 0, STATE_NOTFOUND, NULL, 0);
+	assert_value(&x, 1, STATE_OK, "now", 3);
+
+	/* key_prefix: a store without one, on the same data, sees the keys
+	 * under this store's prefix */
+	char path[300], prefix[32];
+	snprintf(path, sizeof(path), "%s", f.lmdb_path);
+	snprintf(prefix, sizeof(prefix), "%s", f.prefix);
+	fx_close(&f);
+	char *extra = xasprintf("lmdb_path = %s\nkey_prefix =\n", path);
+	fx_open(&f, s, backend, extra);
+	free(extra);
+	char full[64];
+	snprintf(full, sizeof(full), "%sm:bin", prefix);
+	const char *bare[] = { "m:bin", full };
+	mget(&f, &x, bare, 2);
+	assert_status(&x, STATE_OK);
+	assert_value(&x, 0, STATE_NOTFOUND, NULL, 0);
+	assert_value(&x, 1, STATE_OK, "x\0y\r\n", 5);
+	assert_status(sets(&f, &x, "m:bin", "unprefixed", 0), STATE_OK);
+	mget(&f, &x, bare, 2);
+	assert_value(&x, 0, STATE_OK, "unprefixed", 10);
+	assert_value(&x, 1, STATE_OK, "x\0y\r\n", 5);
+	assert_status(del(&f, &x, "m:bin"), STATE_OK);
+	fx_close(&f);
+	/* and the prefixed store does not see the unprefixed key */
+	extra = xasprintf("lmdb_path = %s\nkey_prefix = %s\n", path, prefix);
+	fx_open(&f, s, backend, extra);
+	free(extra);
+	assert_status(sets(&f, &x, "m:bin", "mine", 0), STATE_OK);
+	snprintf(full, sizeof(full), "%sm:bin", prefix);
+	const char *mine[] = { "m:bin", full };
+	mget(&f, &x, mine, 2);
+	assert_value(&x, 0, STATE_OK, "mine", 4);
+	assert_value(&x, 1, STATE_NOTFOUND, NULL, 0);
+	free(big);
+	res_free(&x);
+	fx_close(&f);
+}
+BOTH(mgets)
+
+static void mget_bounds(struct suite *s, int backend)
+{
+	struct fx f;
+	struct res x = { 0 };
+	fx_config(&f, s, backend, NULL);
+	f.metrics = metrics_new("mx", "mx");
+	f.cfg.metrics = f.metrics;
+	fx_open_only(&f);
+	wait_up(&f, 5000);
+	/* a bad count or key fails the whole request, from the loop */
+	const char *ks[] = { "a", "b", "c", "d\x01", "e" };
+	assert_status(mget(&f, &x, ks, 0), STATE_ERROR);
+	assert_reason(&x, "key count out of range (0, 1..4096)");
+	assert_status(mget(&f, &x, ks, 3), STATE_OK);
+	assert_status(mget(&f, &x, ks, 5), STATE_ERROR);
+	assert_string_equal(x.reason, "key 3: control characters in key");
+	struct metric *ops = metrics_counter(f.metrics, "rampart_state_operations_total", NULL);
+	struct metric *errs = metrics_counter(f.metrics, "rampart_state_errors_total", NULL);
+	const char *labels = backend == STATE_BACKEND_REDIS ? "backend=\"redis\",op=\"mget\"" : "backend=\"lmdb\",op=\"mget\"";
+	assert_true(metric_get(ops, labels) == 3);
+	assert_true(metric_get(errs, labels) == 2);
+	const char *ctl[] = { "line\nbreak", "b" };
+	assert_status(mget(&f, &x, ctl, 2), STATE_ERROR);
+	assert_string_equal(x.reason, "key 0: control characters in key");
+	const char *del_char[] = { "a", "b\x7f" };
+	assert_status(mget(&f, &x, del_char, 2), STATE_ERROR);
+	assert_string_equal(x.reason, "key 1: control characters in key");
+	const char *empty[] = { "a", "", "c" };
+	assert_status(mget(&f, &x, empty, 3), STATE_ERROR);
+	assert_string_equal(x.reason, "key 1: empty key");
+	const char *nul[] = { "a", NULL };
+	assert_status(mget(&f, &x, nul, 2), STATE_ERROR);
+	assert_string_equal(x.reason, "key 1: no key");
+	assert_status(mget(&f, &x, NULL, 1), STATE_ERROR);
+	assert_reason(&x, "no keys");
+	char longest[STATE_KEY_MAX + 2];
+	memset(longest, 'k', sizeof(longest));
+	longest[STATE_KEY_MAX + 1] = '\0';
+	const char *toolong[] = { "a", "b", longest };
+	assert_status(mget(&f, &x, toolong, 3), STATE_ERROR);
+	assert_reason(&x, "key 2: key too long (481 bytes, at most 480)");
+	longest[STATE_KEY_MAX] = '\0';
+	assert_status(sets(&f, &x, longest, "longest", 0), STATE_OK);
+	mget(&f, &x, toolong, 3);
+	assert_status(&x, STATE_OK);
+	assert_value(&x, 2, STATE_OK, "longest", 7);
+
+	/* STATE_MGET_MAX keys of the longest length, one in 16 there */
+	char **many = xcalloc(STATE_MGET_MAX + 1, sizeof(*many));
+	for (int i = 0; i <= STATE_MGET_MAX; i++) {
+		many[i] = xmalloc(STATE_KEY_MAX + 1);
+		memset(many[i], 'p', STATE_KEY_MAX);
+		many[i][STATE_KEY_MAX] = '\0';
+		char head[16];
+		int n = snprintf(head, sizeof(head), "many:%04d:", i);
+		memcpy(many[i], head, (size_t)n);
+	}
+	char val[32];
+	for (int i = 0; i < STATE_MGET_MAX; i += 16) {
+		snprintf(val, sizeof(val), "v%d", i);
+		assert_status(sets(&f, &x, many[i], val, 0), STATE_OK);
+	}
+	assert_status(mget(&f, &x, (const char *const *)many, STATE_MGET_MAX + 1), STATE_ERROR);
+	assert_reason(&x, "key count out of range (4097, 1..4096)");
+	mget(&f, &x, (const char *const *)many, STATE_MGET_MAX);
+	assert_status(&x, STATE_OK);
+	assert_int_equal(x.nvals, STATE_MGET_MAX);
+	assert_string_equal(x.key, many[0]);
+	for (int i = 0; i < STATE_MGET_MAX; i++) {
+		snprintf(val, sizeof(val), "v%d", i);
+		assert_value(&x, (size_t)i, i % 16 ? STATE_NOTFOUND : STATE_OK, val, strlen(val));
+	}
+	for (int i = 0; i <= STATE_MGET_MAX; i++)
+		free(many[i]);
+	free(many);
+
+	/* nobody listening; cancelled */
+	const char *one[] = { "a" };
+	assert_null(state_mget(f.st, one, 1, NULL, NULL));
+	int called = 0;
+	state_cancel(state_mget(f.st, one, 1, never_cb, &called));
+	state_cancel(state_mget(f.st, one, 0, never_cb, &called));
+	run_for(&f, 100);
+	assert_int_equal(called, 0);
+	/* pending at close: told inside state_close, values or an error */
+	res_begin(&x);
+	state_mget(f.st, ks, 3, res_cb, &x);
+	x.in_call = false;
+	state_close(f.st);
+	f.st = NULL;
+	assert_int_equal(x.calls, 1);
+	assert_true(x.status == STATE_OK || strstr(x.reason, "closed"));
+	res_free(&x);
+	fx_close(&f);
+}
+BOTH(mget_bounds)
+
+/* An entry LMDB cannot decode fails the whole mget. */
+static void test_lmdb_mget_malformed(void **state)
+{
+	struct suite *s = *state;
+	struct fx f;
+	struct res x = { 0 };
+	fx_open(&f, s, STATE_BACKEND_LMDB, NULL);
+	assert_status(sets(&f, &x, "ok", "1", 0), STATE_OK);
+	char path[300], prefix[32];
+	snprintf(path, sizeof(path), "%s", f.lmdb_path);
+	snprintf(prefix, sizeof(prefix), "%s", f.prefix);
+	fx_close(&f);
+	/* no store has the file open now */
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	char bad[64];
+	snprintf(bad, sizeof(bad), "%sbad", prefix);
+	MDB_val k = { strlen(bad), bad }, v = { 3, "abc" };     /* shorter than its expiry */
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_open(env, path, MDB_NOSUBDIR, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, NULL, 0, &dbi), 0);
+	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	char *extra = xasprintf("lmdb_path = %s\nkey_prefix = %s\n", path, prefix);
+	fx_open(&f, s, STATE_BACKEND_LMDB, extra);
+	free(extra);
+	const char *keys[] = { "ok", "missing", "bad" };
+	assert_status(mget(&f, &x, keys, 3), STATE_ERROR);
+	assert_reason(&x, "lmdb: malformed entry (key 2)");
+	assert_int_equal(x.nvals, 0);
+	assert_status(mget(&f, &x, keys, 2), STATE_OK);
+	assert_value(&x, 0, STATE_OK, "1", 1);
+	assert_value(&x, 1, STATE_NOTFOUND, NULL, 0);
+	res_free(&x);
+	fx_close(&f);
+}
+
+/* One command to the suite's server, in db 3 as the stores use it; the
+ * test fails unless it is accepted. */
+static void redis_raw(struct suite *s, int argc, const char *const *argv, const size_t *len)
+{
+	char *buf = NULL;
+	size_t blen = 0;
+	FILE *m = open_memstream(&buf, &blen);
+	fprintf(m, "*2\r\n$4\r\nAUTH\r\n$%zu\r\n%s\r\n", strlen(REDIS_PASSWORD), REDIS_PASSWORD);
+	fprintf(m, "*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n");
+	fprintf(m, "*%d\r\n", argc);
+	for (int i = 0; i < argc; i++) {
+		fprintf(m, "$%zu\r\n", len[i]);
+		fwrite(argv[i], 1, len[i], m);
+		fputs("\r\n", m);
+	}
+	fclose(m);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)s->port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct timeval tv = { 2, 0 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(write(fd, buf, blen), (ssize_t)blen);
+	free(buf);
+	/* three one-line answers */
+	char in[256];
+	size_t n = 0;
+	int lines = 0;
+	while (lines < 3 && n < sizeof(in) - 1) {
+		ssize_t r = read(fd, in + n, sizeof(in) - 1 - n);
+		assert_true(r > 0);
+		for (ssize_t i = 0; i < r; i++)
+			lines += in[n + (size_t)i] == '\n';
+		n += (size_t)r;
+	}
+	in[n] = '\0';
+	close(fd);
+	if (strchr(in, '-'))
+		fail_msg("redis refused: %s", in);
+}
+
+/* Redis: a stored value too long for the store fails the mget; Redis
+ * stopped and frozen fail it as they fail a get. */
+static void test_redis_mget(void **state)
+{
+	struct suite *s = *state;
+	struct fx f;
+	struct res x = { 0 };
+	fx_open(&f, s, STATE_BACKEND_REDIS, NULL);
+	assert_status(sets(&f, &x, "k", "v", 0), STATE_OK);
+	char key[64];
+	snprintf(key, sizeof(key), "%shuge", f.prefix);
+	char *huge = xmalloc(STATE_VALUE_MAX + 1);
+	memset(huge, 'h', STATE_VALUE_MAX + 1);
+	const char *argv[] = { "SET", key, huge };
+	size_t len[] = { 3, strlen(key), STATE_VALUE_MAX + 1 };
+	redis_raw(s, 3, argv, len);
+	free(huge);
+	const char *keys[] = { "k", "nothing", "huge" };
+	assert_status(mget(&f, &x, keys, 3), STATE_ERROR);
+	assert_reason(&x, "redis: value too long (4097 bytes) for key 2");
+	assert_status(mget(&f, &x, keys, 2), STATE_OK);
+	assert_value(&x, 0, STATE_OK, "v", 1);
+	assert_value(&x, 1, STATE_NOTFOUND, NULL, 0);
+
+	/* stopped: the first mget notices, the next ones fail at once */
+	stop_redis(s);
+	mget(&f, &x, keys, 2);
+	assert_status(&x, STATE_ERROR);
+	assert_true(x.elapsed_ns < 1000000000LL);
+	assert_int_equal(strncmp(x.reason, "redis: ", 7), 0);
+	for (int i = 0; i < 5; i++) {
+		mget(&f, &x, keys, 2);
+		assert_status(&x, STATE_ERROR);
+		assert_true(x.elapsed_ns < 100000000LL);
+		assert_reason(&x, "unavailable");
+		run_for(&f, 50);
+	}
+	start_redis(s, true);
+	wait_up(&f, 15000);
+	/* the server came back empty (no persistence) */
+	assert_status(sets(&f, &x, "k", "back", 0), STATE_OK);
+	mget(&f, &x, keys, 2);
+	assert_status(&x, STATE_OK);
+	assert_value(&x, 0, STATE_OK, "back", 4);
+
+	/* frozen: the deadline ends the wait, of the mget and of a get
+	 * behind it */
+	kill(s->redis, SIGSTOP);
+	struct res y = { 0 };
+	res_begin(&x);
+	state_mget(f.st, keys, 2, res_cb, &x);
+	x.in_call = false;
+	get(&f, &y, "k");
+	assert_status(&y, STATE_ERROR);
+	assert_int_equal(x.calls, 1);
+	assert_status(&x, STATE_ERROR);
+	assert_reason(&x, "no answer within 500 ms");
+	assert_int_equal(x.nvals, 0);
+	kill(s->redis, SIGCONT);
+	wait_up(&f, 15000);
+	mget(&f, &x, keys, 2);
+	assert_status(&x, STATE_OK);
+	assert_value(&x, 0, STATE_OK, "back", 4);
+	res_free(&x);
+	res_free(&y);
+	fx_close(&f);
+}
+
 /* ---- Redis failures ------------------------------------------------------ */
 
 static int count_in_log(struct suite *s, off_t from, const char *needle)
@@ -1184,6 +1614,10 @@ int main(void)
 		BOTH_TESTS(bounds),
 		BOTH_TESTS(contract),
 		BOTH_TESTS(metrics_counted),
+		BOTH_TESTS(mgets),
+		BOTH_TESTS(mget_bounds),
+		cmocka_unit_test(test_lmdb_mget_malformed),
+		cmocka_unit_test(test_redis_mget),
 		cmocka_unit_test(test_redis_down_and_back),
 		cmocka_unit_test(test_redis_frozen),
 		cmocka_unit_test(test_redis_auth_and_unix),
