@@ -6,16 +6,19 @@
  *   rampartctl [-c rampart.conf] [-n instance] quarantine list|show ID|release ID|delete ID
  *   rampartctl [-c rampart.conf] [-n instance] ratelimit show|reset KIND:VALUE | list [KIND]
  *   rampartctl [-c rampart.conf] [-n instance] greylist list [FILTER] | allow CLIENT | purge [FILTER]
+ *   rampartctl [-c rampart.conf] [-n instance] bayes train spam|ham PATH... | stats
+ *   rampartctl [-c rampart.conf] [-n instance] spam score [--db FILE] [FILE...]
  *
  * config check validates every section of the file with the same
  * parameter tables the programs use, and prints the effective values with
  * where each came from (default, file:line, environment).
- * It may reach: the configuration file, the spool directories, and the
- * stage processes (a signal to make them act on a flush).
+ * It may reach: the configuration file, the spool directories, the state
+ * store, the mail files it is given to learn or score, and the stage processes (a signal to make them act on a flush).
  */
 #include "dkim_keygen.h"
 #include "ratelimit_ctl.h"
 #include "greylist_ctl.h"
+#include "bayes_ctl.h"
 #include "user_ctl.h"
 #include "checks/check.h"
 #include "mail/ledger.h"
@@ -82,7 +85,13 @@ static int usage(void)
 		"  user add NAME [--app] [--senders LIST] [--password-stdin]   a submission account (-n submit)\n"
 		"  user passwd NAME [--password-stdin] | set NAME [--app|--no-app] [--senders LIST]\n"
 		"  user lock NAME | unlock NAME | del NAME | list\n"
-		"  authfail list | reset ADDRESS|ACCOUNT   failed-authentication counters of the submission stage\n");
+		"  authfail list | reset ADDRESS|ACCOUNT   failed-authentication counters of the submission stage\n"
+		"  bayes train spam|ham [--untrain] [--db FILE] PATH...\n"
+		"                            learn messages (files, mbox files, Maildirs, directories of files)\n"
+		"  bayes stats [--db FILE]   messages trained and tokens known\n"
+		"  spam score [--db FILE] [--config FILE] [--top N] [FILE...]\n"
+		"                            score, verdict and strongest clues of a message on standard input\n"
+		"                            (with FILEs: one line each, \"SCORE VERDICT FILE\")\n");
 	return 2;
 }
 
@@ -437,6 +446,10 @@ int main(int argc, char **argv)
 		return quarantine_cmd(path, instance, argc - 1, argv + 1);
 	if (strcmp(argv[0], "greylist") == 0)
 		return greylist_ctl_main(path, instance, argc - 1, argv + 1);
+	if (strcmp(argv[0], "bayes") == 0)
+		return bayes_ctl_main(path, instance, argc - 1, argv + 1);
+	if (strcmp(argv[0], "spam") == 0)
+		return spam_ctl_main(path, instance, argc - 1, argv + 1);
 	if (strcmp(argv[0], "dkim") == 0 && argc >= 2 && strcmp(argv[1], "keygen") == 0)
 		return dkim_keygen_main(argc - 1, argv + 1);
 	return usage();

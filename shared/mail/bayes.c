@@ -58,6 +58,10 @@ static void emit(struct toks *T, const char *prefix, const char *w, size_t wl)
 	memcpy(tok + pl, w, wl);
 	size_t len = pl + wl;
 	tok[len] = '\0';
+	/* a token is a state-store key: no control characters */
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)tok[i] < 0x20 || tok[i] == 0x7F)
+			tok[i] = '?';
 	if (len == 0)
 		return;
 	uint64_t h = fnv1a(tok, len);

@@ -1,0 +1,177 @@
+/*
+ * bayes_db.c — token counts in the state store (bayes_db.h).
+ */
+#include "bayes_db.h"
+#include "state.h"
+#include "../util/alloc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- lookup ---------------------------------------------------------------- */
+
+struct lookup {
+	struct bayes_token *toks;
+	size_t n;
+	unsigned pending;
+	bool failed;
+	char why[256];
+	long long nspam, nham;
+	bayes_db_lookup_fn done;
+	void *arg;
+};
+
+struct batch {
+	struct lookup *L;
+	size_t first, count;            /* tokens toks[first .. first+count) */
+	bool totals;                    /* the two message counts follow the tokens */
+};
+
+static long long count_of(const struct state_value *v)
+{
+	if (v->status != STATE_OK || v->vlen == 0 || v->vlen > 20)
+		return 0;
+	char *end;
+	long long c = strtoll(v->value, &end, 10);
+	return *end || c < 0 ? 0 : c;
+}
+
+static void lookup_finish(struct lookup *L)
+{
+	bayes_db_lookup_fn done = L->done;
+	void *arg = L->arg;
+	bool ok = !L->failed;
+	long long s = ok ? L->nspam : 0, h = ok ? L->nham : 0;
+	char why[256];
+	snprintf(why, sizeof(why), "%s", L->why);
+	free(L);
+	done(arg, ok, s, h, ok ? "" : why);
+}
+
+static void got_batch(void *arg, const struct state_result *r)
+{
+	struct batch *b = arg;
+	struct lookup *L = b->L;
+	if (r->status != STATE_OK) {
+		if (!L->failed)
+			snprintf(L->why, sizeof(L->why), "%s", r->reason);
+		L->failed = true;
+	} else {
+		for (size_t i = 0; i < b->count && 2 * i + 1 < r->nvalues; i++) {
+			struct bayes_token *t = &L->toks[b->first + i];
+			t->spam = count_of(&r->values[2 * i]);
+			t->ham = count_of(&r->values[2 * i + 1]);
+		}
+		if (b->totals && r->nvalues >= 2 * b->count + 2) {
+			L->nspam = count_of(&r->values[2 * b->count]);
+			L->nham = count_of(&r->values[2 * b->count + 1]);
+		}
+	}
+	free(b);
+	if (--L->pending == 0)
+		lookup_finish(L);
+}
+
+void bayes_db_lookup(struct state *st, struct bayes_token *toks, size_t n, bayes_db_lookup_fn done, void *arg)
+{
+	struct lookup *L = xcalloc(1, sizeof(*L));
+	L->toks = toks;
+	L->n = n;
+	L->done = done;
+	L->arg = arg;
+	for (size_t i = 0; i < n; i++)
+		toks[i].spam = toks[i].ham = 0;
+	size_t nbatches = n / BAYES_DB_BATCH + 1;       /* the last one carries the totals */
+	L->pending = (unsigned)nbatches;
+	char **keys = xcalloc(2 * BAYES_DB_BATCH + 2, sizeof(*keys));
+	for (size_t bi = 0; bi < nbatches; bi++) {
+		struct batch *b = xcalloc(1, sizeof(*b));
+		b->L = L;
+		b->first = bi * BAYES_DB_BATCH;
+		b->count = n - b->first < BAYES_DB_BATCH ? n - b->first : BAYES_DB_BATCH;
+		b->totals = bi == nbatches - 1;
+		size_t k = 0;
+		for (size_t i = 0; i < b->count; i++) {
+			const char *tok = toks[b->first + i].tok;
+			keys[k++] = xasprintf("bayes:s:%s", tok);
+			keys[k++] = xasprintf("bayes:h:%s", tok);
+		}
+		if (b->totals) {
+			keys[k++] = xstrdup("bayes:n:s");
+			keys[k++] = xstrdup("bayes:n:h");
+		}
+		state_mget(st, (const char *const *)keys, k, got_batch, b);
+		for (size_t i = 0; i < k; i++)
+			free(keys[i]);
+	}
+	free(keys);
+}
+
+/* ---- learning ---------------------------------------------------------------- */
+
+/* Counter updates in flight at once: under Redis's max_pending with room
+ * for everything else the process does. */
+#define LEARN_WINDOW 128
+
+struct learn {
+	struct state *st;
+	char **keys;                    /* every counter to move; the last is the message count */
+	size_t nkeys, next;
+	int by;
+	unsigned pending;
+	bool failed;
+	char why[256];
+	bayes_db_done_fn done;
+	void *arg;
+};
+
+static void counted(void *arg, const struct state_result *r);
+
+static void learn_more(struct learn *L)
+{
+	while (L->next < L->nkeys && L->pending < LEARN_WINDOW) {
+		L->pending++;
+		state_incr(L->st, L->keys[L->next++], L->by, 0, counted, L);
+	}
+}
+
+static void counted(void *arg, const struct state_result *r)
+{
+	struct learn *L = arg;
+	if (r->status == STATE_ERROR && !L->failed) {
+		L->failed = true;
+		snprintf(L->why, sizeof(L->why), "%s: %s", r->key, r->reason);
+	}
+	L->pending--;
+	if (!L->failed)
+		learn_more(L);
+	if (L->pending > 0)
+		return;
+	bayes_db_done_fn done = L->done;
+	void *darg = L->arg;
+	bool ok = !L->failed;
+	char why[256];
+	snprintf(why, sizeof(why), "%s", L->why);
+	for (size_t i = 0; i < L->nkeys; i++)
+		free(L->keys[i]);
+	free(L->keys);
+	free(L);
+	done(darg, ok, ok ? "" : why);
+}
+
+void bayes_db_learn(struct state *st, char *const *toks, size_t n, bool spam, int by, bayes_db_done_fn done,
+		    void *arg)
+{
+	struct learn *L = xcalloc(1, sizeof(*L));
+	L->st = st;
+	L->by = by;
+	L->done = done;
+	L->arg = arg;
+	L->nkeys = n + 1;
+	L->keys = xcalloc(L->nkeys, sizeof(*L->keys));
+	for (size_t i = 0; i < n; i++)
+		L->keys[i] = xasprintf("bayes:%c:%s", spam ? 's' : 'h', toks[i]);
+	L->keys[n] = xstrdup(spam ? "bayes:n:s" : "bayes:n:h");
+	learn_more(L);
+}
