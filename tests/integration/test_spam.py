@@ -1,0 +1,101 @@
+"""The anti-spam tools over real files and the real state store: rampartctl
+bayes train (message files, an mbox file, a Maildir, a directory),
+bayes stats, spam score (standard input and files), untraining, the
+configuration's [state] or an LMDB file named by --db, and the errors of
+bad arguments and missing files."""
+
+import os
+import re
+
+from lib import Lab, check
+
+SPAM = ["Subject: Cheap pills {n}\nFrom: deals{n}@pharma.example\n\nBuy cheap pills now, best price {n}!\n"
+        "Visit http://pharma.example/{n} for the offer.\n",
+        "Subject: You are a winner {n}\nFrom: lottery@prize.example\n\nClaim your prize money today {n}, "
+        "click http://prize.example/claim now.\n"]
+HAM = ["Subject: Meeting notes {n}\nFrom: alice@example.test\n\nThe agenda for Monday's meeting {n} is attached; "
+       "please review the draft report.\n",
+       "Subject: Lunch {n}\nFrom: bob@example.test\n\nShall we have lunch on Thursday {n}? The project review went "
+       "well, thanks.\n"]
+
+
+def _write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def test_train_stats_and_score():
+    lab = Lab("spam-tools")
+    try:
+        lab.write_config()
+        d = lab.path("corpus")
+        # spam: an mbox file of six messages and two single files
+        mbox = "".join("From sender@pharma.example Mon Dec  7 10:00:00 2026\n%s\n" % SPAM[n % 2].format(n=n)
+                       for n in range(6))
+        _write(os.path.join(d, "spam.mbox"), mbox)
+        _write(os.path.join(d, "spam", "a.eml"), SPAM[0].format(n=100))
+        _write(os.path.join(d, "spam", "b.eml"), SPAM[1].format(n=101))
+        # ham: a Maildir (cur/ and new/) and a directory of files
+        for n in range(4):
+            _write(os.path.join(d, "Maildir", "cur" if n % 2 else "new", "%d.host:2," % n), HAM[n % 2].format(n=n))
+        for n in range(4, 8):
+            _write(os.path.join(d, "ham", "%d.eml" % n), HAM[n % 2].format(n=n))
+        os.makedirs(os.path.join(d, "Maildir", "tmp"))
+        db = lab.path("bayes.lmdb")
+
+        r = lab.ctl("bayes", "train", "spam", "--db", db, os.path.join(d, "spam.mbox"), os.path.join(d, "spam"))
+        check(r.returncode == 0 and "learned 8 messages as spam" in r.stdout, "train spam: %r %r" % (r.stdout, r.stderr))
+        r = lab.ctl("bayes", "train", "ham", "--db", db, os.path.join(d, "Maildir"), os.path.join(d, "ham"))
+        check(r.returncode == 0 and "learned 8 messages as ham" in r.stdout, "train ham: %r %r" % (r.stdout, r.stderr))
+        r = lab.ctl("bayes", "stats", "--db", db)
+        check(r.returncode == 0 and "messages: 8 spam, 8 ham" in r.stdout, "stats: %r" % r.stdout)
+
+        # one message on standard input: score, verdict, clues
+        probe = "From x Mon Dec  7 10:00:00 2026\n" + SPAM[0].format(n=999)
+        r = subprocess_ctl(lab, ["spam", "score", "--db", db], probe)
+        m = re.search(r"^score ([0-9.]+) (spam|ham|unsure) \(bayes: \d+ clues of \d+ tokens; trained on 8 spam, 8 ham\)",
+                      r.stdout, re.M)
+        check(r.returncode == 0 and m and float(m.group(1)) >= 0.95 and m.group(2) == "spam", "score: %r" % r.stdout)
+        check(re.search(r"^[0-9.]+ +\d+ +\d+  url:pharma\.example$", r.stdout, re.M), "clues: %r" % r.stdout)
+        r = subprocess_ctl(lab, ["spam", "score", "--db", db], HAM[0].format(n=998))
+        check(re.search(r"^score 0\.[01]\d* ham ", r.stdout, re.M), "ham: %r" % r.stdout)
+
+        # files: one line each
+        _write(os.path.join(d, "probe", "s.eml"), SPAM[1].format(n=555))
+        _write(os.path.join(d, "probe", "h.eml"), HAM[1].format(n=556))
+        r = lab.ctl("spam", "score", "--db", db, os.path.join(d, "probe"))
+        lines = sorted(r.stdout.splitlines(), key=lambda l: l.split()[-1])
+        check(r.returncode == 0 and len(lines) == 2 and lines[0].split()[1] == "ham" and lines[1].split()[1] == "spam",
+              "batch: %r" % r.stdout)
+
+        # untraining takes it back
+        r = lab.ctl("bayes", "train", "spam", "--untrain", "--db", db, os.path.join(d, "spam"))
+        check(r.returncode == 0 and "unlearned 2 messages as spam" in r.stdout, "untrain: %r" % r.stdout)
+        r = lab.ctl("bayes", "stats", "--db", db)
+        check("messages: 6 spam, 8 ham" in r.stdout, "stats after untrain: %r" % r.stdout)
+
+        # the configuration's [state] when no --db: the stages' store
+        r = lab.ctl("bayes", "train", "ham", os.path.join(d, "ham"))
+        check(r.returncode == 0 and "learned 4 messages as ham" in r.stdout, "config store: %r %r" % (r.stdout, r.stderr))
+        r = lab.ctl("bayes", "stats")
+        check("messages: 0 spam, 4 ham" in r.stdout, "config store stats: %r" % r.stdout)
+
+        # errors: clear, exit 2 for usage, 1 for a file that is not there
+        for args, code, what in ((["bayes", "train", "junk", "x"], 2, "expected spam or ham"),
+                                 (["bayes", "train", "spam", "--db", db], 2, "no messages given"),
+                                 (["bayes", "train", "spam", "--bogus", "x"], 2, "unknown option --bogus"),
+                                 (["bayes"], 2, "expected train"),
+                                 (["spam", "score", "--db", lab.path("nonexistent.lmdb")], 1, "nonexistent.lmdb"),
+                                 (["bayes", "train", "spam", "--db", db, lab.path("no-such-file")], 1, "no-such-file")):
+            r = lab.ctl(*args)
+            check(r.returncode == code and what in r.stderr, "%s: exit %d, %r" % (args, r.returncode, r.stderr))
+    finally:
+        lab.close()
+
+
+def subprocess_ctl(lab, args, stdin):
+    import subprocess
+    from lib import BUILD
+    return subprocess.run([os.path.join(BUILD, "rampartctl"), "-c", lab.path("rampart.conf")] + args, input=stdin,
+                          capture_output=True, text=True, timeout=30)
