@@ -11,7 +11,8 @@
  *     /PATTERN/FLAGS  ACTION  [TEXT]
  *
  * PATTERN is a PCRE2 regular expression ('/' inside it written "\/");
- * FLAGS are any of i (caseless), x (extended).  ACTION is one of
+ * FLAGS are any of i (caseless), x (extended), s (dot-all), m (multi-line)
+ * (shared/util/rx).  ACTION is one of
  *     reject      550 5.7.1 TEXT (default "Message content rejected")
  *     tempfail    451 4.7.1 TEXT
  *     discard     accept and drop the message (logged)
@@ -25,13 +26,12 @@
  * does not match and a warning is logged) and uses the JIT when PCRE2 has
  * it.
  */
-#define PCRE2_CODE_UNIT_WIDTH 8
-
 #include "check.h"
 #include "../mail/header.h"
 #include "../util/alloc.h"
 #include "../util/buf.h"
 #include "../util/log.h"
+#include "../util/rx.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -40,12 +40,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <pcre2.h>
-
-#define RULE_LINE_MAX   4096
 #define RULES_MAX       10000
 #define FIELD_MAX       (64 * 1024)
-#define MATCH_LIMIT     100000
 
 struct headers_params {
 	char *rules_file;
@@ -67,7 +63,7 @@ enum action { A_REJECT, A_TEMPFAIL, A_DISCARD, A_QUARANTINE, A_TAG, A_ACCEPT };
 static const char *const action_names[] = { "reject", "tempfail", "discard", "quarantine", "tag", "accept", NULL };
 
 struct rule {
-	pcre2_code *re;
+	struct rx *re;
 	enum action action;
 	char *text;
 	unsigned line;
@@ -76,9 +72,8 @@ struct rule {
 struct headers {
 	const struct headers_params *p;
 	struct rule *rules;
-	size_t n;
-	pcre2_match_data *md;
-	pcre2_match_context *mctx;
+	size_t n, cap;
+	struct rx_scratch *scratch;
 };
 
 static void headers_free(void *inst)
@@ -87,54 +82,26 @@ static void headers_free(void *inst)
 	if (!h)
 		return;
 	for (size_t i = 0; i < h->n; i++) {
-		pcre2_code_free(h->rules[i].re);
+		rx_free(h->rules[i].re);
 		free(h->rules[i].text);
 	}
 	free(h->rules);
-	pcre2_match_data_free(h->md);
-	pcre2_match_context_free(h->mctx);
+	rx_scratch_free(h->scratch);
 	free(h);
 }
 
 /* Parse one non-empty rule line into r; false with why. */
 static bool parse_rule(char *line, struct rule *r, char *why, size_t whylen)
 {
-	char *p = line;
-	if (*p != '/') {
+	if (*line != '/') {
 		snprintf(why, whylen, "expected /PATTERN/FLAGS ACTION [TEXT]");
 		return false;
 	}
-	p++;
-	struct buf pat = BUF_INIT;
-	for (; *p && *p != '/'; p++) {
-		if (*p == '\\' && p[1] == '/') {
-			buf_putc(&pat, '/');
-			p++;
-			continue;
-		}
-		if (*p == '\\' && p[1]) {
-			buf_putc(&pat, *p++);
-		}
-		buf_putc(&pat, *p);
-	}
-	if (*p != '/') {
-		buf_free(&pat);
-		snprintf(why, whylen, "the pattern has no closing '/'");
+	const char *cp = line;
+	r->re = rx_parse(&cp, why, whylen);
+	if (!r->re)
 		return false;
-	}
-	p++;
-	uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF;
-	for (; *p && !isspace((unsigned char)*p); p++) {
-		if (*p == 'i')
-			opts |= PCRE2_CASELESS;
-		else if (*p == 'x')
-			opts |= PCRE2_EXTENDED;
-		else {
-			buf_free(&pat);
-			snprintf(why, whylen, "unknown flag '%c' (expected i or x)", *p);
-			return false;
-		}
-	}
+	char *p = line + (cp - line);
 	while (isspace((unsigned char)*p))
 		p++;
 	char *act = p;
@@ -149,22 +116,12 @@ static bool parse_rule(char *line, struct rule *r, char *why, size_t whylen)
 		if (strcasecmp(act, action_names[i]) == 0)
 			a = i;
 	if (a < 0) {
-		buf_free(&pat);
+		rx_free(r->re);
+		r->re = NULL;
 		snprintf(why, whylen, "unknown action '%s' (expected reject, tempfail, discard, quarantine, tag or accept)",
 			 act);
 		return false;
 	}
-	int err;
-	PCRE2_SIZE off;
-	r->re = pcre2_compile((PCRE2_SPTR)buf_cstr(&pat), pat.len, opts, &err, &off, NULL);
-	buf_free(&pat);
-	if (!r->re) {
-		PCRE2_UCHAR msg[256];
-		pcre2_get_error_message(err, msg, sizeof(msg));
-		snprintf(why, whylen, "bad pattern at offset %zu: %s", (size_t)off, (char *)msg);
-		return false;
-	}
-	pcre2_jit_compile(r->re, PCRE2_JIT_COMPLETE);      /* fine without JIT */
 	r->action = (enum action)a;
 	size_t tl = strlen(p);
 	while (tl && isspace((unsigned char)p[tl - 1]))
@@ -173,58 +130,20 @@ static bool parse_rule(char *line, struct rule *r, char *why, size_t whylen)
 	return true;
 }
 
-static bool load_rules(struct headers *h, const char *path, char *why, size_t whylen)
+static bool add_rule(void *arg, unsigned lineno, char *line, char *why, size_t whylen)
 {
-	FILE *f = fopen(path, "r");
-	if (!f) {
-		snprintf(why, whylen, "rules_file %s: %s", path, strerror(errno));
+	struct headers *h = arg;
+	if (h->n == h->cap) {
+		h->cap = h->cap ? h->cap * 2 : 16;
+		h->rules = xrealloc(h->rules, h->cap * sizeof(*h->rules));
+	}
+	struct rule *r = &h->rules[h->n];
+	memset(r, 0, sizeof(*r));
+	if (!parse_rule(line, r, why, whylen))
 		return false;
-	}
-	char line[RULE_LINE_MAX + 2];
-	unsigned lineno = 0;
-	size_t cap = 0;
-	bool ok = true;
-	while (ok && fgets(line, sizeof(line), f)) {
-		lineno++;
-		size_t l = strlen(line);
-		if (l && line[l - 1] != '\n' && !feof(f)) {
-			snprintf(why, whylen, "%s:%u: line longer than %d bytes", path, lineno, RULE_LINE_MAX);
-			ok = false;
-			break;
-		}
-		while (l && (line[l - 1] == '\n' || line[l - 1] == '\r'))
-			line[--l] = '\0';
-		char *p = line;
-		while (isspace((unsigned char)*p))
-			p++;
-		if (!*p || *p == '#')
-			continue;
-		if (h->n == RULES_MAX) {
-			snprintf(why, whylen, "%s:%u: more than %d rules", path, lineno, RULES_MAX);
-			ok = false;
-			break;
-		}
-		if (h->n == cap) {
-			cap = cap ? cap * 2 : 16;
-			h->rules = xrealloc(h->rules, cap * sizeof(*h->rules));
-		}
-		struct rule *r = &h->rules[h->n];
-		memset(r, 0, sizeof(*r));
-		char rwhy[400];
-		if (!parse_rule(p, r, rwhy, sizeof(rwhy))) {
-			snprintf(why, whylen, "%s:%u: %s", path, lineno, rwhy);
-			ok = false;
-			break;
-		}
-		r->line = lineno;
-		h->n++;
-	}
-	if (ok && ferror(f)) {
-		snprintf(why, whylen, "rules_file %s: read error", path);
-		ok = false;
-	}
-	fclose(f);
-	return ok;
+	r->line = lineno;
+	h->n++;
+	return true;
 }
 
 static void *headers_init(const void *params, const struct check_env *env, char *why, size_t whylen)
@@ -232,15 +151,12 @@ static void *headers_init(const void *params, const struct check_env *env, char 
 	(void)env;
 	struct headers *h = xcalloc(1, sizeof(*h));
 	h->p = params;
-	if (h->p->rules_file && *h->p->rules_file && !load_rules(h, h->p->rules_file, why, whylen)) {
+	if (h->p->rules_file && *h->p->rules_file &&
+	    !rx_read_rules(h->p->rules_file, RULES_MAX, add_rule, h, why, whylen)) {
 		headers_free(h);
 		return NULL;
 	}
-	h->md = pcre2_match_data_create(4, NULL);
-	h->mctx = pcre2_match_context_create(NULL);
-	if (!h->md || !h->mctx)
-		log_fatal(NULL, NULL, "pcre2_alloc_failed", "what=%s", "match data");
-	pcre2_set_match_limit(h->mctx, MATCH_LIMIT);
+	h->scratch = rx_scratch_new();
 	return h;
 }
 
@@ -248,10 +164,10 @@ static void *headers_init(const void *params, const struct check_env *env, char 
 static const struct rule *match(struct headers *h, const struct check_ctx *ctx, const char *field, size_t len)
 {
 	for (size_t i = 0; i < h->n; i++) {
-		int rc = pcre2_match(h->rules[i].re, (PCRE2_SPTR)field, len, 0, 0, h->md, h->mctx);
-		if (rc >= 0)
+		int rc = rx_match(h->rules[i].re, field, len, h->scratch);
+		if (rc > 0)
 			return &h->rules[i];
-		if (rc != PCRE2_ERROR_NOMATCH)
+		if (rc < 0)
 			log_warn(ctx->sid, ctx->qid, "headers.match_error", "file=%s line=%u error=%d",
 				 h->p->rules_file, h->rules[i].line, rc);
 	}
