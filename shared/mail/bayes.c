@@ -4,6 +4,7 @@
 #include "bayes.h"
 #include "header.h"
 #include "mime.h"
+#include "msgtext.h"
 #include "../util/alloc.h"
 #include "../util/buf.h"
 
@@ -16,7 +17,6 @@
 #include <strings.h>
 
 #define DEF_MAX_TOKENS 3000
-#define DEF_MAX_TEXT (256 * 1024)
 #define MAX_FIELDS 200
 
 /* ---- the tokens of one message, each once -------------------------------- */
@@ -274,7 +274,14 @@ static void part_tokens(struct toks *T, const struct mime_part *p)
 	}
 }
 
-void bayes_tokens(const char *msg, size_t len, const struct bayes_tok_opts *o, bayes_token_fn fn, void *arg)
+static void url_text(struct toks *T, const struct msgtext *t)
+{
+	for (const char *u = msgtext_url(t, NULL); u && T->n < T->max; u = msgtext_url(t, u))
+		url_tokens(T, u, strlen(u));
+}
+
+void bayes_tokens_of(const char *msg, const struct msgtext *t, const struct bayes_tok_opts *o, bayes_token_fn fn,
+		     void *arg)
 {
 	struct toks T = { .fn = fn, .arg = arg };
 	T.max = o && o->max_tokens ? o->max_tokens : DEF_MAX_TOKENS;
@@ -283,48 +290,32 @@ void bayes_tokens(const char *msg, size_t len, const struct bayes_tok_opts *o, b
 		slots *= 2;
 	T.set = xcalloc(slots, sizeof(*T.set));
 	T.mask = slots - 1;
-	size_t text_left = o && o->max_text ? o->max_text : DEF_MAX_TEXT;
-
-	struct mime_msg *m = mime_parse(msg, len, NULL);
+	const struct mime_msg *m = t->mime;
 	static const char *const flags[] = { "depth", "too-many-parts", "no-boundary", "unclosed", "bad-header",
 					     "no-parts", "bad-cte" };
 	for (size_t k = 0; k < sizeof(flags) / sizeof(flags[0]); k++)
 		if (m->flags & (1u << k))
 			emit(&T, "mime:", flags[k], strlen(flags[k]));
+	if (t->bad_encoding)
+		emit(&T, "mime:", "bad-encoding", 12);
+	if (t->unknown_charset)
+		emit(&T, "charset:", "unknown", 7);
+	if (t->html)
+		emit(&T, "html:", "yes", 3);
 	header_tokens(&T, msg, &m->parts[0]);
-	struct buf raw = BUF_INIT, utf = BUF_INIT, text = BUF_INIT;
-	for (size_t i = 0; i < m->nparts && T.n < T.max; i++) {
-		const struct mime_part *p = &m->parts[i];
-		if (i > 0)
-			part_tokens(&T, p);
-		bool html;
-		if (p->multipart || p->message || !mime_is_text(p, &html) || text_left == 0)
-			continue;
-		buf_reset(&raw);
-		buf_set_limit(&raw, text_left);
-		if (!mime_decode(msg, p, &raw))
-			emit(&T, "mime:", "bad-encoding", 12);
-		text_left -= raw.len < text_left ? raw.len : text_left;
-		buf_reset(&utf);
-		buf_set_limit(&utf, 4 * raw.len + 64);
-		if (!mime_to_utf8(p->charset, raw.data ? raw.data : "", raw.len, &utf))
-			emit(&T, "charset:", "unknown", 7);
-		if (html) {
-			emit(&T, "html:", "yes", 3);
-			buf_reset(&text);
-			buf_set_limit(&text, utf.len + 64);
-			mime_html_text(utf.data ? utf.data : "", utf.len, &text, url_tokens, &T);
-			text_words(&T, NULL, text.data ? text.data : "", text.len, true);
-		} else {
-			mime_text_urls(utf.data ? utf.data : "", utf.len, url_tokens, &T);
-			text_words(&T, NULL, utf.data ? utf.data : "", utf.len, true);
-		}
-	}
-	buf_free(&raw);
-	buf_free(&utf);
-	buf_free(&text);
-	mime_free(m);
+	for (size_t i = 1; i < m->nparts; i++)
+		part_tokens(&T, &m->parts[i]);
+	url_text(&T, t);
+	text_words(&T, NULL, t->text.data ? t->text.data : "", t->text.len, true);
 	free(T.set);
+}
+
+void bayes_tokens(const char *msg, size_t len, const struct bayes_tok_opts *o, bayes_token_fn fn, void *arg)
+{
+	struct msgtext t;
+	msgtext_build(&t, msg, len, o ? o->max_text : 0, 0);
+	bayes_tokens_of(msg, &t, o, fn, arg);
+	msgtext_free(&t);
 }
 
 /* ---- the score ----------------------------------------------------------------- */

@@ -21,6 +21,8 @@
  *   email:DOMAIN         an e-mail address in the text
  * A message gives at most max_tokens tokens and its text parts at most
  * max_text decoded bytes: a huge message costs no more than a big one.
+ * Tokens hold no control characters (they become '?'): they are keys of
+ * the state store.
  */
 #ifndef RAMPART_BAYES_H
 #define RAMPART_BAYES_H
@@ -39,6 +41,11 @@ typedef void (*bayes_token_fn)(void *arg, const char *tok, size_t len);
 
 /* Every token of msg[0..len), once each, to fn. */
 void bayes_tokens(const char *msg, size_t len, const struct bayes_tok_opts *o, bayes_token_fn fn, void *arg);
+/* The same from the message's text worked out already (msgtext.h, built
+ * with o's max_text): the anti-spam check reads it for its rules too. */
+struct msgtext;
+void bayes_tokens_of(const char *msg, const struct msgtext *t, const struct bayes_tok_opts *o, bayes_token_fn fn,
+		     void *arg);
 
 /* ---- scoring ---- */
 
