@@ -29,6 +29,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -543,7 +544,7 @@ static void fmt_time(char *out, size_t n, long long v)
 static void numeric_bounds(const struct param_def *p, long long *lo, long long *hi)
 {
 	if (p->min == 0 && p->max == 0) {
-		*lo = p->type == PT_INT ? LLONG_MIN : 0;
+		*lo = p->type == PT_INT || p->type == PT_NUMBER ? LLONG_MIN : 0;
 		*hi = LLONG_MAX;
 	} else {
 		*lo = p->min;
@@ -567,7 +568,7 @@ static void fmt_bounds_phrase(char *out, size_t n, const struct param_def *p)
 	long long lo, hi;
 	char a[32], b[32];
 	numeric_bounds(p, &lo, &hi);
-	long long lowest = p->type == PT_INT ? LLONG_MIN : 0;
+	long long lowest = p->type == PT_INT || p->type == PT_NUMBER ? LLONG_MIN : 0;
 	fmt_num(a, sizeof(a), p, lo);
 	fmt_num(b, sizeof(b), p, hi);
 	if (lo == lowest && hi == LLONG_MAX)
@@ -585,8 +586,9 @@ static void numeric_error(const struct param_def *p, const char *text, char *why
 	char range[80], show[80];
 	fmt_bounds_phrase(range, sizeof(range), p);
 	shown(show, sizeof(show), text);
-	const char *what = p->type == PT_INT ? "an integer" : p->type == PT_SIZE ? "a size" : "a duration";
-	if (p->type == PT_INT) {
+	const char *what = p->type == PT_INT ? "an integer" : p->type == PT_NUMBER ? "a number"
+			   : p->type == PT_SIZE ? "a size" : "a duration";
+	if (p->type == PT_INT || p->type == PT_NUMBER) {
 		setwhy(why, whylen, "expected %s%s, got '%s'", what, range, show);
 		return;
 	}
@@ -664,6 +666,7 @@ static const char *type_name(enum param_type t)
 	case PT_STR: return "string";
 	case PT_LIST: return "list";
 	case PT_ENUM: return "enum";
+	case PT_NUMBER: return "number";
 	}
 	return "?";
 }
@@ -710,6 +713,32 @@ static bool parse_value(const struct param_def *p, const char *text, void *targe
 			return false;
 		}
 		*(long long *)field = v;
+		return true;
+	}
+	case PT_NUMBER: {
+		long long lo, hi;
+		numeric_bounds(p, &lo, &hi);
+		/* plain decimal only: [+-]digits[.digits] (no blanks, exponents, hex or nan) */
+		size_t k = (text[0] == '+' || text[0] == '-') ? 1 : 0, d = 0;
+		while (isdigit((unsigned char)text[k])) {
+			k++;
+			d++;
+		}
+		if (d && text[k] == '.') {
+			size_t f = 0;
+			for (k++; isdigit((unsigned char)text[k]); k++)
+				f++;
+			if (!f)
+				d = 0;
+		}
+		char *end;
+		errno = 0;
+		double v = d && !text[k] ? strtod(text, &end) : 0;
+		if (!d || text[k] || errno || !isfinite(v) || v < (double)lo || v > (double)hi) {
+			numeric_error(p, text, why, whylen);
+			return false;
+		}
+		*(double *)field = v;
 		return true;
 	}
 	case PT_STR: {
@@ -996,6 +1025,10 @@ static void put_value(struct buf *b, const struct param_def *p, const void *targ
 		fmt_num(tmp, sizeof(tmp), p, *(const long long *)field);
 		buf_puts(b, tmp);
 		break;
+	case PT_NUMBER:
+		snprintf(tmp, sizeof(tmp), "%g", *(const double *)field);
+		buf_puts(b, tmp);
+		break;
 	case PT_STR: {
 		const char *s = *(char *const *)field;
 		put_text(b, s ? s : "");
@@ -1072,12 +1105,13 @@ static void describe(struct buf *b, const struct param_def *p)
 	case PT_BOOL:
 		break;
 	case PT_INT:
+	case PT_NUMBER:
 	case PT_SIZE:
 	case PT_TIME: {
 		long long lo, hi;
 		char a[32], c[32];
 		numeric_bounds(p, &lo, &hi);
-		long long lowest = p->type == PT_INT ? LLONG_MIN : 0;
+		long long lowest = p->type == PT_INT || p->type == PT_NUMBER ? LLONG_MIN : 0;
 		fmt_num(a, sizeof(a), p, lo);
 		fmt_num(c, sizeof(c), p, hi);
 		if (lo == lowest && hi == LLONG_MAX)

@@ -30,6 +30,7 @@ enum param_type {
 	PT_STR,      /* char * (owned by the config), "" allowed unless min > 0 */
 	PT_LIST,     /* struct strlist: comma- or space-separated words */
 	PT_ENUM,     /* int: index into choices "a|b|c" */
+	PT_NUMBER,   /* double: a decimal number ("5", "-1.5", no exponent), within [min, max] */
 };
 
 struct strlist {

@@ -37,6 +37,7 @@ struct mx_conf {
 	long long offset;
 	long long spool_max;
 	char *tag;
+	double score;
 };
 
 #define MX(f) offsetof(struct mx_conf, f)
@@ -61,6 +62,8 @@ static const struct param_def mx_params[] = {
 	{ .name = "spool_max", .type = PT_SIZE, .def = "0", .offset = MX(spool_max),
 	  .doc = "unbounded size, 0 = off" },
 	{ .name = "tag", .type = PT_STR, .def = "", .offset = MX(tag), .doc = "optional tag" },
+	{ .name = "score", .type = PT_NUMBER, .def = "5", .min = -100, .max = 100, .offset = MX(score),
+	  .doc = "a decimal number" },
 	PARAM_END,
 };
 
@@ -378,6 +381,27 @@ static void test_int(void **state)
 	bind_fails("[mx]\nmax_rcpts = 0\n", "t.conf:2: [mx] max_rcpts: expected an integer between 1 and 1000, got '0'");
 }
 
+static void test_number(void **state)
+{
+	(void)state;
+	struct mx_conf c = { 0 };
+	char why[256];
+	const char *good[] = { "5", "-1.5", "+2.25", "100", "-100", "0.0" };
+	const double want[] = { 5, -1.5, 2.25, 100, -100, 0 };
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		assert_true(value("score", good[i], &c, why, sizeof(why)));
+		assert_true(c.score == want[i]);
+	}
+	const char *bad[] = { "", "x", "1.", ".5", "1e3", " 5", "5 ", "0x10", "nan", "inf", "100.5", "-101", "1,5" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_false(value("score", bad[i], &c, why, sizeof(why)));
+		assert_true(c.score == 0);
+	}
+	assert_false(value("score", "101", &c, why, sizeof(why)));
+	assert_string_equal(why, "expected a number between -100 and 100, got '101'");
+	bind_fails("[mx]\nscore = high\n", "t.conf:2: [mx] score: expected a number between -100 and 100, got 'high'");
+}
+
 static void test_size(void **state)
 {
 	(void)state;
@@ -606,7 +630,7 @@ static void test_unknown_key(void **state)
 		   "t.conf:3: [mx] unknown key 'max_sise' (did you mean 'max_size'?)");
 	bind_fails("[mx]\nfrobnicate = 1\n",
 		   "t.conf:2: [mx] unknown key 'frobnicate' (known: greylist, max_rcpts, max_size, "
-		   "timeout, banner, hops, mode, offset, spool_max, tag)");
+		   "timeout, banner, hops, mode, offset, spool_max, tag, score)");
 	/* keys in other sections are not checked by binding [mx] */
 	struct config *cfg = parse_ok("[av]\nfrobnicate = 1\n[mx]\n");
 	struct mx_conf c;
@@ -835,8 +859,9 @@ static void test_dump_format(void **state)
 		}
 		l = nl + 1;
 	}
-	assert_int_equal(lines, 11);
+	assert_int_equal(lines, 12);
 	assert_non_null(strstr(dump, "max_rcpts = 7 "));
+	assert_non_null(strstr(dump, "score = 5 "));
 	free(dump);
 	config_release(&mx_set, &c);
 	config_free(cfg);
@@ -863,6 +888,7 @@ static void test_doc(void **state)
 		"offset = -5 ", "# int: an unbounded integer\n",
 		"# size: unbounded size, 0 = off\n",
 		"tag = \"\" ", "# string: optional tag\n",
+		"score = 5 ", "# number, -100..100: a decimal number\n",
 		"hostname = \"\" ", "# string, required: required name\n",
 		"# list, at least 2 items: two or more\n",
 	};
@@ -936,6 +962,7 @@ int main(void)
 		cmocka_unit_test(test_parse_file),
 		cmocka_unit_test(test_bool),
 		cmocka_unit_test(test_int),
+		cmocka_unit_test(test_number),
 		cmocka_unit_test(test_size),
 		cmocka_unit_test(test_time),
 		cmocka_unit_test(test_string),
