@@ -31,11 +31,13 @@
 
 #define CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
-enum metric_type { METRIC_COUNTER, METRIC_GAUGE };
+enum metric_type { METRIC_COUNTER, METRIC_GAUGE, METRIC_HISTOGRAM };
 
 struct sample {
 	char *labels;           /* as given, "" for none */
-	double value;
+	double value;           /* histogram: the sum of the observations */
+	double *bucket;         /* histogram: observations <= each bound (not cumulative), then the rest */
+	double count;           /* histogram: observations */
 	metrics_gauge_fn fn;    /* computed at scrape time when set */
 	void *arg;
 };
@@ -44,6 +46,8 @@ struct metric {
 	char *name;
 	char *help;
 	enum metric_type type;
+	double *bounds;         /* histogram: upper bounds, increasing */
+	size_t nbounds;
 	struct sample *s;
 	size_t n, cap;
 	size_t *slot;           /* hash of labels -> index + 1; 0 is empty */
@@ -172,8 +176,11 @@ struct metrics *metrics_new(const char *stage, const char *instance)
 
 static void family_free(struct metric *f)
 {
-	for (size_t i = 0; i < f->n; i++)
+	for (size_t i = 0; i < f->n; i++) {
 		free(f->s[i].labels);
+		free(f->s[i].bucket);
+	}
+	free(f->bounds);
 	free(f->s);
 	free(f->slot);
 	free(f->name);
@@ -227,6 +234,21 @@ struct metric *metrics_counter(struct metrics *m, const char *name, const char *
 struct metric *metrics_gauge(struct metrics *m, const char *name, const char *help)
 {
 	return family(m, name, help, METRIC_GAUGE);
+}
+
+struct metric *metrics_histogram(struct metrics *m, const char *name, const char *help, const double *bounds,
+				 size_t nbounds)
+{
+	struct metric *f = family(m, name, help, METRIC_HISTOGRAM);
+	if (!f->bounds) {
+		for (size_t i = 1; i < nbounds; i++)
+			if (!(bounds[i] > bounds[i - 1]))
+				log_panic(NULL, NULL, "metric_bad_buckets", "name=%s", name);
+		f->bounds = xmalloc((nbounds ? nbounds : 1) * sizeof(*f->bounds));
+		memcpy(f->bounds, bounds, nbounds * sizeof(*bounds));
+		f->nbounds = nbounds;
+	}
+	return f;
 }
 
 /* ---- samples ------------------------------------------------------------- */
@@ -291,6 +313,8 @@ static struct sample *sample(struct metric *f, const char *labels)
 	s = &f->s[f->n];
 	memset(s, 0, sizeof(*s));
 	s->labels = xstrdup(labels);
+	if (f->type == METRIC_HISTOGRAM)
+		s->bucket = xcalloc(f->nbounds + 1, sizeof(*s->bucket));
 	slot_insert(f, f->n);
 	f->n++;
 	return s;
@@ -298,6 +322,8 @@ static struct sample *sample(struct metric *f, const char *labels)
 
 void metric_add(struct metric *f, const char *labels, double v)
 {
+	if (f->type == METRIC_HISTOGRAM)
+		return;         /* metric_observe */
 	if (f->type == METRIC_COUNTER && !(v >= 0)) {
 		log_warn(NULL, NULL, "metric_counter_decrease", "name=%s", f->name);
 		return;
@@ -307,6 +333,21 @@ void metric_add(struct metric *f, const char *labels, double v)
 		s->value += v;
 }
 
+void metric_observe(struct metric *f, const char *labels, double v)
+{
+	if (f->type != METRIC_HISTOGRAM || v != v)
+		return;
+	struct sample *s = sample(f, labels);
+	if (!s)
+		return;
+	size_t i = 0;
+	while (i < f->nbounds && v > f->bounds[i])
+		i++;
+	s->bucket[i]++;
+	s->count++;
+	s->value += v;
+}
+
 void metric_inc(struct metric *f, const char *labels)
 {
 	metric_add(f, labels, 1);
@@ -314,6 +355,8 @@ void metric_inc(struct metric *f, const char *labels)
 
 void metric_set(struct metric *f, const char *labels, double v)
 {
+	if (f->type == METRIC_HISTOGRAM)
+		return;         /* metric_observe */
 	struct sample *s = sample(f, labels);
 	if (s)
 		s->value = v;
@@ -346,7 +389,31 @@ void metrics_render(struct metrics *m, struct buf *out)
 		buf_printf(out, "# HELP %s ", f->name);
 		escape_help(out, f->help);
 		buf_printf(out, "\n# TYPE %s %s\n", f->name,
-			   f->type == METRIC_COUNTER ? "counter" : "gauge");
+			   f->type == METRIC_COUNTER ? "counter" : f->type == METRIC_GAUGE ? "gauge" : "histogram");
+		if (f->type == METRIC_HISTOGRAM) {
+			for (size_t j = 0; j < f->n; j++) {
+				const struct sample *s = &f->s[j];
+				const char *sep = *s->labels ? "," : "";
+				double cum = 0;
+				for (size_t b = 0; b <= f->nbounds; b++) {
+					cum += s->bucket[b];
+					buf_printf(out, "%s_bucket{%s%s%s,le=\"", f->name, m->base_labels, sep, s->labels);
+					if (b < f->nbounds)
+						format_value(out, f->bounds[b]);
+					else
+						buf_puts(out, "+Inf");
+					buf_puts(out, "\"} ");
+					format_value(out, cum);
+					buf_putc(out, '\n');
+				}
+				buf_printf(out, "%s_sum{%s%s%s} ", f->name, m->base_labels, sep, s->labels);
+				format_value(out, s->value);
+				buf_printf(out, "\n%s_count{%s%s%s} ", f->name, m->base_labels, sep, s->labels);
+				format_value(out, s->count);
+				buf_putc(out, '\n');
+			}
+			continue;
+		}
 		for (size_t j = 0; j < f->n; j++) {
 			const struct sample *s = &f->s[j];
 			buf_printf(out, "%s{%s%s%s} ", f->name, m->base_labels, *s->labels ? "," : "",

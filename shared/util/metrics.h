@@ -29,6 +29,12 @@ void metrics_free(struct metrics *m);
 
 struct metric *metrics_counter(struct metrics *m, const char *name, const char *help);
 struct metric *metrics_gauge(struct metrics *m, const char *name, const char *help);
+/* A histogram with the given upper bounds (increasing; +Inf is added):
+ * rendered as NAME_bucket{le=...} (cumulative), NAME_sum and NAME_count. */
+struct metric *metrics_histogram(struct metrics *m, const char *name, const char *help, const double *bounds,
+				 size_t nbounds);
+/* One observation of a histogram (metric_add and metric_set ignore one). */
+void metric_observe(struct metric *f, const char *labels, double v);
 /* Gauge computed when scraped; fn fills *value for the given labels. */
 typedef double (*metrics_gauge_fn)(void *arg);
 void metrics_gauge_cb(struct metrics *m, const char *name, const char *help, const char *labels,

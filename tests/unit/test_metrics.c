@@ -98,6 +98,38 @@ static void test_render(void **state)
 	metrics_free(m);
 }
 
+static void test_histogram(void **state)
+{
+	(void)state;
+	struct metrics *m = metrics_new("spam", "spam");
+	static const double b[] = { 0, 5, 10 };
+	struct metric *h = metrics_histogram(m, "rampart_spam_score", "Scores.", b, 3);
+	metric_observe(h, NULL, -1);
+	metric_observe(h, NULL, 5);         /* a bound counts in its own bucket */
+	metric_observe(h, NULL, 7.5);
+	metric_observe(h, NULL, 30);
+	metric_observe(h, "action=\"tag\"", 12);
+	metric_add(h, NULL, 100);           /* not for histograms: ignored */
+	char *text = render(m);
+	assert_string_equal(text,
+		"# HELP rampart_spam_score Scores.\n"
+		"# TYPE rampart_spam_score histogram\n"
+		"rampart_spam_score_bucket{stage=\"spam\",instance=\"spam\",le=\"0\"} 1\n"
+		"rampart_spam_score_bucket{stage=\"spam\",instance=\"spam\",le=\"5\"} 2\n"
+		"rampart_spam_score_bucket{stage=\"spam\",instance=\"spam\",le=\"10\"} 3\n"
+		"rampart_spam_score_bucket{stage=\"spam\",instance=\"spam\",le=\"+Inf\"} 4\n"
+		"rampart_spam_score_sum{stage=\"spam\",instance=\"spam\"} 41.5\n"
+		"rampart_spam_score_count{stage=\"spam\",instance=\"spam\"} 4\n"
+		"rampart_spam_score_bucket{stage=\"spam\",instance=\"spam\",action=\"tag\",le=\"0\"} 0\n"
+		"rampart_spam_score_bucket{stage=\"spam\",instance=\"spam\",action=\"tag\",le=\"5\"} 0\n"
+		"rampart_spam_score_bucket{stage=\"spam\",instance=\"spam\",action=\"tag\",le=\"10\"} 0\n"
+		"rampart_spam_score_bucket{stage=\"spam\",instance=\"spam\",action=\"tag\",le=\"+Inf\"} 1\n"
+		"rampart_spam_score_sum{stage=\"spam\",instance=\"spam\",action=\"tag\"} 12\n"
+		"rampart_spam_score_count{stage=\"spam\",instance=\"spam\",action=\"tag\"} 1\n");
+	free(text);
+	metrics_free(m);
+}
+
 static void test_empty_family(void **state)
 {
 	(void)state;
@@ -455,6 +487,7 @@ int main(void)
 	log_set_level(LL_ERROR);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_render),
+		cmocka_unit_test(test_histogram),
 		cmocka_unit_test(test_empty_family),
 		cmocka_unit_test(test_values),
 		cmocka_unit_test(test_gauge_cb),
