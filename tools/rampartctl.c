@@ -42,8 +42,9 @@ extern const struct stage_def store_stage;
 extern const struct stage_def out_stage;
 extern const struct stage_def submit_stage;
 extern const struct stage_def av_stage;
+extern const struct stage_def spam_stage;
 
-static const struct stage_def *const stages[] = { &mx_stage, &store_stage, &out_stage, &submit_stage, &av_stage, NULL };
+static const struct stage_def *const stages[] = { &mx_stage, &store_stage, &out_stage, &submit_stage, &av_stage, &spam_stage, NULL };
 
 static const struct stage_def *find_stage(const char *name)
 {

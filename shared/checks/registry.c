@@ -22,6 +22,7 @@ extern const struct check_def check_dkim;
 extern const struct check_def check_sender_login;
 extern const struct check_def check_quota;
 extern const struct check_def check_clamav;
+extern const struct check_def check_spam;
 
 const struct check_def *const check_registry[] = {
 	&check_relay,
@@ -40,6 +41,7 @@ const struct check_def *const check_registry[] = {
 	&check_sender_login,
 	&check_quota,
 	&check_clamav,
+	&check_spam,
 	NULL
 };
 

@@ -11,10 +11,14 @@
 
 /* ---- lookup ---------------------------------------------------------------- */
 
-struct lookup {
+struct batch;
+
+struct bayes_db_lookup {
 	struct bayes_token *toks;
 	size_t n;
 	unsigned pending;
+	struct batch **batches;         /* the state_mget of each, NULL once answered */
+	size_t nbatches;
 	bool failed;
 	char why[256];
 	long long nspam, nham;
@@ -23,7 +27,9 @@ struct lookup {
 };
 
 struct batch {
-	struct lookup *L;
+	struct bayes_db_lookup *L;
+	size_t index;
+	struct state_req *req;
 	size_t first, count;            /* tokens toks[first .. first+count) */
 	bool totals;                    /* the two message counts follow the tokens */
 };
@@ -37,7 +43,7 @@ static long long count_of(const struct state_value *v)
 	return *end || c < 0 ? 0 : c;
 }
 
-static void lookup_finish(struct lookup *L)
+static void lookup_finish(struct bayes_db_lookup *L)
 {
 	bayes_db_lookup_fn done = L->done;
 	void *arg = L->arg;
@@ -45,6 +51,7 @@ static void lookup_finish(struct lookup *L)
 	long long s = ok ? L->nspam : 0, h = ok ? L->nham : 0;
 	char why[256];
 	snprintf(why, sizeof(why), "%s", L->why);
+	free(L->batches);
 	free(L);
 	done(arg, ok, s, h, ok ? "" : why);
 }
@@ -52,7 +59,7 @@ static void lookup_finish(struct lookup *L)
 static void got_batch(void *arg, const struct state_result *r)
 {
 	struct batch *b = arg;
-	struct lookup *L = b->L;
+	struct bayes_db_lookup *L = b->L;
 	if (r->status != STATE_OK) {
 		if (!L->failed)
 			snprintf(L->why, sizeof(L->why), "%s", r->reason);
@@ -68,14 +75,16 @@ static void got_batch(void *arg, const struct state_result *r)
 			L->nham = count_of(&r->values[2 * b->count + 1]);
 		}
 	}
+	L->batches[b->index] = NULL;
 	free(b);
 	if (--L->pending == 0)
 		lookup_finish(L);
 }
 
-void bayes_db_lookup(struct state *st, struct bayes_token *toks, size_t n, bayes_db_lookup_fn done, void *arg)
+struct bayes_db_lookup *bayes_db_lookup(struct state *st, struct bayes_token *toks, size_t n,
+					bayes_db_lookup_fn done, void *arg)
 {
-	struct lookup *L = xcalloc(1, sizeof(*L));
+	struct bayes_db_lookup *L = xcalloc(1, sizeof(*L));
 	L->toks = toks;
 	L->n = n;
 	L->done = done;
@@ -84,10 +93,14 @@ void bayes_db_lookup(struct state *st, struct bayes_token *toks, size_t n, bayes
 		toks[i].spam = toks[i].ham = 0;
 	size_t nbatches = n / BAYES_DB_BATCH + 1;       /* the last one carries the totals */
 	L->pending = (unsigned)nbatches;
+	L->nbatches = nbatches;
+	L->batches = xcalloc(nbatches, sizeof(*L->batches));
 	char **keys = xcalloc(2 * BAYES_DB_BATCH + 2, sizeof(*keys));
 	for (size_t bi = 0; bi < nbatches; bi++) {
 		struct batch *b = xcalloc(1, sizeof(*b));
 		b->L = L;
+		b->index = bi;
+		L->batches[bi] = b;
 		b->first = bi * BAYES_DB_BATCH;
 		b->count = n - b->first < BAYES_DB_BATCH ? n - b->first : BAYES_DB_BATCH;
 		b->totals = bi == nbatches - 1;
@@ -101,11 +114,25 @@ void bayes_db_lookup(struct state *st, struct bayes_token *toks, size_t n, bayes
 			keys[k++] = xstrdup("bayes:n:s");
 			keys[k++] = xstrdup("bayes:n:h");
 		}
-		state_mget(st, (const char *const *)keys, k, got_batch, b);
+		b->req = state_mget(st, (const char *const *)keys, k, got_batch, b);
 		for (size_t i = 0; i < k; i++)
 			free(keys[i]);
 	}
 	free(keys);
+	return L;
+}
+
+void bayes_db_lookup_cancel(struct bayes_db_lookup *L)
+{
+	if (!L)
+		return;
+	for (size_t i = 0; i < L->nbatches; i++)
+		if (L->batches[i]) {
+			state_cancel(L->batches[i]->req);
+			free(L->batches[i]);
+		}
+	free(L->batches);
+	free(L);
 }
 
 /* ---- learning ---------------------------------------------------------------- */

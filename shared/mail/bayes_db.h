@@ -27,9 +27,14 @@ struct state;
 
 /* ok false: the store could not answer (why); the counts are then 0. */
 typedef void (*bayes_db_lookup_fn)(void *arg, bool ok, long long nspam, long long nham, const char *why);
+struct bayes_db_lookup;
 /* Fills toks[i].spam and .ham (negative counts read as 0), then done with
- * the messages trained, from the event loop, once. */
-void bayes_db_lookup(struct state *st, struct bayes_token *toks, size_t n, bayes_db_lookup_fn done, void *arg);
+ * the messages trained, from the event loop, once, unless cancelled
+ * first: the handle lives until then. */
+struct bayes_db_lookup *bayes_db_lookup(struct state *st, struct bayes_token *toks, size_t n,
+					bayes_db_lookup_fn done, void *arg);
+/* done will not run (and toks are not written any more). */
+void bayes_db_lookup_cancel(struct bayes_db_lookup *l);
 
 typedef void (*bayes_db_done_fn)(void *arg, bool ok, const char *why);
 /* One message's tokens learned as spam or ham (by = 1), or unlearned

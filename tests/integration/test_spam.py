@@ -99,3 +99,113 @@ def subprocess_ctl(lab, args, stdin):
     from lib import BUILD
     return subprocess.run([os.path.join(BUILD, "rampartctl"), "-c", lab.path("rampart.conf")] + args, input=stdin,
                           capture_output=True, text=True, timeout=30)
+
+
+def _spam_lab(name, mode="proxy", **spam):
+    from lib import free_port
+    lab = Lab(name)
+    lab.add_store()
+    port = free_port()
+    lab.ports["spam"] = port
+    lab.ports["spam-metrics"] = free_port()
+    lab.sections["spam"] = {
+        "listen": "127.0.0.1:%d" % port,
+        "hostname": "spam.example.test",
+        "local_domains": "example.test",
+        "mode": mode,
+        "next_hops": "127.0.0.1:%d" % lab.ports["store"],
+        "next_protocol": "lmtp",
+        "metrics_listen": "127.0.0.1:%d" % lab.ports["spam-metrics"],
+        "retry_min": "1s",
+    }
+    rules = lab.path("spam-rules")
+    _write(rules, "body PILLS /cheap\\s+pills/i 1.0 cheap pills\n"
+                  "header:Subject SUBJ_SHOUT /!{3,}/ 0.5 shouting\n")
+    sec = {"rules_file": rules}
+    sec.update(spam)
+    lab.sections["check.spam"] = sec
+    lab.write_config()
+    # train the classifier in the lab's own store, as an administrator would
+    d = lab.path("train")
+    for n in range(12):
+        _write(os.path.join(d, "spam", "%d" % n), SPAM[n % 2].format(n=n))
+        _write(os.path.join(d, "ham", "%d" % n), HAM[n % 2].format(n=n))
+    for kind in ("spam", "ham"):
+        r = lab.ctl("bayes", "train", kind, os.path.join(d, kind))
+        check(r.returncode == 0, "train %s: %r %r" % (kind, r.stdout, r.stderr))
+    lab.start("store")
+    lab.start("spam")
+    return lab
+
+
+def _send(lab, text, rcpt="alice@example.test"):
+    import smtplib
+    with smtplib.SMTP("127.0.0.1", lab.ports["spam"], timeout=30) as c:
+        c.ehlo("client.example.org")
+        c.mail("sender@example.org")
+        c.rcpt(rcpt)
+        code, resp = c.data(text.replace("\n", "\r\n").encode())
+        return code, resp.decode(errors="replace")
+
+
+def test_stage_scores_tags_and_rejects():
+    import urllib.request
+    lab = _spam_lab("spam-stage")
+    try:
+        spam = ("X-Spam-Status: No, forged\n" + SPAM[0].format(n=500)).replace("Subject: ", "Subject: ", 1)
+        code, _ = _send(lab, spam)
+        check(code == 250, "spam accepted and tagged: %d" % code)
+        code, _ = _send(lab, HAM[0].format(n=501))
+        check(code == 250, "ham: %d" % code)
+        got = lab.wait_mail("alice", 2)
+        tagged = [m for m in got if b"X-Spam-Flag: YES" in m]
+        clean = [m for m in got if b"X-Spam-Flag" not in m]
+        check(len(tagged) == 1 and len(clean) == 1, "one tagged, one not: %r" % [m[:600] for m in got])
+        t = tagged[0]
+        check(re.search(rb"X-Spam-Status: Yes, score=[0-9.]+ required=5\.0 tests=PILLS,BAYES_99 bayes=(?:0\.9\d+|1\.0+)", t),
+              "status: %r" % t[:800])
+        check(b"forged" not in t, "the message's own X-Spam-Status is gone: %r" % t[:800])
+        check(re.search(rb"(?m)^Subject: \[SPAM\] Cheap pills 500", t), "subject tag: %r" % t[:800])
+        check(re.search(rb"X-Spam-Status: No, score=-[0-9.]+ required=5\.0 tests=BAYES_00", clean[0]),
+              "ham status: %r" % clean[0][:800])
+        check(b"[SPAM]" not in clean[0], "ham subject untouched")
+        body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % lab.ports["spam-metrics"], timeout=5).read()
+        check(b'rampart_spam_score_count{stage="spam",instance="spam"} 2' in body, "histogram: %r" % body[-1500:])
+        check(b'rampart_spam_actions_total{stage="spam",instance="spam",action="tag"} 1' in body, "actions")
+        log = lab.log("spam")
+        check('"event":"spam.result"' in log and '"action":"tag"' in log, "logged: %s" % log[-1500:])
+    finally:
+        lab.close()
+    # over reject_score, in proxy mode: 554 at SMTP time, nothing delivered
+    lab = _spam_lab("spam-reject", reject_score="4")
+    try:
+        code, text = _send(lab, SPAM[1].format(n=600))
+        check(code == 554 and "5.7.1" in text and "spam" in text, "rejected: %d %s" % (code, text))
+        code, _ = _send(lab, HAM[1].format(n=601))
+        check(code == 250, "ham passes: %d" % code)
+        got = lab.wait_mail("alice", 1)
+        check(len(got) == 1 and b"Lunch 601" in got[0], "only the ham: %r" % [m[:200] for m in got])
+    finally:
+        lab.close()
+
+
+def test_stage_bad_rules_stop_startup():
+    from lib import free_port
+    lab = Lab("spam-badrules")
+    try:
+        rules = lab.path("bad-rules")
+        _write(rules, "body OK /x/ 1\nbody BROKEN /(x/ 1\n")
+        port = free_port()
+        lab.ports["spam"] = port
+        lab.sections["spam"] = {"listen": "127.0.0.1:%d" % port, "hostname": "spam.example.test",
+                                "next_hops": "127.0.0.1:1"}
+        lab.sections["check.spam"] = {"rules_file": rules}
+        lab.write_config()
+        import subprocess
+        from lib import BUILD
+        p = subprocess.run([os.path.join(BUILD, "rampart-spam"), "-c", lab.path("rampart.conf"), "-n", "spam"],
+                           capture_output=True, text=True, timeout=30)
+        check(p.returncode != 0 and "bad-rules:2: BROKEN: bad pattern at offset" in p.stderr,
+              "exit %d: %r" % (p.returncode, p.stderr[-600:]))
+    finally:
+        lab.close()

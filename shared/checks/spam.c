@@ -1,0 +1,389 @@
+/*
+ * spam.c — the anti-spam score (Maraboli DM23, DM24): at the end of the
+ * message, the scored rules of rules_file (shared/mail/spamrules) plus
+ * the Bayesian classifier's opinion (shared/mail/bayes, its counts in the
+ * state store) make one score, and the score decides:
+ *
+ *   always             X-Spam-Score and X-Spam-Status ("Yes|No,
+ *                      score=S required=T tests=RULE,...,BAYES_NN
+ *                      bayes=P"); the message's own X-Spam-* fields are
+ *                      removed (a forged "No" must not reach the filters
+ *                      downstream)
+ *   >= tag_score       X-Spam-Flag: YES, and subject_tag before the Subject
+ *   >= quarantine_score  kept in the quarantine (0: never)
+ *   >= reject_score    554 5.7.1 (0: never; run the stages in proxy mode
+ *                      and the original client gets it at SMTP time)
+ *
+ * The Bayesian part adds bayes_points * (2p - 1): from -bayes_points
+ * (certainly ham) to +bayes_points (certainly spam); nothing before the
+ * classifier has been trained on both kinds.  When the state store cannot
+ * answer, the rules alone decide (logged, "bayes=unavailable"), unless
+ * failure_action is tempfail.  With autolearn, a message scoring at least
+ * autolearn_spam (or at most autolearn_ham) is learned as spam (ham).
+ * Every decision is one log line (spam.result: score, rules, Bayes,
+ * action) and the scores are a histogram on /metrics.
+ */
+#include "check.h"
+#include "../mail/bayes.h"
+#include "../mail/bayes_db.h"
+#include "../mail/header.h"
+#include "../mail/msgtext.h"
+#include "../mail/spamrules.h"
+#include "../util/alloc.h"
+#include "../util/buf.h"
+#include "../util/log.h"
+#include "../util/metrics.h"
+#include "../util/rx.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define HITS_SHOWN 40
+
+struct spam_params {
+	char *rules_file;
+	bool bayes;
+	double bayes_points;
+	double tag_score, quarantine_score, reject_score;
+	char *subject_tag;
+	bool autolearn;
+	double autolearn_spam, autolearn_ham;
+	int failure_action;
+	long long max_text;
+};
+
+#define P(f) offsetof(struct spam_params, f)
+static const struct param_def spam_param_defs[] = {
+	{ "rules_file", PT_STR, "", 0, 0, NULL, P(rules_file),
+	  "scored rules, one per line: KIND NAME /PATTERN/FLAGS SCORE [DESCRIPTION] (KIND: header:FIELD, header:*, body, uri)" },
+	{ "bayes", PT_BOOL, "yes", 0, 0, NULL, P(bayes), "ask the Bayesian classifier (counts in the state store)" },
+	{ "bayes_points", PT_NUMBER, "5", 0, 100, NULL, P(bayes_points),
+	  "what the classifier adds at most: bayes_points * (2p - 1), p its spam probability" },
+	{ "tag_score", PT_NUMBER, "5", -100, 1000, NULL, P(tag_score), "X-Spam-Flag: YES and the subject tag from this score on" },
+	{ "subject_tag", PT_STR, "[SPAM]", 0, 0, NULL, P(subject_tag), "put before the Subject of tagged mail (empty: leave it)" },
+	{ "quarantine_score", PT_NUMBER, "0", 0, 1000, NULL, P(quarantine_score), "quarantine from this score on (0: never)" },
+	{ "reject_score", PT_NUMBER, "0", 0, 1000, NULL, P(reject_score), "refuse (554 5.7.1) from this score on (0: never)" },
+	{ "autolearn", PT_BOOL, "no", 0, 0, NULL, P(autolearn), "learn what scores at the extremes (autolearn_spam, autolearn_ham)" },
+	{ "autolearn_spam", PT_NUMBER, "12", -100, 1000, NULL, P(autolearn_spam), "learned as spam from this score on" },
+	{ "autolearn_ham", PT_NUMBER, "-2", -1000, 100, NULL, P(autolearn_ham), "learned as ham at this score or below" },
+	{ "failure_action", PT_ENUM, "continue", 0, 0, "continue|tempfail", P(failure_action),
+	  "the state store cannot answer: score with the rules alone (continue), or 451 4.7.1 (tempfail)" },
+	{ "max_text", PT_SIZE, "256k", 1024, 64LL << 20, NULL, P(max_text), "decoded text of a message the rules and the classifier read" },
+	PARAM_END
+};
+
+static const struct param_set spam_params_set = {
+	"check.spam", "anti-spam score: scored rules and the Bayesian classifier", spam_param_defs,
+	sizeof(struct spam_params)
+};
+
+struct run;
+
+struct spam_check {
+	const struct spam_params *p;
+	struct spamrules *rules;
+	struct rx_scratch *scratch;
+	struct state *st;
+	struct run *runs;               /* waiting for the classifier */
+	struct metric *m_score, *m_actions;
+};
+
+struct toks {
+	char **t;
+	size_t n, cap;
+};
+
+struct run {
+	struct run *prev, *next;
+	struct spam_check *c;
+	struct check_ctx *ctx;
+	struct check_call *call;
+	struct msgtext text;
+	struct toks toks;
+	struct bayes_token *bt;
+	struct bayes_db_lookup *lookup;
+	double rules_score;
+	struct spamrule_hit hits[HITS_SHOWN];
+	size_t nhits;
+	unsigned cut;
+};
+
+static void add_tok(void *arg, const char *tok, size_t len)
+{
+	struct toks *l = arg;
+	if (l->n == l->cap) {
+		l->cap = l->cap ? 2 * l->cap : 256;
+		l->t = xrealloc(l->t, l->cap * sizeof(*l->t));
+	}
+	l->t[l->n++] = xmemdup(tok, len + 1);
+}
+
+static void run_free(struct run *r)
+{
+	struct spam_check *c = r->c;
+	if (r->prev)
+		r->prev->next = r->next;
+	else if (c->runs == r)
+		c->runs = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	for (size_t i = 0; i < r->toks.n; i++)
+		free(r->toks.t[i]);
+	free(r->toks.t);
+	free(r->bt);
+	msgtext_free(&r->text);
+	free(r);
+}
+
+static void learned(void *arg, bool ok, const char *why)
+{
+	(void)arg;
+	if (!ok)
+		log_warn(NULL, NULL, "spam.autolearn_failed", "reason=%s", why);
+}
+
+/* The classifier's pseudo-rule, as SpamAssassin names them. */
+static const char *bayes_rule(double p)
+{
+	return p < 0.01 ? "BAYES_00" : p < 0.05 ? "BAYES_05" : p < 0.20 ? "BAYES_20" : p < 0.40 ? "BAYES_40"
+	       : p < 0.60 ? "BAYES_50" : p < 0.80 ? "BAYES_60" : p < 0.95 ? "BAYES_80" : p < 0.99 ? "BAYES_95"
+	       : "BAYES_99";
+}
+
+/* The message's own X-Spam-* fields go; ours come. */
+static void replace_headers(struct check_ctx *ctx)
+{
+	static const char *const names[] = { "X-Spam-Score", "X-Spam-Status", "X-Spam-Flag" };
+	for (size_t k = 0; k < 3; k++) {
+		unsigned idx = 0;
+		struct hdr_field f;
+		for (size_t pos = 0; ctx->data && hdr_next(ctx->data, ctx->header_bytes, &pos, &f);)
+			if (hdr_is(&f, names[k]))
+				check_ctx_remove_header(ctx, names[k], ++idx);
+	}
+}
+
+/* Subject with subject_tag before it (the field as it came, once). */
+static void tag_subject(struct spam_check *c, struct check_ctx *ctx)
+{
+	const char *tag = c->p->subject_tag;
+	if (!tag || !*tag || !ctx->data)
+		return;
+	struct hdr_field f;
+	for (size_t pos = 0; hdr_next(ctx->data, ctx->header_bytes, &pos, &f);) {
+		if (!hdr_is(&f, "Subject"))
+			continue;
+		const char *v = f.value;
+		size_t n = f.value_len;
+		while (n && (*v == ' ' || *v == '\t')) {
+			v++;
+			n--;
+		}
+		size_t tl = strlen(tag);
+		if (n >= tl && strncmp(v, tag, tl) == 0)
+			return;         /* tagged already (an earlier stage, a resend) */
+		char *nv = xasprintf("%s %.*s", tag, (int)n, v);
+		check_ctx_remove_header(ctx, "Subject", 1);
+		check_ctx_add_header(ctx, "Subject", nv);
+		free(nv);
+		return;
+	}
+	check_ctx_add_header(ctx, "Subject", tag);
+}
+
+static void decide(struct run *r, bool bayes_ok, double p, long long nspam, long long nham)
+{
+	struct spam_check *c = r->c;
+	const struct spam_params *P = c->p;
+	struct check_ctx *ctx = r->ctx;
+	bool bayes_used = P->bayes && bayes_ok && nspam > 0 && nham > 0;
+	double bayes_pts = bayes_used ? P->bayes_points * (2.0 * p - 1.0) : 0;
+	double score = r->rules_score + bayes_pts;
+	struct verdict v = { .kind = V_CONTINUE };
+	const char *action = "none";
+	if (P->bayes && !bayes_ok && P->failure_action == 1) {
+		v.kind = V_TEMPFAIL;
+		v.code = 451;
+		snprintf(v.enh, sizeof(v.enh), "4.7.1");
+		snprintf(v.reason, sizeof(v.reason), "Spam filter temporarily unavailable; try again later");
+		action = "tempfail";
+	} else if (P->reject_score > 0 && score >= P->reject_score) {
+		v.kind = V_REJECT;
+		v.code = 554;
+		snprintf(v.enh, sizeof(v.enh), "5.7.1");
+		snprintf(v.reason, sizeof(v.reason), "Message rejected as spam (score %.1f)", score);
+		action = "reject";
+	} else if (P->quarantine_score > 0 && score >= P->quarantine_score) {
+		v.kind = V_QUARANTINE;
+		snprintf(v.reason, sizeof(v.reason), "spam (score %.1f)", score);
+		action = "quarantine";
+	} else if (score >= P->tag_score) {
+		action = "tag";
+	}
+	bool spam = score >= P->tag_score;
+	struct buf tests = BUF_INIT;
+	for (size_t i = 0; i < r->nhits; i++)
+		buf_printf(&tests, "%s%s", i ? "," : "", r->hits[i].name);
+	if (bayes_used)
+		buf_printf(&tests, "%s%s", tests.len ? "," : "", bayes_rule(p));
+	if (v.kind != V_REJECT && v.kind != V_TEMPFAIL) {
+		replace_headers(ctx);
+		char val[64];
+		snprintf(val, sizeof(val), "%.1f", score);
+		check_ctx_add_header(ctx, "X-Spam-Score", val);
+		struct buf st = BUF_INIT;
+		buf_printf(&st, "%s, score=%.1f required=%.1f tests=%s", spam ? "Yes" : "No", score, P->tag_score,
+			   tests.len ? buf_cstr(&tests) : "none");
+		if (P->bayes && bayes_used)
+			buf_printf(&st, " bayes=%.4f", p);
+		else if (P->bayes)
+			buf_puts(&st, bayes_ok ? " bayes=untrained" : " bayes=unavailable");
+		check_ctx_add_header(ctx, "X-Spam-Status", buf_cstr(&st));
+		buf_free(&st);
+		if (spam) {
+			check_ctx_add_header(ctx, "X-Spam-Flag", "YES");
+			tag_subject(c, ctx);
+		}
+	}
+	log_info(ctx->sid, ctx->qid, "spam.result", "score=%.2f rules=%.2f bayes=%s bayes_points=%.2f tests=%s action=%s "
+		 "limited=%u", score, r->rules_score,
+		 !P->bayes ? "off" : bayes_used ? "used" : bayes_ok ? "untrained" : "unavailable", bayes_pts,
+		 tests.len ? buf_cstr(&tests) : "none", action, r->cut);
+	buf_free(&tests);
+	if (c->m_score) {
+		metric_observe(c->m_score, NULL, score);
+		char l[64];
+		snprintf(l, sizeof(l), "action=\"%s\"", action);
+		metric_inc(c->m_actions, l);
+	}
+	if (P->autolearn && bayes_ok && c->st && v.kind != V_TEMPFAIL &&
+	    (score >= P->autolearn_spam || score <= P->autolearn_ham)) {
+		bool as_spam = score >= P->autolearn_spam;
+		log_info(ctx->sid, ctx->qid, "spam.autolearn", "as=%s score=%.2f", as_spam ? "spam" : "ham", score);
+		bayes_db_learn(c->st, r->toks.t, r->toks.n, as_spam, 1, learned, NULL);
+	}
+	struct check_call *call = r->call;
+	run_free(r);
+	check_done(call, &v);
+}
+
+static void looked_up(void *arg, bool ok, long long nspam, long long nham, const char *why)
+{
+	struct run *r = arg;
+	r->lookup = NULL;
+	double p = 0.5;
+	if (!ok) {
+		log_warn(r->ctx->sid, r->ctx->qid, "spam.bayes_unavailable", "reason=%s failure_action=%s", why,
+			 r->c->p->failure_action ? "tempfail" : "continue");
+	} else {
+		struct bayes_result res;
+		bayes_score(r->bt, r->toks.n, nspam, nham, NULL, &res);
+		p = res.score;
+	}
+	decide(r, ok, p, nspam, nham);
+}
+
+static void spam_message(void *inst, struct check_ctx *ctx, struct check_call *call)
+{
+	struct spam_check *c = inst;
+	if (!ctx->data) {
+		check_continue(call);
+		return;
+	}
+	struct run *r = xcalloc(1, sizeof(*r));
+	r->c = c;
+	r->ctx = ctx;
+	r->call = call;
+	r->next = c->runs;
+	if (r->next)
+		r->next->prev = r;
+	c->runs = r;
+	msgtext_build(&r->text, ctx->data, ctx->len, (size_t)c->p->max_text, 0);
+	r->rules_score = spamrules_eval(c->rules, ctx->data, &r->text, c->scratch, r->hits, HITS_SHOWN, &r->nhits,
+					&r->cut);
+	if (!c->p->bayes) {
+		decide(r, true, 0.5, 0, 0);
+		return;
+	}
+	struct bayes_tok_opts o = { .max_text = (size_t)c->p->max_text };
+	bayes_tokens_of(ctx->data, &r->text, &o, add_tok, &r->toks);
+	if (!c->st) {
+		looked_up(r, false, 0, 0, "no state store");
+		return;
+	}
+	r->bt = xcalloc(r->toks.n ? r->toks.n : 1, sizeof(*r->bt));
+	for (size_t i = 0; i < r->toks.n; i++)
+		r->bt[i].tok = r->toks.t[i];
+	r->lookup = bayes_db_lookup(c->st, r->bt, r->toks.n, looked_up, r);
+}
+
+/* Shutdown: the lookups still out are cancelled (the store's callbacks
+ * would come after the sessions are gone); the chain frees the calls. */
+static void spam_stop(void *inst)
+{
+	struct spam_check *c = inst;
+	while (c->runs) {
+		struct run *r = c->runs;
+		bayes_db_lookup_cancel(r->lookup);
+		run_free(r);
+	}
+}
+
+static void spam_free(void *inst)
+{
+	struct spam_check *c = inst;
+	if (!c)
+		return;
+	spam_stop(c);
+	spamrules_free(c->rules);
+	rx_scratch_free(c->scratch);
+	free(c);
+}
+
+static void *spam_init(const void *params, const struct check_env *env, char *why, size_t whylen)
+{
+	const struct spam_params *p = params;
+	struct spam_check *c = xcalloc(1, sizeof(*c));
+	c->p = p;
+	if (p->rules_file && *p->rules_file) {
+		char w[600];
+		c->rules = spamrules_load(p->rules_file, w, sizeof(w));
+		if (!c->rules) {
+			snprintf(why, whylen, "rules_file: %s", w);
+			free(c);
+			return NULL;
+		}
+	}
+	if (p->autolearn && p->autolearn_ham >= p->autolearn_spam) {
+		snprintf(why, whylen, "autolearn_ham (%g) must be below autolearn_spam (%g)", p->autolearn_ham,
+			 p->autolearn_spam);
+		spamrules_free(c->rules);
+		free(c);
+		return NULL;
+	}
+	c->scratch = rx_scratch_new();
+	c->st = env->state;
+	if (env->metrics) {
+		static const double bounds[] = { -5, -2, 0, 2, 4, 5, 6, 8, 10, 15, 20, 30 };
+		c->m_score = metrics_histogram(env->metrics, "rampart_spam_score", "Anti-spam scores of messages.",
+					       bounds, sizeof(bounds) / sizeof(bounds[0]));
+		c->m_actions = metrics_counter(env->metrics, "rampart_spam_actions_total",
+					       "Anti-spam decisions, by action (none, tag, quarantine, reject, tempfail).");
+	}
+	return c;
+}
+
+const struct check_def check_spam = {
+	.name = "spam",
+	.doc = "anti-spam score at end of message: scored rules plus the Bayesian classifier; tag, quarantine or reject",
+	.params = &spam_params_set,
+	.init = spam_init,
+	.free = spam_free,
+	.stop = spam_stop,
+	.hooks = { [PHASE_MESSAGE] = spam_message },
+	.needs_state = true,
+};
