@@ -6,11 +6,16 @@
 #include "state_ctl.h"
 #include "mail/bayes.h"
 #include "mail/bayes_db.h"
+#include "mail/msgtext.h"
+#include "mail/spamrules.h"
+#include "checks/chain.h"
+#include "checks/spam.h"
 #include "mail/state.h"
 #include "util/alloc.h"
 #include "util/buf.h"
 #include "util/config.h"
 #include "util/log.h"
+#include "util/rx.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -382,6 +387,9 @@ int bayes_ctl_main(const char *path, const char *instance, int argc, char **argv
 
 struct scorer {
 	struct state_ctl *c;
+	const struct spam_params *sp;
+	struct spamrules *rules;
+	struct rx_scratch *scratch;
 	unsigned top;
 	bool batch;
 	bool done, ok;
@@ -399,16 +407,24 @@ static void looked_up(void *arg, bool ok, long long nspam, long long nham, const
 	snprintf(s->why, sizeof(s->why), "%s", why);
 }
 
-static const char *verdict(double score)
+static const char *verdict(double p)
 {
-	return score >= SPAM_CUTOFF ? "spam" : score <= HAM_CUTOFF ? "ham" : "unsure";
+	return p >= SPAM_CUTOFF ? "spam" : p <= HAM_CUTOFF ? "ham" : "unsure";
 }
 
 static bool score_one(void *arg, const char *name, const char *msg, size_t len)
 {
 	struct scorer *s = arg;
+	const struct spam_params *sp = s->sp;
+	struct msgtext text;
+	msgtext_build(&text, msg, len, (size_t)sp->max_text, 0);
+	struct spamrule_hit hits[64];
+	size_t nhits = 0;
+	unsigned cut = 0;
+	double rules = spamrules_eval(s->rules, msg, &text, s->scratch, hits, 64, &nhits, &cut);
 	struct toklist l = { 0 };
-	bayes_tokens(msg, len, NULL, add_token, &l);
+	struct bayes_tok_opts o = { .max_text = (size_t)sp->max_text };
+	bayes_tokens_of(msg, &text, &o, add_token, &l);
 	struct bayes_token *toks = xcalloc(l.n ? l.n : 1, sizeof(*toks));
 	for (size_t i = 0; i < l.n; i++)
 		toks[i].tok = l.t[i];
@@ -416,36 +432,75 @@ static bool score_one(void *arg, const char *name, const char *msg, size_t len)
 	memset(&r, 0, sizeof(r));
 	r.score = 0.5;
 	bool ok = true;
-	if (s->c->st) {
+	s->nspam = s->nham = 0;
+	if (s->c->st && sp->bayes) {
 		s->done = false;
 		bayes_db_lookup(s->c->st, toks, l.n, looked_up, s);
 		while (!s->done)
 			event_base_loop(s->c->base, EVLOOP_ONCE);
 		ok = s->ok;
-	} else {
-		s->nspam = s->nham = 0;     /* nothing trained yet */
 	}
 	if (!ok) {
 		fprintf(stderr, "rampartctl: spam score: %s: state store (%s): %s\n", name,
 			state_backend_name(s->c->st), s->why);
 	} else {
 		bayes_score(toks, l.n, s->nspam, s->nham, NULL, &r);
+		struct spam_outcome out;
+		spam_decide(sp, rules, true, r.score, s->nspam, s->nham, &out);
 		if (s->batch) {
-			printf("%.4f %s %s\n", r.score, verdict(r.score), name);
+			printf("%.4f %s %.1f %s %s\n", r.score, verdict(r.score), out.score, spam_action_name(out.action),
+			       name);
 		} else {
-			printf("score %.4f %s (bayes: %zu clues of %zu tokens; trained on %lld spam, %lld ham)\n", r.score,
-			       verdict(r.score), r.nclues, l.n, s->nspam, s->nham);
-			printf("spam evidence %.4f, ham evidence %.4f\n", r.spam_evidence, r.ham_evidence);
-			if (r.nshown)
-				printf("%-8s %6s %6s  %s\n", "f(w)", "spam", "ham", "token");
-			for (size_t i = 0; i < r.nshown && i < s->top; i++) {
+			printf("score %.1f: %s (tag_score %g, quarantine_score %g, reject_score %g; 0: off)\n", out.score,
+			       spam_action_name(out.action), sp->tag_score, sp->quarantine_score, sp->reject_score);
+			printf("rules %.1f: %zu of %zu matched%s\n", rules, nhits, spamrules_count(s->rules),
+			       cut ? " (some matches cut by the limit)" : "");
+			for (size_t i = 0; i < nhits; i++)
+				printf("  %-24s %5.1f  %s\n", hits[i].name, hits[i].score, hits[i].desc);
+			if (!sp->bayes)
+				printf("bayes: off\n");
+			else if (!out.bayes_used)
+				printf("bayes: untrained (%lld spam, %lld ham)\n", s->nspam, s->nham);
+			else
+				printf("bayes %+.1f: p=%.4f %s (%s; %zu clues of %zu tokens; trained on %lld spam, %lld ham)\n",
+				       out.bayes_points, r.score, spam_bayes_rule(r.score), verdict(r.score), r.nclues, l.n,
+				       s->nspam, s->nham);
+			if (out.bayes_used && r.nshown)
+				printf("  %-8s %6s %6s  %s\n", "f(w)", "spam", "ham", "token");
+			for (size_t i = 0; out.bayes_used && i < r.nshown && i < s->top; i++) {
 				const struct bayes_token *t = &toks[r.clues[i]];
-				printf("%-8.4f %6lld %6lld  %s\n", t->prob, t->spam, t->ham, t->tok);
+				printf("  %-8.4f %6lld %6lld  %s\n", t->prob, t->spam, t->ham, t->tok);
 			}
 		}
 	}
 	free(toks);
 	toklist_free(&l);
+	msgtext_free(&text);
+	return ok;
+}
+
+/* [check.spam] of the configuration (the instance's own section when it
+ * has one), or its defaults when there is no such file. */
+static bool spam_params_load(const char *config, const char *instance, bool must, struct spam_params *sp)
+{
+	struct config_error err;
+	struct stat sb;
+	struct config *cfg = NULL;
+	if (config && (must || stat(config, &sb) == 0)) {
+		cfg = config_parse_file(config, &err);
+		if (!cfg) {
+			fprintf(stderr, "rampartctl: %s\n", err.msg);
+			return false;
+		}
+	} else {
+		cfg = config_parse_string("defaults", "", &err);
+	}
+	char section[160];
+	chain_check_section(cfg, "spam", instance, section, sizeof(section));
+	bool ok = config_bind(cfg, section, &spam_params_set, sp, &err);
+	if (!ok)
+		fprintf(stderr, "rampartctl: %s\n", err.msg);
+	config_free(cfg);
 	return ok;
 }
 
@@ -456,6 +511,7 @@ int spam_ctl_main(const char *path, const char *instance, int argc, char **argv)
 		return 2;
 	}
 	const char *db = NULL, *config = path;
+	bool config_given = false;
 	struct scorer s = { .top = 20 };
 	int i = 1;
 	for (; i < argc && argv[i][0] == '-' && argv[i][1]; i++) {
@@ -463,6 +519,7 @@ int spam_ctl_main(const char *path, const char *instance, int argc, char **argv)
 			db = argv[++i];
 		} else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
 			config = argv[++i];
+			config_given = true;
 		} else if (strcmp(argv[i], "--top") == 0 && i + 1 < argc) {
 			s.top = (unsigned)atoi(argv[++i]);
 		} else {
@@ -470,11 +527,27 @@ int spam_ctl_main(const char *path, const char *instance, int argc, char **argv)
 			return 2;
 		}
 	}
-	struct state_ctl c;
-	if (!open_store(&c, config, instance, db, false))
+	struct spam_params sp;
+	if (!spam_params_load(config, instance, config_given || !db, &sp))
 		return 1;
-	s.c = &c;
+	s.sp = &sp;
 	int rc = 0;
+	if (sp.rules_file && *sp.rules_file) {
+		char why[600];
+		s.rules = spamrules_load(sp.rules_file, why, sizeof(why));
+		if (!s.rules) {
+			fprintf(stderr, "rampartctl: spam score: rules_file: %s\n", why);
+			config_release(&spam_params_set, &sp);
+			return 1;
+		}
+	}
+	s.scratch = rx_scratch_new();
+	struct state_ctl c;
+	if (!open_store(&c, config, instance, db, false)) {
+		rc = 1;
+		goto out;
+	}
+	s.c = &c;
 	if (i < argc) {
 		s.batch = true;
 		for (; i < argc; i++)
@@ -506,5 +579,9 @@ int spam_ctl_main(const char *path, const char *instance, int argc, char **argv)
 		buf_free(&b);
 	}
 	state_ctl_close(&c);
+out:
+	rx_scratch_free(s.scratch);
+	spamrules_free(s.rules);
+	config_release(&spam_params_set, &sp);
 	return rc;
 }

@@ -24,6 +24,7 @@
  * action) and the scores are a histogram on /metrics.
  */
 #include "check.h"
+#include "spam.h"
 #include "../mail/bayes.h"
 #include "../mail/bayes_db.h"
 #include "../mail/header.h"
@@ -44,25 +45,13 @@
 
 #define HITS_SHOWN 40
 
-struct spam_params {
-	char *rules_file;
-	bool bayes;
-	double bayes_points;
-	double tag_score, quarantine_score, reject_score;
-	char *subject_tag;
-	bool autolearn;
-	double autolearn_spam, autolearn_ham;
-	int failure_action;
-	long long max_text;
-};
-
 #define P(f) offsetof(struct spam_params, f)
 static const struct param_def spam_param_defs[] = {
 	{ "rules_file", PT_STR, "", 0, 0, NULL, P(rules_file),
 	  "scored rules, one per line: KIND NAME /PATTERN/FLAGS SCORE [DESCRIPTION] (KIND: header:FIELD, header:*, body, uri)" },
 	{ "bayes", PT_BOOL, "yes", 0, 0, NULL, P(bayes), "ask the Bayesian classifier (counts in the state store)" },
-	{ "bayes_points", PT_NUMBER, "5", 0, 100, NULL, P(bayes_points),
-	  "what the classifier adds at most: bayes_points * (2p - 1), p its spam probability" },
+	{ "bayes_points", PT_NUMBER, "5.5", 0, 100, NULL, P(bayes_points),
+	  "what the classifier adds at most: bayes_points * (2p - 1), p its spam probability (5.5: alone it tags from p = 0.955 on)" },
 	{ "tag_score", PT_NUMBER, "5", -100, 1000, NULL, P(tag_score), "X-Spam-Flag: YES and the subject tag from this score on" },
 	{ "subject_tag", PT_STR, "[SPAM]", 0, 0, NULL, P(subject_tag), "put before the Subject of tagged mail (empty: leave it)" },
 	{ "quarantine_score", PT_NUMBER, "0", 0, 1000, NULL, P(quarantine_score), "quarantine from this score on (0: never)" },
@@ -76,7 +65,7 @@ static const struct param_def spam_param_defs[] = {
 	PARAM_END
 };
 
-static const struct param_set spam_params_set = {
+const struct param_set spam_params_set = {
 	"check.spam", "anti-spam score: scored rules and the Bayesian classifier", spam_param_defs,
 	sizeof(struct spam_params)
 };
@@ -146,14 +135,6 @@ static void learned(void *arg, bool ok, const char *why)
 		log_warn(NULL, NULL, "spam.autolearn_failed", "reason=%s", why);
 }
 
-/* The classifier's pseudo-rule, as SpamAssassin names them. */
-static const char *bayes_rule(double p)
-{
-	return p < 0.01 ? "BAYES_00" : p < 0.05 ? "BAYES_05" : p < 0.20 ? "BAYES_20" : p < 0.40 ? "BAYES_40"
-	       : p < 0.60 ? "BAYES_50" : p < 0.80 ? "BAYES_60" : p < 0.95 ? "BAYES_80" : p < 0.99 ? "BAYES_95"
-	       : "BAYES_99";
-}
-
 /* The message's own X-Spam-* fields go; ours come. */
 static void replace_headers(struct check_ctx *ctx)
 {
@@ -195,41 +176,69 @@ static void tag_subject(struct spam_check *c, struct check_ctx *ctx)
 	check_ctx_add_header(ctx, "Subject", tag);
 }
 
+enum spam_action spam_decide(const struct spam_params *P, double rules_score, bool bayes_ok, double p,
+			     long long nspam, long long nham, struct spam_outcome *o)
+{
+	o->bayes_used = P->bayes && bayes_ok && nspam > 0 && nham > 0;
+	o->bayes_points = o->bayes_used ? P->bayes_points * (2.0 * p - 1.0) : 0;
+	o->score = rules_score + o->bayes_points;
+	if (P->bayes && !bayes_ok && P->failure_action == 1)
+		o->action = SPAM_TEMPFAIL;
+	else if (P->reject_score > 0 && o->score >= P->reject_score)
+		o->action = SPAM_REJECT;
+	else if (P->quarantine_score > 0 && o->score >= P->quarantine_score)
+		o->action = SPAM_QUARANTINE;
+	else if (o->score >= P->tag_score)
+		o->action = SPAM_TAG;
+	else
+		o->action = SPAM_NONE;
+	return o->action;
+}
+
+const char *spam_action_name(enum spam_action a)
+{
+	static const char *const n[] = { "none", "tag", "quarantine", "reject", "tempfail" };
+	return n[a];
+}
+
+const char *spam_bayes_rule(double p)
+{
+	return p < 0.01 ? "BAYES_00" : p < 0.05 ? "BAYES_05" : p < 0.20 ? "BAYES_20" : p < 0.40 ? "BAYES_40"
+	       : p < 0.60 ? "BAYES_50" : p < 0.80 ? "BAYES_60" : p < 0.95 ? "BAYES_80" : p < 0.99 ? "BAYES_95"
+	       : "BAYES_99";
+}
+
 static void decide(struct run *r, bool bayes_ok, double p, long long nspam, long long nham)
 {
 	struct spam_check *c = r->c;
 	const struct spam_params *P = c->p;
 	struct check_ctx *ctx = r->ctx;
-	bool bayes_used = P->bayes && bayes_ok && nspam > 0 && nham > 0;
-	double bayes_pts = bayes_used ? P->bayes_points * (2.0 * p - 1.0) : 0;
-	double score = r->rules_score + bayes_pts;
+	struct spam_outcome o;
+	spam_decide(P, r->rules_score, bayes_ok, p, nspam, nham, &o);
+	bool bayes_used = o.bayes_used;
+	double bayes_pts = o.bayes_points, score = o.score;
+	const char *action = spam_action_name(o.action);
 	struct verdict v = { .kind = V_CONTINUE };
-	const char *action = "none";
-	if (P->bayes && !bayes_ok && P->failure_action == 1) {
+	if (o.action == SPAM_TEMPFAIL) {
 		v.kind = V_TEMPFAIL;
 		v.code = 451;
 		snprintf(v.enh, sizeof(v.enh), "4.7.1");
 		snprintf(v.reason, sizeof(v.reason), "Spam filter temporarily unavailable; try again later");
-		action = "tempfail";
-	} else if (P->reject_score > 0 && score >= P->reject_score) {
+	} else if (o.action == SPAM_REJECT) {
 		v.kind = V_REJECT;
 		v.code = 554;
 		snprintf(v.enh, sizeof(v.enh), "5.7.1");
 		snprintf(v.reason, sizeof(v.reason), "Message rejected as spam (score %.1f)", score);
-		action = "reject";
-	} else if (P->quarantine_score > 0 && score >= P->quarantine_score) {
+	} else if (o.action == SPAM_QUARANTINE) {
 		v.kind = V_QUARANTINE;
 		snprintf(v.reason, sizeof(v.reason), "spam (score %.1f)", score);
-		action = "quarantine";
-	} else if (score >= P->tag_score) {
-		action = "tag";
 	}
 	bool spam = score >= P->tag_score;
 	struct buf tests = BUF_INIT;
 	for (size_t i = 0; i < r->nhits; i++)
 		buf_printf(&tests, "%s%s", i ? "," : "", r->hits[i].name);
 	if (bayes_used)
-		buf_printf(&tests, "%s%s", tests.len ? "," : "", bayes_rule(p));
+		buf_printf(&tests, "%s%s", tests.len ? "," : "", spam_bayes_rule(p));
 	if (v.kind != V_REJECT && v.kind != V_TEMPFAIL) {
 		replace_headers(ctx);
 		char val[64];

@@ -54,20 +54,22 @@ def test_train_stats_and_score():
         # one message on standard input: score, verdict, clues
         probe = "From x Mon Dec  7 10:00:00 2026\n" + SPAM[0].format(n=999)
         r = subprocess_ctl(lab, ["spam", "score", "--db", db], probe)
-        m = re.search(r"^score ([0-9.]+) (spam|ham|unsure) \(bayes: \d+ clues of \d+ tokens; trained on 8 spam, 8 ham\)",
-                      r.stdout, re.M)
-        check(r.returncode == 0 and m and float(m.group(1)) >= 0.95 and m.group(2) == "spam", "score: %r" % r.stdout)
-        check(re.search(r"^[0-9.]+ +\d+ +\d+  url:pharma\.example$", r.stdout, re.M), "clues: %r" % r.stdout)
+        m = re.search(r"^bayes \+([0-9.]+): p=([0-9.]+) BAYES_\d\d \(spam; \d+ clues of \d+ tokens; trained on 8 spam, "
+                      r"8 ham\)", r.stdout, re.M)
+        check(r.returncode == 0 and m and float(m.group(2)) >= 0.95, "score: %r" % r.stdout)
+        check(re.search(r"^score 5\.[0-9]: tag \(tag_score 5,", r.stdout, re.M), "decision: %r" % r.stdout)
+        check(re.search(r"^  [0-9.]+ +\d+ +\d+  url:pharma\.example$", r.stdout, re.M), "clues: %r" % r.stdout)
         r = subprocess_ctl(lab, ["spam", "score", "--db", db], HAM[0].format(n=998))
-        check(re.search(r"^score 0\.[01]\d* ham ", r.stdout, re.M), "ham: %r" % r.stdout)
+        check(re.search(r"^bayes -[0-9.]+: p=0\.[01]\d* BAYES_\d\d \(ham; ", r.stdout, re.M), "ham: %r" % r.stdout)
+        check(re.search(r"^score -5\.[0-9]: none ", r.stdout, re.M), "ham decision: %r" % r.stdout)
 
         # files: one line each
         _write(os.path.join(d, "probe", "s.eml"), SPAM[1].format(n=555))
         _write(os.path.join(d, "probe", "h.eml"), HAM[1].format(n=556))
         r = lab.ctl("spam", "score", "--db", db, os.path.join(d, "probe"))
         lines = sorted(r.stdout.splitlines(), key=lambda l: l.split()[-1])
-        check(r.returncode == 0 and len(lines) == 2 and lines[0].split()[1] == "ham" and lines[1].split()[1] == "spam",
-              "batch: %r" % r.stdout)
+        check(r.returncode == 0 and len(lines) == 2 and lines[0].split()[1] == "ham" and lines[1].split()[1] == "spam"
+              and lines[1].split()[3] == "tag" and lines[0].split()[3] == "none", "batch: %r" % r.stdout)
 
         # untraining takes it back
         r = lab.ctl("bayes", "train", "spam", "--untrain", "--db", db, os.path.join(d, "spam"))

@@ -281,7 +281,7 @@ void tu_state_fx_close(struct tu_state_fx *f)
 	envelope_free(f->e);
 	if (f->st)
 		state_close(f->st);
-	tu_chain_fx_free(&f->c, NULL);
+	tu_chain_fx_free(&f->c, &f->ctx);      /* with the headers the checks asked for */
 	if (f->bound)
 		config_release(&state_param_set, &f->scfg);
 	memset(f, 0, sizeof(*f));
