@@ -211,3 +211,50 @@ def test_stage_bad_rules_stop_startup():
               "exit %d: %r" % (p.returncode, p.stderr[-600:]))
     finally:
         lab.close()
+
+
+def test_stage_routes_local_to_the_store_and_the_rest_out():
+    # queue mode: one message for a local and two external recipients is
+    # split into one transaction to the store and one to the next stage
+    # (here the lab's Internet stands for the outgoing stage); nobody is
+    # lost or served twice; both copies carry the score
+    import time
+    lab = Lab("spam-routing")
+    try:
+        lab.add_store()
+        lab.add_internet()
+        from lib import free_port
+        port = free_port()
+        lab.ports["spam"] = port
+        lab.sections["spam"] = {
+            "listen": "127.0.0.1:%d" % port,
+            "hostname": "spam.example.test",
+            "local_domains": "example.test",
+            "mode": "queue",
+            "local_next_hops": "127.0.0.1:%d" % lab.ports["store"],
+            "next_hops": "127.0.0.1:%d" % lab.ports["internet"],
+            "retry_min": "1s",
+        }
+        lab.sections["check.spam"] = {"bayes": "no"}
+        lab.write_config()
+        lab.start("store")
+        lab.start("spam")
+        import smtplib
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+            c.ehlo("client.example.org")
+            refused = c.sendmail("sender@example.test", ["alice@example.test", "carol@remote.example",
+                                                         "dave@other.example"],
+                                 HAM[0].format(n=700).replace("\n", "\r\n").encode())
+            check(refused == {}, "all accepted: %r" % refused)
+        got = lab.wait_mail("alice", 1)
+        end = time.monotonic() + 15
+        while time.monotonic() < end and (not lab.outbound("remote.example") or not lab.outbound("other.example")):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        check(len(lab.maildir("alice")) == 1, "alice once: %d" % len(lab.maildir("alice")))
+        check(len(lab.outbound("remote.example")) == 1 and len(lab.outbound("other.example")) == 1,
+              "each external recipient once: %r %r" % (lab.outbound("remote.example"), lab.outbound("other.example")))
+        for data in [got[0]] + lab.outbound("remote.example") + lab.outbound("other.example"):
+            check(b"X-Spam-Status: No, score=0.0 required=5.0 tests=none" in data, "scored: %r" % data[:600])
+    finally:
+        lab.close()
