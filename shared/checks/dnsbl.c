@@ -25,6 +25,7 @@
  * WEIGHT defaults to 1.
  */
 #include "check.h"
+#include "dnslist.h"
 #include "../util/alloc.h"
 #include "../util/dns.h"
 #include "../util/log.h"
@@ -40,7 +41,6 @@
 #include <event2/event.h>
 
 #define MAX_SITES    32
-#define MAX_RANGES   8          /* per octet of a filter */
 
 struct dnsbl_params {
 	struct strlist sites;
@@ -67,161 +67,14 @@ static const struct param_set dnsbl_params_set = {
 	dnsbl_param_defs, sizeof(struct dnsbl_params)
 };
 
-struct octet {
-	unsigned lo[MAX_RANGES], hi[MAX_RANGES];
-	size_t n;
-};
-
-struct site {
-	char domain[256];
-	bool filtered;
-	struct octet oct[4];
-	int weight;
-};
-
 struct dnsbl {
 	const struct dnsbl_params *p;
 	struct dns *dns;
 	struct event_base *base;
-	struct site sites[MAX_SITES];
+	struct dnslist_site sites[MAX_SITES];
 	size_t nsites;
 	struct metric *m_hits, *m_errors;
 };
-
-/* ---- parsing ---------------------------------------------------------- */
-
-static bool parse_num(const char **pp, unsigned *out)
-{
-	const char *p = *pp;
-	unsigned v = 0;
-	if (!isdigit((unsigned char)*p))
-		return false;
-	while (isdigit((unsigned char)*p)) {
-		v = v * 10 + (unsigned)(*p++ - '0');
-		if (v > 255)
-			return false;
-	}
-	*out = v;
-	*pp = p;
-	return true;
-}
-
-/* One octet: N, [a..b], [a;b;c..d] */
-static bool parse_octet(const char **pp, struct octet *o)
-{
-	const char *p = *pp;
-	o->n = 0;
-	if (*p != '[') {
-		if (!parse_num(&p, &o->lo[0]))
-			return false;
-		o->hi[0] = o->lo[0];
-		o->n = 1;
-		*pp = p;
-		return true;
-	}
-	p++;
-	for (;;) {
-		if (o->n == MAX_RANGES || !parse_num(&p, &o->lo[o->n]))
-			return false;
-		o->hi[o->n] = o->lo[o->n];
-		if (p[0] == '.' && p[1] == '.') {
-			p += 2;
-			if (!parse_num(&p, &o->hi[o->n]) || o->hi[o->n] < o->lo[o->n])
-				return false;
-		}
-		o->n++;
-		if (*p == ';') {
-			p++;
-			continue;
-		}
-		if (*p != ']')
-			return false;
-		*pp = p + 1;
-		return true;
-	}
-}
-
-static bool parse_site(const char *e, struct site *s)
-{
-	memset(s, 0, sizeof(*s));
-	s->weight = 1;
-	const char *end = e + strcspn(e, "=*");
-	size_t dl = (size_t)(end - e);
-	if (dl == 0 || dl >= sizeof(s->domain))
-		return false;
-	memcpy(s->domain, e, dl);
-	for (size_t i = 0; i < dl; i++) {
-		unsigned char c = (unsigned char)s->domain[i];
-		if (!isalnum(c) && c != '-' && c != '.' && c != '_')
-			return false;
-	}
-	const char *p = end;
-	if (*p == '=') {
-		p++;
-		s->filtered = true;
-		for (int i = 0; i < 4; i++) {
-			if (i && *p++ != '.')
-				return false;
-			if (!parse_octet(&p, &s->oct[i]))
-				return false;
-		}
-	}
-	if (*p == '*') {
-		char *q;
-		long w = strtol(p + 1, &q, 10);
-		if (q == p + 1 || w < -1000 || w > 1000 || w == 0)
-			return false;
-		s->weight = (int)w;
-		p = q;
-	}
-	return *p == '\0';
-}
-
-static bool filter_pass(const struct site *s, const char *addr)
-{
-	struct in_addr a;
-	if (inet_pton(AF_INET, addr, &a) != 1)
-		return false;               /* DNSBL answers are IPv4 */
-	const unsigned char *b = (const unsigned char *)&a.s_addr;
-	if (!s->filtered)
-		return b[0] == 127;         /* anything else is a list's error page or wildcard */
-	for (int i = 0; i < 4; i++) {
-		bool ok = false;
-		for (size_t k = 0; k < s->oct[i].n && !ok; k++)
-			ok = b[i] >= s->oct[i].lo[k] && b[i] <= s->oct[i].hi[k];
-		if (!ok)
-			return false;
-	}
-	return true;
-}
-
-/* "4.3.2.1" for 1.2.3.4; nibbles for IPv6 (IPv4-mapped counts as IPv4). */
-static bool reversed(const char *ip, char *out, size_t len)
-{
-	unsigned char a[16];
-	if (inet_pton(AF_INET, ip, a) == 1) {
-		snprintf(out, len, "%u.%u.%u.%u", a[3], a[2], a[1], a[0]);
-		return true;
-	}
-	if (inet_pton(AF_INET6, ip, a) != 1)
-		return false;
-	static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-	if (memcmp(a, mapped, 12) == 0) {
-		snprintf(out, len, "%u.%u.%u.%u", a[15], a[14], a[13], a[12]);
-		return true;
-	}
-	static const char hex[] = "0123456789abcdef";
-	if (len < 64)
-		return false;
-	char *o = out;
-	for (int i = 15; i >= 0; i--) {
-		*o++ = hex[a[i] & 15];
-		*o++ = '.';
-		*o++ = hex[a[i] >> 4];
-		*o++ = i ? '.' : '\0';
-	}
-	return true;
-}
 
 /* ---- the check -------------------------------------------------------- */
 
@@ -242,7 +95,7 @@ static void *dnsbl_init(const void *params, const struct check_env *env, char *w
 	b->dns = env->dns;
 	b->base = env->base;
 	for (size_t i = 0; i < p->sites.n; i++)
-		if (!parse_site(p->sites.v[i], &b->sites[b->nsites++])) {
+		if (!dnslist_parse(p->sites.v[i], &b->sites[b->nsites++])) {
 			snprintf(why, whylen, "sites: '%s': expected DOMAIN[=FILTER][*WEIGHT], e.g. "
 				 "zen.example.org=127.0.0.[2..11]*2 (weight a non-zero integer)", p->sites.v[i]);
 			free(b);
@@ -327,11 +180,11 @@ static void on_answer(void *arg, const struct dns_result *r)
 	struct query *q = arg;
 	struct lookup *lk = q->lk;
 	struct dnsbl *b = lk->b;
-	const struct site *s = &b->sites[q->site];
+	const struct dnslist_site *s = &b->sites[q->site];
 	q->out = false;
 	if (r->status == DNS_OK) {
 		for (size_t k = 0; k < r->n; k++) {
-			if (r->rr[k].type != 1 || !filter_pass(s, r->rr[k].text))
+			if (r->rr[k].type != 1 || !dnslist_pass(s, r->rr[k].text))
 				continue;
 			lk->score += s->weight;
 			if (s->weight < 0)
@@ -366,7 +219,7 @@ static void dnsbl_connect(void *inst, struct check_ctx *ctx, struct check_call *
 	ctx->dnswl = false;
 	ctx->dnsbl_listed[0] = '\0';
 	if (!b->nsites || !b->dns || ctx->client_allowed || !ctx->client || !ctx->client->addr ||
-	    !reversed(ctx->client->addr, rev, sizeof(rev))) {
+	    !dnslist_reversed(ctx->client->addr, rev, sizeof(rev))) {
 		check_continue(call);
 		return;
 	}

@@ -20,18 +20,26 @@
  * answer, the rules alone decide (logged, "bayes=unavailable"), unless
  * failure_action is tempfail.  With autolearn, a message scoring at least
  * autolearn_spam (or at most autolearn_ham) is learned as spam (ham).
+ * DNS lists add their weights too (dnslist.h syntax): dnsbl_sites for the
+ * original client's address (XFORWARD from the stage before), uribl_sites
+ * for the domains of the message's links (each link's host and its
+ * parent domains down to two labels, max_uri_domains of them), once per
+ * list; a list that has not answered within dns_timeout counts nothing.
  * Every decision is one log line (spam.result: score, rules, Bayes,
- * action) and the scores are a histogram on /metrics.
+ * DNS lists, action) and the scores are a histogram on /metrics.
  */
 #include "check.h"
+#include "dnslist.h"
 #include "spam.h"
 #include "../mail/bayes.h"
 #include "../mail/bayes_db.h"
 #include "../mail/header.h"
+#include "../mail/mime.h"
 #include "../mail/msgtext.h"
 #include "../mail/spamrules.h"
 #include "../util/alloc.h"
 #include "../util/buf.h"
+#include "../util/dns.h"
 #include "../util/log.h"
 #include "../util/metrics.h"
 #include "../util/rx.h"
@@ -43,7 +51,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include <event2/event.h>
+
 #define HITS_SHOWN 40
+#define MAX_LISTS 16
 
 #define P(f) offsetof(struct spam_params, f)
 static const struct param_def spam_param_defs[] = {
@@ -62,6 +73,12 @@ static const struct param_def spam_param_defs[] = {
 	{ "failure_action", PT_ENUM, "continue", 0, 0, "continue|tempfail", P(failure_action),
 	  "the state store cannot answer: score with the rules alone (continue), or 451 4.7.1 (tempfail)" },
 	{ "max_text", PT_SIZE, "256k", 1024, 64LL << 20, NULL, P(max_text), "decoded text of a message the rules and the classifier read" },
+	{ "dnsbl_sites", PT_LIST, "", 0, MAX_LISTS, NULL, P(dnsbl_sites),
+	  "DNS lists of the original client's address, each DOMAIN[=FILTER][*WEIGHT]: the weight is added when it lists the client" },
+	{ "uribl_sites", PT_LIST, "", 0, MAX_LISTS, NULL, P(uribl_sites),
+	  "DNS lists of the domains of the message's links (URIBL/SURBL), each DOMAIN[=FILTER][*WEIGHT], once per list" },
+	{ "dns_timeout", PT_TIME, "3s", 100, 60000, NULL, P(dns_timeout), "longest wait for the DNS lists; one that has not answered counts nothing" },
+	{ "max_uri_domains", PT_INT, "10", 1, 100, NULL, P(max_uri_domains), "link domains looked up per message" },
 	PARAM_END
 };
 
@@ -77,6 +94,10 @@ struct spam_check {
 	struct spamrules *rules;
 	struct rx_scratch *scratch;
 	struct state *st;
+	struct dns *dns;
+	struct event_base *base;
+	struct dnslist_site dnsbl[MAX_LISTS], uribl[MAX_LISTS];
+	size_t ndnsbl, nuribl;
 	struct run *runs;               /* waiting for the classifier */
 	struct metric *m_score, *m_actions;
 };
@@ -84,6 +105,13 @@ struct spam_check {
 struct toks {
 	char **t;
 	size_t n, cap;
+};
+
+struct dnsq {
+	struct run *r;
+	bool uri;                       /* a uribl_sites query, else dnsbl_sites */
+	size_t site;
+	bool out;
 };
 
 struct run {
@@ -99,6 +127,15 @@ struct run {
 	struct spamrule_hit hits[HITS_SHOWN];
 	size_t nhits;
 	unsigned cut;
+	/* what is still out: the classifier's lookup and the DNS queries */
+	unsigned pending;
+	bool bayes_ok;
+	double p;
+	long long nspam, nham;
+	struct dnsq *q;
+	size_t nq;
+	struct event *timer;
+	bool dnsbl_hit[MAX_LISTS], uribl_hit[MAX_LISTS];
 };
 
 static void add_tok(void *arg, const char *tok, size_t len)
@@ -125,6 +162,14 @@ static void run_free(struct run *r)
 	free(r->toks.t);
 	free(r->bt);
 	msgtext_free(&r->text);
+	if (r->q) {
+		for (size_t i = 0; i < r->nq; i++)
+			if (r->q[i].out)
+				dns_cancel(c->dns, &r->q[i]);
+		free(r->q);
+	}
+	if (r->timer)
+		event_free(r->timer);
 	free(r);
 }
 
@@ -213,8 +258,15 @@ static void decide(struct run *r, bool bayes_ok, double p, long long nspam, long
 	struct spam_check *c = r->c;
 	const struct spam_params *P = c->p;
 	struct check_ctx *ctx = r->ctx;
+	double lists = 0;
+	for (size_t i = 0; i < c->ndnsbl; i++)
+		if (r->dnsbl_hit[i])
+			lists += c->dnsbl[i].weight;
+	for (size_t i = 0; i < c->nuribl; i++)
+		if (r->uribl_hit[i])
+			lists += c->uribl[i].weight;
 	struct spam_outcome o;
-	spam_decide(P, r->rules_score, bayes_ok, p, nspam, nham, &o);
+	spam_decide(P, r->rules_score + lists, bayes_ok, p, nspam, nham, &o);
 	bool bayes_used = o.bayes_used;
 	double bayes_pts = o.bayes_points, score = o.score;
 	const char *action = spam_action_name(o.action);
@@ -237,6 +289,12 @@ static void decide(struct run *r, bool bayes_ok, double p, long long nspam, long
 	struct buf tests = BUF_INIT;
 	for (size_t i = 0; i < r->nhits; i++)
 		buf_printf(&tests, "%s%s", i ? "," : "", r->hits[i].name);
+	for (size_t i = 0; i < c->ndnsbl; i++)
+		if (r->dnsbl_hit[i])
+			buf_printf(&tests, "%sDNSBL(%s)", tests.len ? "," : "", c->dnsbl[i].domain);
+	for (size_t i = 0; i < c->nuribl; i++)
+		if (r->uribl_hit[i])
+			buf_printf(&tests, "%sURIBL(%s)", tests.len ? "," : "", c->uribl[i].domain);
 	if (bayes_used)
 		buf_printf(&tests, "%s%s", tests.len ? "," : "", spam_bayes_rule(p));
 	if (v.kind != V_REJECT && v.kind != V_TEMPFAIL) {
@@ -258,8 +316,8 @@ static void decide(struct run *r, bool bayes_ok, double p, long long nspam, long
 			tag_subject(c, ctx);
 		}
 	}
-	log_info(ctx->sid, ctx->qid, "spam.result", "score=%.2f rules=%.2f bayes=%s bayes_points=%.2f tests=%s action=%s "
-		 "limited=%u", score, r->rules_score,
+	log_info(ctx->sid, ctx->qid, "spam.result", "score=%.2f rules=%.2f lists=%.2f bayes=%s bayes_points=%.2f "
+		 "tests=%s action=%s limited=%u", score, r->rules_score, lists,
 		 !P->bayes ? "off" : bayes_used ? "used" : bayes_ok ? "untrained" : "unavailable", bayes_pts,
 		 tests.len ? buf_cstr(&tests) : "none", action, r->cut);
 	buf_free(&tests);
@@ -280,20 +338,141 @@ static void decide(struct run *r, bool bayes_ok, double p, long long nspam, long
 	check_done(call, &v);
 }
 
+/* One thing came back; the last one decides. */
+static void one_done(struct run *r)
+{
+	if (--r->pending > 0)
+		return;
+	decide(r, r->bayes_ok, r->p, r->nspam, r->nham);
+}
+
 static void looked_up(void *arg, bool ok, long long nspam, long long nham, const char *why)
 {
 	struct run *r = arg;
 	r->lookup = NULL;
-	double p = 0.5;
+	r->bayes_ok = ok;
+	r->p = 0.5;
+	r->nspam = nspam;
+	r->nham = nham;
 	if (!ok) {
 		log_warn(r->ctx->sid, r->ctx->qid, "spam.bayes_unavailable", "reason=%s failure_action=%s", why,
 			 r->c->p->failure_action ? "tempfail" : "continue");
 	} else {
 		struct bayes_result res;
 		bayes_score(r->bt, r->toks.n, nspam, nham, NULL, &res);
-		p = res.score;
+		r->p = res.score;
 	}
-	decide(r, ok, p, nspam, nham);
+	one_done(r);
+}
+
+static void dns_answered(void *arg, const struct dns_result *res)
+{
+	struct dnsq *q = arg;
+	struct run *r = q->r;
+	struct spam_check *c = r->c;
+	q->out = false;
+	const struct dnslist_site *s = q->uri ? &c->uribl[q->site] : &c->dnsbl[q->site];
+	if (res->status == DNS_OK) {
+		for (size_t k = 0; k < res->n; k++)
+			if (res->rr[k].type == 1 && dnslist_pass(s, res->rr[k].text)) {
+				if (q->uri)
+					r->uribl_hit[q->site] = true;
+				else
+					r->dnsbl_hit[q->site] = true;
+				break;
+			}
+	} else if (res->status == DNS_TEMPFAIL || res->status == DNS_BOGUS) {
+		log_warn(r->ctx->sid, r->ctx->qid, "spam.dns_error", "list=%s status=%s", s->domain,
+			 dns_status_name(res->status));
+	}
+	one_done(r);
+}
+
+/* dns_timeout: what has not answered counts nothing. */
+static void dns_late(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what;
+	struct run *r = arg;
+	size_t late = 0;
+	for (size_t i = 0; i < r->nq; i++)
+		if (r->q[i].out) {
+			dns_cancel(r->c->dns, &r->q[i]);
+			r->q[i].out = false;
+			late++;
+		}
+	if (!late)
+		return;
+	log_warn(r->ctx->sid, r->ctx->qid, "spam.dns_timeout", "queries=%zu timeout_ms=%lld", late,
+		 r->c->p->dns_timeout);
+	r->pending -= (unsigned)late - 1;
+	one_done(r);            /* the last of them */
+}
+
+static bool add_domain(char (*doms)[256], size_t *n, size_t max, const char *d)
+{
+	for (size_t i = 0; i < *n; i++)
+		if (strcmp(doms[i], d) == 0)
+			return true;
+	if (*n >= max)
+		return false;
+	snprintf(doms[(*n)++], 256, "%s", d);
+	return true;
+}
+
+/* The DNS list queries of a message; how many were started. */
+static void start_lists(struct run *r)
+{
+	struct spam_check *c = r->c;
+	if (!c->dns || (!c->ndnsbl && !c->nuribl))
+		return;
+	char rev[80] = "";
+	bool client = c->ndnsbl && r->ctx->client && r->ctx->client->addr &&
+		      dnslist_reversed(r->ctx->client->addr, rev, sizeof(rev));
+	size_t maxd = (size_t)c->p->max_uri_domains;
+	char (*doms)[256] = xcalloc(maxd, 256);
+	size_t nd = 0;
+	for (const char *u = c->nuribl ? msgtext_url(&r->text, NULL) : NULL; u && nd < maxd; u = msgtext_url(&r->text, u)) {
+		char host[256];
+		if (!mime_url_host(u, strlen(u), host, sizeof(host)) || strspn(host, "0123456789.") == strlen(host) ||
+		    strchr(host, ':') || !strchr(host, '.'))
+			continue;
+		/* the host and its parents down to two labels */
+		for (const char *p = host; p && strchr(p, '.'); p = strchr(p, '.') ? strchr(p, '.') + 1 : NULL)
+			if (!add_domain(doms, &nd, maxd, p))
+				break;
+	}
+	r->nq = (client ? c->ndnsbl : 0) + nd * c->nuribl;
+	if (!r->nq) {
+		free(doms);
+		return;
+	}
+	r->q = xcalloc(r->nq, sizeof(*r->q));
+	size_t k = 0;
+	for (size_t i = 0; client && i < c->ndnsbl; i++, k++) {
+		r->q[k] = (struct dnsq){ r, false, i, false };
+		char name[400];
+		snprintf(name, sizeof(name), "%s.%s", rev, c->dnsbl[i].domain);
+		if (dns_query(c->dns, name, 1, dns_answered, &r->q[k])) {
+			r->q[k].out = true;
+			r->pending++;
+		}
+	}
+	for (size_t d = 0; d < nd; d++)
+		for (size_t i = 0; i < c->nuribl; i++, k++) {
+			r->q[k] = (struct dnsq){ r, true, i, false };
+			char name[600];
+			snprintf(name, sizeof(name), "%s.%s", doms[d], c->uribl[i].domain);
+			if (dns_query(c->dns, name, 1, dns_answered, &r->q[k])) {
+				r->q[k].out = true;
+				r->pending++;
+			}
+		}
+	free(doms);
+	if (r->pending && c->base) {
+		r->timer = evtimer_new(c->base, dns_late, r);
+		struct timeval tv = { (time_t)(c->p->dns_timeout / 1000), (suseconds_t)(c->p->dns_timeout % 1000) * 1000 };
+		evtimer_add(r->timer, &tv);
+	}
 }
 
 static void spam_message(void *inst, struct check_ctx *ctx, struct check_call *call)
@@ -314,20 +493,26 @@ static void spam_message(void *inst, struct check_ctx *ctx, struct check_call *c
 	msgtext_build(&r->text, ctx->data, ctx->len, (size_t)c->p->max_text, 0);
 	r->rules_score = spamrules_eval(c->rules, ctx->data, &r->text, c->scratch, r->hits, HITS_SHOWN, &r->nhits,
 					&r->cut);
-	if (!c->p->bayes) {
-		decide(r, true, 0.5, 0, 0);
-		return;
+	r->bayes_ok = true;
+	r->p = 0.5;
+	r->pending = 1;         /* this call's own share, given back at the end */
+	start_lists(r);
+	if (c->p->bayes) {
+		struct bayes_tok_opts o = { .max_text = (size_t)c->p->max_text };
+		bayes_tokens_of(ctx->data, &r->text, &o, add_tok, &r->toks);
+		if (c->st) {
+			r->bt = xcalloc(r->toks.n ? r->toks.n : 1, sizeof(*r->bt));
+			for (size_t i = 0; i < r->toks.n; i++)
+				r->bt[i].tok = r->toks.t[i];
+			r->pending++;
+			r->lookup = bayes_db_lookup(c->st, r->bt, r->toks.n, looked_up, r);
+		} else {
+			r->bayes_ok = false;
+			log_warn(ctx->sid, ctx->qid, "spam.bayes_unavailable", "reason=%s failure_action=%s",
+				 "no state store", c->p->failure_action ? "tempfail" : "continue");
+		}
 	}
-	struct bayes_tok_opts o = { .max_text = (size_t)c->p->max_text };
-	bayes_tokens_of(ctx->data, &r->text, &o, add_tok, &r->toks);
-	if (!c->st) {
-		looked_up(r, false, 0, 0, "no state store");
-		return;
-	}
-	r->bt = xcalloc(r->toks.n ? r->toks.n : 1, sizeof(*r->bt));
-	for (size_t i = 0; i < r->toks.n; i++)
-		r->bt[i].tok = r->toks.t[i];
-	r->lookup = bayes_db_lookup(c->st, r->bt, r->toks.n, looked_up, r);
+	one_done(r);
 }
 
 /* Shutdown: the lookups still out are cancelled (the store's callbacks
@@ -374,6 +559,27 @@ static void *spam_init(const void *params, const struct check_env *env, char *wh
 		free(c);
 		return NULL;
 	}
+	for (int k = 0; k < 2; k++) {
+		const struct strlist *l = k ? &p->uribl_sites : &p->dnsbl_sites;
+		struct dnslist_site *sites = k ? c->uribl : c->dnsbl;
+		size_t *n = k ? &c->nuribl : &c->ndnsbl;
+		for (size_t i = 0; i < l->n && i < MAX_LISTS; i++)
+			if (!dnslist_parse(l->v[i], &sites[(*n)++])) {
+				snprintf(why, whylen, "%s: '%s': expected DOMAIN[=FILTER][*WEIGHT]",
+					 k ? "uribl_sites" : "dnsbl_sites", l->v[i]);
+				spamrules_free(c->rules);
+				free(c);
+				return NULL;
+			}
+	}
+	if ((c->ndnsbl || c->nuribl) && env->base && !env->dns) {
+		snprintf(why, whylen, "dnsbl_sites and uribl_sites need the process's resolver");
+		spamrules_free(c->rules);
+		free(c);
+		return NULL;
+	}
+	c->dns = env->dns;
+	c->base = env->base;
 	c->scratch = rx_scratch_new();
 	c->st = env->state;
 	if (env->metrics) {

@@ -19,6 +19,10 @@ struct spam_params {
 	double autolearn_spam, autolearn_ham;
 	int failure_action;             /* 0 continue, 1 tempfail */
 	long long max_text;
+	struct strlist dnsbl_sites;     /* the original client's address in DNS lists */
+	struct strlist uribl_sites;     /* the domains of the links in DNS lists */
+	long long dns_timeout;
+	long long max_uri_domains;
 };
 
 extern const struct param_set spam_params_set;         /* [check.spam] */

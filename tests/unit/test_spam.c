@@ -26,6 +26,7 @@
 #include "checks/check.h"
 #include "mail/bayes.h"
 #include "mail/bayes_db.h"
+#include "mail/envelope.h"
 #include "mail/state.h"
 #include "util/alloc.h"
 
@@ -188,6 +189,53 @@ static void store_down(void **state)
 	tu_state_fx_close(&f);
 }
 
+/* DNS lists: the original client's address and the link domains, their
+ * weights added once per list; a list that does not answer in time
+ * counts nothing. */
+static void dns_lists(void **state)
+{
+	struct tu_state_suite *s = *state;
+	struct tu_state_fx f;
+	tu_state_fx_open(&f, s, STATE_BACKEND_LMDB, "");
+	char zone[PATH_MAX + 16];
+	snprintf(zone, sizeof(zone), "%s/zone", s->dir);
+	f.e->client.addr = pool_strdup(f.e->pool, "192.0.2.7");        /* the original client (XFORWARD) */
+	char *z = xstrdup("7.2.0.192.bl.example.test. 300 IN A 127.0.0.2\n"
+			  "pharma.example.uribl.example.test. 300 IN A 127.0.0.4\n");
+	tu_write_file(zone, z);
+	free(z);
+	tu_chain_fx_dns(&f.c, zone, false, 1000);
+	char *c = conf(s, "bayes = no\ndnsbl_sites = bl.example.test*3 other.example.test*9\n"
+			  "uribl_sites = uribl.example.test=127.0.0.4*2\n");
+	tu_chain_use(&f.c, c, "spam");
+	free(c);
+	struct verdict v = run_msg(&f, SPAM_MSG);
+	assert_int_equal(v.kind, V_CONTINUE);
+	assert_string_equal(tu_added_header(&f.ctx, "X-Spam-Status"),
+			    "Yes, score=7.5 required=5.0 tests=PILLS,PHARMA,DNSBL(bl.example.test),URIBL(uribl.example.test)");
+	v = run_msg(&f, HAM_MSG);
+	assert_string_equal(tu_added_header(&f.ctx, "X-Spam-Status"),
+			    "No, score=3.0 required=5.0 tests=DNSBL(bl.example.test)");
+	/* lists that never answer: nothing counts, after dns_timeout */
+	tu_chain_fx_dead_dns(&f.c);
+	tu_chain_fx_dns(&f.c, zone, true, 5000);
+	c = conf(s, "bayes = no\ndns_timeout = 300ms\nuribl_sites = slow.example.net*2\n");
+	tu_chain_use(&f.c, c, "spam");
+	free(c);
+	long long t0 = tu_mono_ms();
+	v = run_msg(&f, SPAM_MSG);
+	long long took = tu_mono_ms() - t0;
+	assert_true(took >= 250 && took < 3000);
+	assert_string_equal(tu_added_header(&f.ctx, "X-Spam-Status"), "No, score=2.5 required=5.0 tests=PILLS,PHARMA");
+	assert_true(tu_file_has(s->logpath, "\"event\":\"spam.dns_timeout\""));
+	/* a bad site */
+	char why[600] = "";
+	assert_false(tu_chain_try(&f.c, "[check.spam]\ndnsbl_sites = bl.example.test=127.0.0.x\n", "spam", why,
+				  sizeof(why)));
+	assert_non_null(strstr(why, "dnsbl_sites: 'bl.example.test=127.0.0.x': expected DOMAIN[=FILTER][*WEIGHT]"));
+	tu_state_fx_close(&f);
+}
+
 static void bad_config(void **state)
 {
 	struct tu_state_suite *s = *state;
@@ -209,6 +257,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		TU_STATE_TESTS(scores),
 		cmocka_unit_test(store_down),
+		cmocka_unit_test(dns_lists),
 		cmocka_unit_test(bad_config),
 	};
 	return cmocka_run_group_tests(tests, suite_setup, tu_state_suite_teardown);

@@ -145,6 +145,13 @@ bool tu_chain_fx_init(struct tu_chain_fx *c, bool dead_dns)
 	return c->base && (!dead_dns || c->dead_dns >= 0);
 }
 
+void tu_chain_fx_dead_dns(struct tu_chain_fx *c)
+{
+	if (c->dead_dns < 0)
+		c->dead_dns = dead_dns_server(c->dead_fwd, sizeof(c->dead_fwd));
+	assert_true(c->dead_dns >= 0);
+}
+
 void tu_chain_fx_dns(struct tu_chain_fx *c, const char *zone, bool slow, int timeout_ms)
 {
 	char why[512];

@@ -72,6 +72,8 @@ bool tu_chain_fx_init(struct tu_chain_fx *c, bool dead_dns);
  * only, or (slow) forwarding the rest to the DNS server that never
  * answers; its timeout timeout_ms.  A failure fails the test. */
 void tu_chain_fx_dns(struct tu_chain_fx *c, const char *zone, bool slow, int timeout_ms);
+/* The DNS server that never answers, for a fixture made without it. */
+void tu_chain_fx_dead_dns(struct tu_chain_fx *c);
 /* Free the chain, its configuration, the headers the checks asked to add
  * to ctx or remove from it (check_ctx_clear_headers, unless ctx is NULL),
  * the resolver, metrics and the loop. */
