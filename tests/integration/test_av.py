@@ -270,11 +270,11 @@ def test_shutdown_with_a_scan_in_progress():
     # the scanning thread finishes before the session, and the message it
     # reads, are torn down; the process exits cleanly (the sanitizers
     # watch), the client gets no 250 and nothing is delivered.  The scan:
-    # 200 MB of zeros in a zip (a 200 KB attachment), a few seconds of
+    # 400 MB of zeros in a zip (a 400 KB attachment), several seconds of
     # libclamav.
     b = io.BytesIO()
     with zipfile.ZipFile(b, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("zeros.bin", b"\0" * (200 << 20))
+        z.writestr("zeros.bin", b"\0" * (400 << 20))
     msg = _mail("slow to scan", attachments=[("zeros.zip", b.getvalue())])
     lab = _lab("av-shutdown", av={"shutdown_timeout": "0"}, max_file_size="1g", max_scan_size="1g",
                max_scan_time="120s")
@@ -289,7 +289,7 @@ def test_shutdown_with_a_scan_in_progress():
 
         t = threading.Thread(target=send)
         t.start()
-        time.sleep(1.5)                 # the message is in; the scan runs
+        time.sleep(1.0)                 # the message is in; the scan runs
         check(t.is_alive(), "the scan was over before the signal: %r" % got)
         p = lab.procs["av"]
         t0 = time.monotonic()
