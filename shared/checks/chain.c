@@ -3,6 +3,7 @@
  * every check uses (check_done, verdict names, headers to add).
  */
 #include "chain.h"
+#include "../mail/header.h"
 #include "../util/alloc.h"
 #include "../util/log.h"
 #include "../util/metrics.h"
@@ -68,6 +69,15 @@ void check_ctx_remove_header(struct check_ctx *ctx, const char *name, unsigned i
 	ctx->del[ctx->ndel].name = xstrdup(name);
 	ctx->del[ctx->ndel].index = index;
 	ctx->ndel++;
+}
+
+void check_ctx_remove_all(struct check_ctx *ctx, const char *name)
+{
+	unsigned idx = 0;
+	struct hdr_field f;
+	for (size_t pos = 0; ctx->data && hdr_next(ctx->data, ctx->header_bytes, &pos, &f);)
+		if (hdr_is(&f, name))
+			check_ctx_remove_header(ctx, name, ++idx);
 }
 
 void check_ctx_clear_headers(struct check_ctx *ctx)

@@ -179,6 +179,9 @@ struct check_ctx {
 
 void check_ctx_add_header(struct check_ctx *ctx, const char *name, const char *value);
 void check_ctx_remove_header(struct check_ctx *ctx, const char *name, unsigned index);
+/* Every field named name the message arrived with (its header section in
+ * ctx->data), removed: a check whose own field replaces the sender's. */
+void check_ctx_remove_all(struct check_ctx *ctx, const char *name);
 /* Forget what the checks asked to add and remove (a new transaction). */
 void check_ctx_clear_headers(struct check_ctx *ctx);
 

@@ -29,7 +29,6 @@
 #include "check.h"
 #include "clamav_engine.h"
 #include "shared.h"
-#include "../mail/header.h"
 #include "../util/alloc.h"
 #include "../util/buf.h"
 #include "../util/log.h"
@@ -256,14 +255,8 @@ static void count_scan(void *owner, struct workers_job *job)
  * "X-Virus-Status: Clean" must not reach the filters downstream). */
 static void add_tag(struct clamav_check *c, struct check_ctx *ctx, const char *status)
 {
-	static const char *const names[] = { "X-Virus-Scanned", "X-Virus-Status" };
-	for (size_t k = 0; k < 2; k++) {
-		struct hdr_field f;
-		unsigned idx = 0;
-		for (size_t pos = 0; ctx->data && hdr_next(ctx->data, ctx->header_bytes, &pos, &f); )
-			if (hdr_is(&f, names[k]))
-				check_ctx_remove_header(ctx, names[k], ++idx);
-	}
+	check_ctx_remove_all(ctx, "X-Virus-Scanned");
+	check_ctx_remove_all(ctx, "X-Virus-Status");
 	char v[300];
 	snprintf(v, sizeof(v), "ClamAV using Rampart on %s", c->hostname);
 	check_ctx_add_header(ctx, "X-Virus-Scanned", v);

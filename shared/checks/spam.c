@@ -183,14 +183,9 @@ static void learned(void *arg, bool ok, const char *why)
 /* The message's own X-Spam-* fields go; ours come. */
 static void replace_headers(struct check_ctx *ctx)
 {
-	static const char *const names[] = { "X-Spam-Score", "X-Spam-Status", "X-Spam-Flag" };
-	for (size_t k = 0; k < 3; k++) {
-		unsigned idx = 0;
-		struct hdr_field f;
-		for (size_t pos = 0; ctx->data && hdr_next(ctx->data, ctx->header_bytes, &pos, &f);)
-			if (hdr_is(&f, names[k]))
-				check_ctx_remove_header(ctx, names[k], ++idx);
-	}
+	check_ctx_remove_all(ctx, "X-Spam-Score");
+	check_ctx_remove_all(ctx, "X-Spam-Status");
+	check_ctx_remove_all(ctx, "X-Spam-Flag");
 }
 
 /* Subject with subject_tag before it (the field as it came, once). */
