@@ -37,37 +37,7 @@ static bool open_store(struct state_ctl *c, const char *config, const char *inst
 {
 	if (!db)
 		return state_ctl_open(c, config, instance, "bayes", NULL, NULL, NULL, NULL, create);
-	memset(c, 0, sizeof(*c));
-	c->check = "bayes";
-	log_init("rampartctl", instance);
-	log_set_level(LL_ERROR);
-	struct config_error err;
-	struct config *cfg = config_parse_string("--db", "", &err);
-	if (!cfg || !config_bind(cfg, "state", &state_param_set, &c->scfg, &err)) {
-		fprintf(stderr, "rampartctl: %s\n", err.msg);
-		config_free(cfg);
-		return false;
-	}
-	config_free(cfg);
-	c->scfg_bound = true;
-	struct stat sb;
-	if (stat(db, &sb) != 0 && !create) {
-		fprintf(stderr, "rampartctl: %s: %s\n", db, strerror(errno));
-		state_ctl_close(c);
-		return false;
-	}
-	free(c->scfg.lmdb_path);
-	c->scfg.lmdb_path = xstrdup(db);
-	c->scfg.backend = STATE_BACKEND_LMDB;
-	c->base = event_base_new();
-	char why[512] = "";
-	c->st = c->base ? state_open(&c->scfg, c->base, why, sizeof(why)) : NULL;
-	if (!c->st) {
-		fprintf(stderr, "rampartctl: %s: %s\n", db, why[0] ? why : "no event loop");
-		state_ctl_close(c);
-		return false;
-	}
-	return true;
+	return state_ctl_open_lmdb(c, db, "bayes", create);
 }
 
 /* ---- messages: files, mbox files, Maildirs, directories ------------------- */

@@ -6,6 +6,7 @@
 #include "checks/chain.h"
 #include "mail/stage.h"
 #include "mail/state.h"
+#include "util/alloc.h"
 #include "util/config.h"
 #include "util/log.h"
 
@@ -13,6 +14,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -129,6 +131,37 @@ out:
 	if (!ok)
 		state_ctl_close(c);
 	return ok;
+}
+
+bool state_ctl_open_lmdb(struct state_ctl *c, const char *file, const char *check, bool create)
+{
+	memset(c, 0, sizeof(*c));
+	c->check = check;
+	log_init("rampartctl", NULL);
+	log_set_level(LL_ERROR);
+	struct config_error err;
+	struct config *cfg = config_parse_string(file, "", &err);
+	bool ok = cfg && config_bind(cfg, "state", &state_param_set, &c->scfg, &err);
+	config_free(cfg);
+	if (!ok) {
+		fprintf(stderr, "rampartctl: %s\n", err.msg);
+		return false;
+	}
+	c->scfg_bound = true;
+	struct stat sb;
+	if (!create && stat(file, &sb) != 0) {
+		fprintf(stderr, "rampartctl: %s: %s\n", file, strerror(errno));
+		state_ctl_close(c);
+		return false;
+	}
+	free(c->scfg.lmdb_path);
+	c->scfg.lmdb_path = xstrdup(file);
+	c->scfg.backend = STATE_BACKEND_LMDB;
+	if (!store_open(c, &c->scfg, file, true)) {
+		state_ctl_close(c);
+		return false;
+	}
+	return true;
 }
 
 void state_ctl_close(struct state_ctl *c)

@@ -40,6 +40,10 @@ struct state_ctl {
 bool state_ctl_open(struct state_ctl *c, const char *path, const char *instance, const char *check,
 		    const struct param_set *set, void *params, bool (*valid)(void *arg, const char *path), void *arg,
 		    bool create);
+/* The same with an LMDB file named on the command line (--db) instead of
+ * a configuration: [state]'s defaults, that file.  A missing file is made
+ * when create, else an error (printed). */
+bool state_ctl_open_lmdb(struct state_ctl *c, const char *file, const char *check, bool create);
 void state_ctl_close(struct state_ctl *c);
 
 /* One operation's outcome: the operation's callback state_ctl_done fills it. */
