@@ -41,11 +41,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <clamav.h>
+
+#include "bench-clock.h"
 
 struct corpus {
 	char *blob;
@@ -53,27 +54,6 @@ struct corpus {
 	size_t n;
 	size_t *off, *len;
 };
-
-static double mono(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double thread_cpu(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double self_cpu(void)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-}
 
 static void die(const char *fmt, const char *a, const char *b)
 {
@@ -250,7 +230,7 @@ int main(int argc, char **argv)
 		load(&w, wblob, windex);
 
 	/* the engine, as clamav_engine.c build() makes it */
-	double t0 = mono();
+	double t0 = now();
 	cl_error_t rc = cl_init(CL_INIT_DEFAULT);
 	if (rc != CL_SUCCESS)
 		die("cl_init: %s%s", cl_strerror(rc), "");
@@ -269,7 +249,7 @@ int main(int argc, char **argv)
 		die("cl_load: %s: %s", dbdir, cl_strerror(rc));
 	if ((rc = cl_engine_compile(e)) != CL_SUCCESS)
 		die("cl_engine_compile: %s%s", cl_strerror(rc), "");
-	double load_s = mono() - t0;
+	double load_s = now() - t0;
 
 	struct tally wt = { 0 }, t = { 0 };
 	for (size_t i = 0; i < w.n; i++)
@@ -278,7 +258,7 @@ int main(int argc, char **argv)
 	double *per = malloc(c.n * sizeof(double));
 	double sum_thread = 0;
 	size_t bytes = 0;
-	double w0 = mono(), p0 = self_cpu();
+	double w0 = now(), p0 = cpu_seconds();
 	if (threads == 1) {
 		for (size_t i = 0; i < c.n; i++) {
 			double a = thread_cpu();
@@ -297,7 +277,7 @@ int main(int argc, char **argv)
 		free(th);
 		t = p.t;
 	}
-	double p1 = self_cpu(), w1 = mono();
+	double p1 = cpu_seconds(), w1 = now();
 	for (size_t i = 0; i < c.n; i++) {
 		sum_thread += per[i];
 		bytes += c.len[i];

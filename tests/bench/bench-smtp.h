@@ -3,8 +3,8 @@
  * tests/bench (av-client.c, submit-client.c): the TCP connection (timeouts,
  * TCP_NODELAY), buffered writes and reads, SMTP replies and commands, the
  * greeting and the MAIL/RCPT/DATA transaction, the table of unexpected
- * replies, the counters and CLOCK_MONOTONIC timestamps of the JSON report,
- * the client's CPU time and starting the threads.
+ * replies, the counters and CLOCK_MONOTONIC timestamps of the JSON report
+ * (the clocks are bench-clock.h's) and starting the threads.
  *
  * Header only: static functions and static state, one copy in each client
  * (each is one translation unit, compiled by its harness with -I
@@ -31,6 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench-clock.h"
+
 #ifdef BENCH_SMTP_TLS
 #include <openssl/ssl.h>
 #endif
@@ -48,21 +50,6 @@ static struct {
 static long errs_other;
 
 static char mail_line[400], rcpt_line[400];
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* The client's own CPU time (user + system), seconds. */
-static double cpu_seconds(void)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-}
 
 /* Record an unexpected reply or a failure (text is one line). */
 static void note_error(const char *fmt, ...)
@@ -314,7 +301,7 @@ refused:
  * transaction: MAIL, RCPT and DATA in one write, then their three
  * replies.  A refusal: the transaction is closed (an empty message if
  * DATA was answered 354 all the same, then RSET) and -2. */
-static int smtp_data_begin_pipelined(struct conn *c)
+static inline int smtp_data_begin_pipelined(struct conn *c)
 {
 	char out[1200], last[200];
 	int n = snprintf(out, sizeof(out), "%s\r\n%s\r\nDATA\r\n", mail_line, rcpt_line);
