@@ -6,8 +6,12 @@ bad arguments and missing files."""
 
 import os
 import re
+import smtplib
+import subprocess
+import time
+import urllib.request
 
-from lib import Lab, check
+from lib import BUILD, Lab, check, free_port
 
 SPAM = ["Subject: Cheap pills {n}\nFrom: deals{n}@pharma.example\n\nBuy cheap pills now, best price {n}!\n"
         "Visit http://pharma.example/{n} for the offer.\n",
@@ -97,14 +101,11 @@ def test_train_stats_and_score():
 
 
 def subprocess_ctl(lab, args, stdin):
-    import subprocess
-    from lib import BUILD
     return subprocess.run([os.path.join(BUILD, "rampartctl"), "-c", lab.path("rampart.conf")] + args, input=stdin,
                           capture_output=True, text=True, timeout=30)
 
 
 def _spam_lab(name, mode="proxy", **spam):
-    from lib import free_port
     lab = Lab(name)
     lab.add_store()
     port = free_port()
@@ -141,7 +142,6 @@ def _spam_lab(name, mode="proxy", **spam):
 
 
 def _send(lab, text, rcpt="alice@example.test"):
-    import smtplib
     with smtplib.SMTP("127.0.0.1", lab.ports["spam"], timeout=30) as c:
         c.ehlo("client.example.org")
         c.mail("sender@example.org")
@@ -151,7 +151,6 @@ def _send(lab, text, rcpt="alice@example.test"):
 
 
 def test_stage_scores_tags_and_rejects():
-    import urllib.request
     lab = _spam_lab("spam-stage")
     try:
         spam = ("X-Spam-Status: No, forged\n" + SPAM[0].format(n=500)).replace("Subject: ", "Subject: ", 1)
@@ -192,7 +191,6 @@ def test_stage_scores_tags_and_rejects():
 
 
 def test_stage_bad_rules_stop_startup():
-    from lib import free_port
     lab = Lab("spam-badrules")
     try:
         rules = lab.path("bad-rules")
@@ -203,8 +201,6 @@ def test_stage_bad_rules_stop_startup():
                                 "next_hops": "127.0.0.1:1"}
         lab.sections["check.spam"] = {"rules_file": rules}
         lab.write_config()
-        import subprocess
-        from lib import BUILD
         p = subprocess.run([os.path.join(BUILD, "rampart-spam"), "-c", lab.path("rampart.conf"), "-n", "spam"],
                            capture_output=True, text=True, timeout=30)
         check(p.returncode != 0 and "bad-rules:2: BROKEN: bad pattern at offset" in p.stderr,
@@ -218,12 +214,10 @@ def test_stage_routes_local_to_the_store_and_the_rest_out():
     # split into one transaction to the store and one to the next stage
     # (here the lab's Internet stands for the outgoing stage); nobody is
     # lost or served twice; both copies carry the score
-    import time
     lab = Lab("spam-routing")
     try:
         lab.add_store()
         lab.add_internet()
-        from lib import free_port
         port = free_port()
         lab.ports["spam"] = port
         lab.sections["spam"] = {
@@ -239,7 +233,6 @@ def test_stage_routes_local_to_the_store_and_the_rest_out():
         lab.write_config()
         lab.start("store")
         lab.start("spam")
-        import smtplib
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
             c.ehlo("client.example.org")
             refused = c.sendmail("sender@example.test", ["alice@example.test", "carol@remote.example",
