@@ -212,7 +212,6 @@ static void run_scan(void *owner, void *state, struct workers_job *job)
 	unsigned long scanned = 0;
 	cl_error_t rc = cl_scanmap_callback(map, "message", &virname, &scanned, engine, &opt, NULL);
 	cl_fmap_close(map);
-	av_engine_release(engine);
 	if (rc == CL_VIRUS && virname && strstr(virname, "Heuristics.Limits.Exceeded.MaxScanTime")) {
 		j->result = SCAN_ERROR;         /* a timeout is a failure, not a verdict */
 		snprintf(j->error, sizeof(j->error), "scan time limit reached");
@@ -226,6 +225,8 @@ static void run_scan(void *owner, void *state, struct workers_job *job)
 		j->result = SCAN_ERROR;
 		snprintf(j->error, sizeof(j->error), "%s", rc == CL_ETIMEOUT ? "scan time limit reached" : cl_strerror(rc));
 	}
+	/* only now: the signature name lives in the engine's memory */
+	av_engine_release(engine);
 	j->ms = mono_ms() - t0;
 }
 
