@@ -55,7 +55,7 @@ const struct param_set state_param_set = {
 	sizeof(struct state_config)
 };
 
-#define NOPS (STATE_OP_MGET + 1)
+#define NOPS (STATE_OP_MINCR + 1)
 
 struct state {
 	const struct state_backend_ops *ops;
@@ -73,7 +73,7 @@ struct state {
 	char *labels[NOPS];
 };
 
-static const char *op_names[NOPS] = { "get", "set", "del", "incr", "take", "scan", "mget" };
+static const char *op_names[NOPS] = { "get", "set", "del", "incr", "take", "scan", "mget", "mincr" };
 
 const char *state_op_name(enum state_op op)
 {
@@ -420,6 +420,16 @@ struct state_req *state_mget(struct state *st, const char *const *keys, size_t n
 {
 	struct state_req *req = req_new(st, STATE_OP_MGET, cb, arg);
 	return submit(req, req_keys(req, keys, n));
+}
+
+struct state_req *state_mincr(struct state *st, const char *const *keys, size_t n, long long by, long long ttl_ms,
+			      state_cb cb, void *arg)
+{
+	struct state_req *req = req_new(st, STATE_OP_MINCR, cb, arg);
+	bool ok = req_keys(req, keys, n) && ttl_ok(req, ttl_ms);
+	req->by = by;
+	req->ttl_ms = ttl_ms;
+	return submit(req, ok);
 }
 
 struct state_req *state_set(struct state *st, const char *key, const void *value, size_t vlen, long long ttl_ms,

@@ -54,7 +54,7 @@ struct metrics;
 #define STATE_VALUE_MAX 4096            /* bytes */
 #define STATE_TTL_MAX (10LL * 366 * 86400 * 1000)   /* ms */
 #define STATE_SCAN_MAX 1000             /* entries per scan call */
-#define STATE_MGET_MAX 4096             /* keys per state_mget */
+#define STATE_MGET_MAX 4096             /* keys per state_mget and state_mincr */
 
 enum state_backend { STATE_BACKEND_LMDB, STATE_BACKEND_REDIS };
 enum state_lmdb_sync { STATE_SYNC_PERIODIC, STATE_SYNC_COMMIT };
@@ -84,7 +84,10 @@ struct state_config {
 extern const struct param_set state_param_set;
 
 enum state_status { STATE_OK, STATE_NOTFOUND, STATE_ERROR };
-enum state_op { STATE_OP_GET, STATE_OP_SET, STATE_OP_DEL, STATE_OP_INCR, STATE_OP_TAKE, STATE_OP_SCAN, STATE_OP_MGET };
+enum state_op {
+	STATE_OP_GET, STATE_OP_SET, STATE_OP_DEL, STATE_OP_INCR, STATE_OP_TAKE, STATE_OP_SCAN, STATE_OP_MGET,
+	STATE_OP_MINCR
+};
 
 /* One entry of a scan. */
 struct state_entry {
@@ -185,6 +188,16 @@ struct state_req *state_take(struct state *st, const char *key, double rate, dou
  * Redis in one MGET; a malformed or over-long stored value fails the
  * whole request. */
 struct state_req *state_mget(struct state *st, const char *const *keys, size_t n, state_cb cb, void *arg);
+/* Many counters, one callback: add by to each of n (1..STATE_MGET_MAX)
+ * keys, as state_incr does to one (a missing key starts at 0 with expiry
+ * ttl_ms), all or none: STATE_OK when every counter moved, STATE_ERROR
+ * when none did (a key that is bad, or holds something other than a
+ * counter, or would overflow, fails the whole request: reason "key I:
+ * ...").  A key given twice moves twice.  LMDB makes it one write
+ * transaction, Redis one script: for training, which moves hundreds of
+ * counters a message. */
+struct state_req *state_mincr(struct state *st, const char *const *keys, size_t n, long long by, long long ttl_ms,
+			      state_cb cb, void *arg);
 /* Administration: up to limit (1..STATE_SCAN_MAX) live entries whose key
  * begins with prefix ("" for all), resuming at cursor (NULL or "" to
  * begin).  Bounded work per call: fewer entries than limit with a

@@ -30,14 +30,14 @@ struct state_req {
 	size_t plen;                    /* strlen(key_prefix) */
 	const char *value;              /* set: valid during start() only */
 	size_t vlen;
-	long long ttl_ms;               /* set, incr */
-	long long by;                   /* incr */
+	long long ttl_ms;               /* set, incr, mincr */
+	long long by;                   /* incr, mincr */
 	double rate, burst, cost;       /* take */
 	const char *cursor;             /* scan: valid during start() only */
 	size_t limit;                   /* scan */
-	char **keys;                    /* mget: key_prefix + each key (pool) */
-	size_t *klens;                  /* mget (pool) */
-	size_t nkeys;                   /* mget */
+	char **keys;                    /* mget, mincr: key_prefix + each key (pool) */
+	size_t *klens;                  /* mget, mincr (pool) */
+	size_t nkeys;                   /* mget, mincr */
 	/* The result. */
 	struct state_result res;
 	char reason[256];

@@ -292,9 +292,10 @@ static void op_del(struct lmdb_be *be, struct state_req *req)
 
 /* Read the live entry of a key inside a write transaction: 1 live,
  * 0 absent or expired, -1 error (request failed). */
-static int read_live(struct lmdb_be *be, struct state_req *req, MDB_txn *txn, long long now, struct ent *e)
+static int read_live(struct lmdb_be *be, struct state_req *req, MDB_txn *txn, const char *key, size_t klen,
+		     long long now, struct ent *e)
 {
-	MDB_val k = { req->klen, req->key }, v;
+	MDB_val k = { klen, (void *)key }, v;
 	int rc = mdb_get(txn, be->dbi, &k, &v);
 	if (rc == MDB_NOTFOUND)
 		return 0;
@@ -309,6 +310,41 @@ static int read_live(struct lmdb_be *be, struct state_req *req, MDB_txn *txn, lo
 	return live(e, now) ? 1 : 0;
 }
 
+/* Add req->by to one counter inside a write transaction (a missing one
+ * starts at 0 with expiry req->ttl_ms); false with the request failed,
+ * its reason after which ("" or "key I: "). */
+static bool counter_add(struct lmdb_be *be, struct state_req *req, MDB_txn *txn, const char *key, size_t klen,
+			long long now, const char *which, long long *out)
+{
+	long long v = 0, exp;
+	struct ent e;
+	int have = read_live(be, req, txn, key, klen, now, &e);
+	if (have < 0)
+		return false;
+	if (have) {
+		if (!state_parse_counter(e.data, e.len, &v)) {
+			state_req_fail(req, "%svalue is not a counter", which);
+			return false;
+		}
+		exp = e.exp;
+	} else
+		exp = req->ttl_ms ? now + req->ttl_ms : 0;
+	if (__builtin_add_overflow(v, req->by, &v)) {
+		state_req_fail(req, "%scounter overflow", which);
+		return false;
+	}
+	char text[24];
+	int n = snprintf(text, sizeof(text), "%lld", v);
+	MDB_val k = { klen, (void *)key };
+	int rc = put(txn, be->dbi, &k, exp, text, (size_t)n);
+	if (rc) {
+		fail(be, req, "write", rc);
+		return false;
+	}
+	*out = v;
+	return true;
+}
+
 static void op_incr(struct lmdb_be *be, struct state_req *req)
 {
 	MDB_txn *txn;
@@ -317,30 +353,10 @@ static void op_incr(struct lmdb_be *be, struct state_req *req)
 		fail(be, req, "write", rc);
 		return;
 	}
-	long long now = state_now_ms(), v = 0, exp;
-	struct ent e;
-	int have = read_live(be, req, txn, now, &e);
-	if (have < 0)
-		goto abort;
-	if (have) {
-		if (!state_parse_counter(e.data, e.len, &v)) {
-			state_req_fail(req, "value is not a counter");
-			goto abort;
-		}
-		exp = e.exp;
-	} else
-		exp = req->ttl_ms ? now + req->ttl_ms : 0;
-	if (__builtin_add_overflow(v, req->by, &v)) {
-		state_req_fail(req, "counter overflow");
-		goto abort;
-	}
-	char text[24];
-	int n = snprintf(text, sizeof(text), "%lld", v);
-	MDB_val k = { req->klen, req->key };
-	rc = put(txn, be->dbi, &k, exp, text, (size_t)n);
-	if (rc) {
-		fail(be, req, "write", rc);
-		goto abort;
+	long long v;
+	if (!counter_add(be, req, txn, req->key, req->klen, state_now_ms(), "", &v)) {
+		mdb_txn_abort(txn);
+		return;
 	}
 	rc = wtxn_commit(be, txn);
 	if (rc) {
@@ -349,9 +365,32 @@ static void op_incr(struct lmdb_be *be, struct state_req *req)
 	}
 	req->res.status = STATE_OK;
 	req->res.counter = v;
-	return;
-abort:
-	mdb_txn_abort(txn);
+}
+
+/* Every counter in one write transaction: all move, or none. */
+static void op_mincr(struct lmdb_be *be, struct state_req *req)
+{
+	MDB_txn *txn;
+	int rc = wtxn_begin(be, &txn);
+	if (rc) {
+		fail(be, req, "write", rc);
+		return;
+	}
+	long long now = state_now_ms(), v;
+	char which[32];
+	for (size_t i = 0; i < req->nkeys; i++) {
+		snprintf(which, sizeof(which), "key %zu: ", i);
+		if (!counter_add(be, req, txn, req->keys[i], req->klens[i], now, which, &v)) {
+			mdb_txn_abort(txn);
+			return;
+		}
+	}
+	rc = wtxn_commit(be, txn);
+	if (rc) {
+		fail(be, req, "commit", rc);
+		return;
+	}
+	req->res.status = STATE_OK;
 }
 
 static void op_take(struct lmdb_be *be, struct state_req *req)
@@ -365,7 +404,7 @@ static void op_take(struct lmdb_be *be, struct state_req *req)
 	long long now = state_now_ms(), ts = 0;
 	double tokens = 0;
 	struct ent e;
-	int have = read_live(be, req, txn, now, &e);
+	int have = read_live(be, req, txn, req->key, req->klen, now, &e);
 	if (have < 0)
 		goto abort;
 	if (have && !state_parse_bucket(e.data, e.len, &tokens, &ts)) {
@@ -493,6 +532,7 @@ static void lmdb_start(void *arg, struct state_req *req)
 	case STATE_OP_TAKE: op_take(be, req); break;
 	case STATE_OP_SCAN: op_scan(be, req); break;
 	case STATE_OP_MGET: op_mget(be, req); break;
+	case STATE_OP_MINCR: op_mincr(be, req); break;
 	}
 	state_req_defer(req);
 }

@@ -17,9 +17,10 @@
  * The compound operations are Lua scripts, run by EVALSHA (EVAL when the
  * server does not know them yet), so the servers of a pair stay
  * consistent: incr (expiry set on creation), the token bucket (on the
- * Redis server's clock, TIME) and a scan page (SCAN MATCH COUNT with GET
+ * Redis server's clock, TIME), a scan page (SCAN MATCH COUNT with GET
  * and PTTL of each key; the scan cursor is "SCANCURSOR:SKIP", SKIP the
- * keys of that page already returned).
+ * keys of that page already returned) and many counters at once (every
+ * key checked before any moves).
  *
  * The event-loop glue is ours rather than hiredis/adapters/libevent.h,
  * which registers the write event for every command and the read event
@@ -66,6 +67,30 @@ static const char incr_lua[] =
 	"  redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
 	"end\n"
 	"return v\n";
+
+/* Many counters: every key is checked (a counter, and no overflow, with
+ * a margin: Lua's numbers are doubles) before any moves, so a refused
+ * request changes nothing.  ARGV: by, expiry of new keys. */
+static const char mincr_lua[] =
+	"local by, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+	"local new = {}\n"
+	"for i, k in ipairs(KEYS) do\n"
+	"  local cur = redis.call('GET', k)\n"
+	"  if cur and not string.match(cur, '^%-?%d+$') then\n"
+	"    return redis.error_reply('key ' .. (i - 1) .. ': value is not a counter')\n"
+	"  end\n"
+	"  if cur and math.abs(tonumber(cur) + by) > 9.2e18 then\n"
+	"    return redis.error_reply('key ' .. (i - 1) .. ': counter overflow')\n"
+	"  end\n"
+	"  new[i] = not cur\n"
+	"end\n"
+	"for i, k in ipairs(KEYS) do\n"
+	"  redis.call('INCRBY', k, ARGV[1])\n"
+	"  if new[i] and ttl > 0 then\n"
+	"    redis.call('PEXPIRE', k, ARGV[2])\n"
+	"  end\n"
+	"end\n"
+	"return #KEYS\n";
 
 /* Token bucket: the arithmetic of state_bucket_step() (state.c), on the
  * server's clock.  ARGV: rate, burst, cost, longest expiry. */
@@ -167,7 +192,7 @@ struct redis_be {
 	struct rcmd *head, *tail;       /* in flight, oldest first */
 	size_t npending;                /* operations in flight */
 	uint64_t rng;
-	char sha_incr[41], sha_take[41], sha_scan[41];
+	char sha_incr[41], sha_take[41], sha_scan[41], sha_mincr[41];
 	struct metric *m_up;
 };
 
@@ -547,6 +572,11 @@ static void user_reply(struct state_req *req, const redisReply *r)
 	case STATE_OP_MGET:
 		mget_reply(req, r);
 		return;
+	case STATE_OP_MINCR:
+		if (r->type != REDIS_REPLY_INTEGER || r->integer != (long long)req->nkeys)
+			break;
+		req->res.status = STATE_OK;
+		return;
 	}
 	state_req_fail(req, "redis: unexpected reply (type %d) to %s", r->type, state_op_name(req->op));
 }
@@ -586,7 +616,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 	}
 	struct state_req *req = c->req;
 	if (r->type == REDIS_REPLY_ERROR && !c->eval && r->str && strncmp(r->str, "NOSCRIPT", 8) == 0 &&
-	    (req->op == STATE_OP_INCR || req->op == STATE_OP_TAKE || req->op == STATE_OP_SCAN)) {
+	    (req->op == STATE_OP_INCR || req->op == STATE_OP_TAKE || req->op == STATE_OP_SCAN ||
+	     req->op == STATE_OP_MINCR)) {
 		c->eval = true;
 		if (ac == be->ac && send_user(be, c)) {
 			be->npending++;
@@ -671,20 +702,23 @@ static void glob_prefix(char *out, size_t outlen, const char *p, size_t n)
 	out[j] = '\0';
 }
 
-/* MGET key...: up to STATE_MGET_MAX + 1 arguments, too many for the
- * fixed arrays of send_user(); hiredis copies them into its buffer. */
-static bool send_mget(struct redis_be *be, struct rcmd *c)
+/* A command over a request's keys (MGET, the many-counters script): up to
+ * STATE_MGET_MAX keys and a few fixed arguments around them, too many for
+ * the fixed arrays of send_user(); hiredis copies them into its buffer. */
+static bool send_keys(struct redis_be *be, struct rcmd *c, const char *const *head, size_t nhead,
+		      const char *const *tail, size_t ntail)
 {
 	struct state_req *req = c->req;
-	size_t argc = req->nkeys + 1;
+	size_t argc = nhead + req->nkeys + ntail;
 	const char **argv = xmalloc(argc * sizeof(*argv));
 	size_t *len = xmalloc(argc * sizeof(*len));
-	argv[0] = "MGET";
-	len[0] = 4;
-	for (size_t i = 0; i < req->nkeys; i++) {
-		argv[i + 1] = req->keys[i];
-		len[i + 1] = req->klens[i];
-	}
+	size_t j = 0;
+	for (size_t i = 0; i < nhead; i++, j++)
+		argv[j] = head[i], len[j] = strlen(head[i]);
+	for (size_t i = 0; i < req->nkeys; i++, j++)
+		argv[j] = req->keys[i], len[j] = req->klens[i];
+	for (size_t i = 0; i < ntail; i++, j++)
+		argv[j] = tail[i], len[j] = strlen(tail[i]);
 	bool sent = send_argv(be, c, (int)argc, argv, len);
 	free(argv);
 	free(len);
@@ -757,8 +791,18 @@ static bool send_user(struct redis_be *be, struct rcmd *c)
 			ARGS(a[i]);
 		break;
 	}
-	case STATE_OP_MGET:
-		return send_mget(be, c);
+	case STATE_OP_MGET: {
+		static const char *const mget[] = { "MGET" };
+		return send_keys(be, c, mget, 1, NULL, 0);
+	}
+	case STATE_OP_MINCR: {
+		snprintf(a[0], sizeof(a[0]), "%zu", req->nkeys);
+		snprintf(a[1], sizeof(a[1]), "%lld", req->by);
+		snprintf(a[2], sizeof(a[2]), "%lld", req->ttl_ms);
+		const char *head[] = { c->eval ? "EVAL" : "EVALSHA", c->eval ? mincr_lua : be->sha_mincr, a[0] };
+		const char *tail[] = { a[1], a[2] };
+		return send_keys(be, c, head, 3, tail, 2);
+	}
 	}
 #undef SCRIPT
 #undef ARGS
@@ -960,6 +1004,7 @@ static void *redis_open(struct state *st, const struct state_config *cfg, struct
 	sha1_hex(incr_lua, be->sha_incr);
 	sha1_hex(take_lua, be->sha_take);
 	sha1_hex(scan_lua, be->sha_scan);
+	sha1_hex(mincr_lua, be->sha_mincr);
 	be->retry_ev = evtimer_new(base, on_retry, be);
 	be->timer_ev = evtimer_new(base, on_timer, be);
 	if (cfg->metrics) {

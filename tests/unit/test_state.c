@@ -432,6 +432,15 @@ static struct res *mget(struct fx *f, struct res *x, const char *const *keys, si
 	return x;
 }
 
+static struct res *mincr(struct fx *f, struct res *x, const char *const *keys, size_t n, long long by, long long ttl)
+{
+	res_begin(x);
+	assert_non_null(state_mincr(f->st, keys, n, by, ttl, res_cb, x));
+	assert_int_equal(x->calls, 0);
+	res_wait(f, x);
+	return x;
+}
+
 #define assert_status(x, s) do { \
 	if ((x)->status != (s)) \
 		fail_msg("status %s, expected %s (%s)", state_status_name((x)->status), state_status_name(s), (x)->reason); \
@@ -1140,6 +1149,87 @@ static void mget_bounds(struct suite *s, int backend)
 }
 BOTH(mget_bounds)
 
+/* ---- mincr --------------------------------------------------------------- */
+
+static void assert_counter(struct fx *f, const char *key, const char *want)
+{
+	struct res x = { 0 };
+	get(f, &x, key);
+	if (!want) {
+		if (x.status != STATE_NOTFOUND)
+			fail_msg("%s: %s, expected nothing", key, x.status == STATE_OK ? x.value : x.reason);
+		return;
+	}
+	if (x.status != STATE_OK || strcmp(x.value, want) != 0)
+		fail_msg("%s: %s, expected %s", key, x.status == STATE_OK ? x.value : state_status_name(x.status), want);
+}
+
+static void mincrs(struct suite *s, int backend)
+{
+	struct fx f;
+	struct res x = { 0 };
+	fx_open(&f, s, backend, NULL);
+	assert_status(sets(&f, &x, "c:a", "5", 0), STATE_OK);
+	/* existing, missing, repeated: each moves by its count */
+	const char *k1[] = { "c:a", "c:b", "c:a" };
+	assert_status(mincr(&f, &x, k1, 3, 3, 0), STATE_OK);
+	assert_string_equal(x.reason, "");
+	assert_counter(&f, "c:a", "11");
+	assert_counter(&f, "c:b", "3");
+	/* expiry for the keys it creates only */
+	const char *k2[] = { "c:new", "c:a" };
+	assert_status(mincr(&f, &x, k2, 2, 1, 300), STATE_OK);
+	assert_counter(&f, "c:new", "1");
+	run_for(&f, 450);
+	assert_counter(&f, "c:new", NULL);
+	assert_counter(&f, "c:a", "12");
+	/* down again (untraining) */
+	const char *k3[] = { "c:a", "c:b" };
+	assert_status(mincr(&f, &x, k3, 2, -3, 0), STATE_OK);
+	assert_counter(&f, "c:a", "9");
+	assert_counter(&f, "c:b", "0");
+	/* all or none: a value that is not a counter, an overflow */
+	assert_status(sets(&f, &x, "c:text", "hello", 0), STATE_OK);
+	const char *k4[] = { "c:a", "c:text", "c:b" };
+	assert_status(mincr(&f, &x, k4, 3, 1, 0), STATE_ERROR);
+	assert_reason(&x, "key 1: value is not a counter");
+	assert_counter(&f, "c:a", "9");
+	assert_counter(&f, "c:b", "0");
+	assert_counter(&f, "c:text", "hello");
+	assert_status(sets(&f, &x, "c:max", "9223372036854775807", 0), STATE_OK);
+	const char *k5[] = { "c:b", "c:fresh", "c:max" };
+	assert_status(mincr(&f, &x, k5, 3, 1, 0), STATE_ERROR);
+	assert_reason(&x, "key 2: counter overflow");
+	assert_counter(&f, "c:b", "0");
+	assert_counter(&f, "c:fresh", NULL);
+	assert_counter(&f, "c:max", "9223372036854775807");
+	/* bad requests fail whole, with the index of the bad key */
+	const char *k6[] = { "c:a", "bad\nkey" };
+	assert_status(mincr(&f, &x, k6, 2, 1, 0), STATE_ERROR);
+	assert_reason(&x, "key 1:");
+	assert_status(mincr(&f, &x, k3, 0, 1, 0), STATE_ERROR);
+	assert_reason(&x, "key count out of range");
+	assert_status(mincr(&f, &x, k3, 2, 1, -1), STATE_ERROR);
+	assert_reason(&x, "expiry out of range");
+	assert_counter(&f, "c:a", "9");
+	/* the most keys at once, and one more */
+	char **many = xcalloc(STATE_MGET_MAX + 1, sizeof(*many));
+	for (size_t i = 0; i <= STATE_MGET_MAX; i++)
+		many[i] = xasprintf("c:many:%zu", i);
+	assert_status(mincr(&f, &x, (const char *const *)many, STATE_MGET_MAX + 1, 1, 0), STATE_ERROR);
+	assert_status(mincr(&f, &x, (const char *const *)many, STATE_MGET_MAX, 2, 0), STATE_OK);
+	assert_status(mget(&f, &x, (const char *const *)many, STATE_MGET_MAX), STATE_OK);
+	for (size_t i = 0; i < STATE_MGET_MAX; i++)
+		assert_value(&x, i, STATE_OK, "2", 1);
+	assert_counter(&f, many[STATE_MGET_MAX], NULL);
+	for (size_t i = 0; i <= STATE_MGET_MAX; i++)
+		free(many[i]);
+	free(many);
+	res_free(&x);
+	fx_close(&f);
+}
+BOTH(mincrs)
+
 /* An entry LMDB cannot decode fails the whole mget. */
 static void test_lmdb_mget_malformed(void **state)
 {
@@ -1616,6 +1706,7 @@ int main(void)
 		BOTH_TESTS(metrics_counted),
 		BOTH_TESTS(mgets),
 		BOTH_TESTS(mget_bounds),
+		BOTH_TESTS(mincrs),
 		cmocka_unit_test(test_lmdb_mget_malformed),
 		cmocka_unit_test(test_redis_mget),
 		cmocka_unit_test(test_redis_down_and_back),
