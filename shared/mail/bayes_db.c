@@ -137,15 +137,13 @@ void bayes_db_lookup_cancel(struct bayes_db_lookup *L)
 
 /* ---- learning ---------------------------------------------------------------- */
 
-/* Counter updates in flight at once: under Redis's max_pending with room
- * for everything else the process does. */
-#define LEARN_WINDOW 128
-
+/* A message's counters move in state_mincr batches: one LMDB write
+ * transaction, one Redis script each (a message has a few hundred
+ * tokens: one batch, almost always). */
 struct learn {
 	struct state *st;
 	char **keys;                    /* every counter to move; the last is the message count */
-	size_t nkeys, next;
-	int by;
+	size_t nkeys;
 	unsigned pending;
 	bool failed;
 	char why[256];
@@ -153,27 +151,14 @@ struct learn {
 	void *arg;
 };
 
-static void counted(void *arg, const struct state_result *r);
-
-static void learn_more(struct learn *L)
-{
-	while (L->next < L->nkeys && L->pending < LEARN_WINDOW) {
-		L->pending++;
-		state_incr(L->st, L->keys[L->next++], L->by, 0, counted, L);
-	}
-}
-
 static void counted(void *arg, const struct state_result *r)
 {
 	struct learn *L = arg;
 	if (r->status == STATE_ERROR && !L->failed) {
 		L->failed = true;
-		snprintf(L->why, sizeof(L->why), "%s: %s", r->key, r->reason);
+		snprintf(L->why, sizeof(L->why), "%s", r->reason);
 	}
-	L->pending--;
-	if (!L->failed)
-		learn_more(L);
-	if (L->pending > 0)
+	if (--L->pending > 0)
 		return;
 	bayes_db_done_fn done = L->done;
 	void *darg = L->arg;
@@ -192,7 +177,6 @@ void bayes_db_learn(struct state *st, char *const *toks, size_t n, bool spam, in
 {
 	struct learn *L = xcalloc(1, sizeof(*L));
 	L->st = st;
-	L->by = by;
 	L->done = done;
 	L->arg = arg;
 	L->nkeys = n + 1;
@@ -200,5 +184,9 @@ void bayes_db_learn(struct state *st, char *const *toks, size_t n, bool spam, in
 	for (size_t i = 0; i < n; i++)
 		L->keys[i] = xasprintf("bayes:%c:%s", spam ? 's' : 'h', toks[i]);
 	L->keys[n] = xstrdup(spam ? "bayes:n:s" : "bayes:n:h");
-	learn_more(L);
+	L->pending = (unsigned)((L->nkeys + STATE_MGET_MAX - 1) / STATE_MGET_MAX);
+	for (size_t i = 0; i < L->nkeys; i += STATE_MGET_MAX) {
+		size_t k = L->nkeys - i < STATE_MGET_MAX ? L->nkeys - i : STATE_MGET_MAX;
+		state_mincr(st, (const char *const *)L->keys + i, k, by, 0, counted, L);
+	}
 }

@@ -7,8 +7,10 @@
  *   bayes:h:TOKEN   ham messages the token was in
  *   bayes:n:s       spam messages trained
  *   bayes:n:h       ham messages trained
- * all plain counters: training is state_incr, atomic whichever process
- * (or server of a pair) learns, and untraining takes the counts back.
+ * all plain counters: training a message is one state_mincr of all its
+ * counters (per STATE_MGET_MAX: one LMDB write transaction, one Redis
+ * script), atomic whichever process (or server of a pair) learns, and
+ * untraining takes the counts back.
  * A lookup is one state_mget per BAYES_DB_BATCH tokens: one LMDB read
  * transaction, one Redis round trip.
  */

@@ -34,14 +34,15 @@ static int suite_setup(void **state)
 struct wait {
 	bool done, ok;
 	long long nspam, nham;
+	char why[256];
 };
 
 static void learned(void *arg, bool ok, const char *why)
 {
 	struct wait *w = arg;
-	(void)why;
 	w->done = true;
 	w->ok = ok;
+	snprintf(w->why, sizeof(w->why), "%s", why);
 }
 
 static void looked(void *arg, bool ok, long long nspam, long long nham, const char *why)
@@ -81,13 +82,27 @@ static void run_until(struct tu_state_fx *f, struct wait *w)
 	assert_true(w->done);
 }
 
-static void learn(struct tu_state_fx *f, char **toks, size_t n, bool spam, int by)
+static struct wait learn_try(struct tu_state_fx *f, char **toks, size_t n, bool spam, int by)
 {
 	struct wait w = { 0 };
 	bayes_db_learn(f->st, toks, n, spam, by, learned, &w);
 	assert_false(w.done);                   /* never inside the call */
 	run_until(f, &w);
-	assert_true(w.ok);
+	return w;
+}
+
+static void learn(struct tu_state_fx *f, char **toks, size_t n, bool spam, int by)
+{
+	struct wait w = learn_try(f, toks, n, spam, by);
+	if (!w.ok)
+		fail_msg("learning failed: %s", w.why);
+}
+
+static void stored(void *arg, const struct state_result *r)
+{
+	struct wait *w = arg;
+	w->done = true;
+	w->ok = r->status == STATE_OK;
 }
 
 static struct wait lookup(struct tu_state_fx *f, struct bayes_token *t, size_t n)
@@ -131,17 +146,30 @@ static void counts(struct tu_state_suite *s, int backend)
 	assert_true(w.ok);
 	assert_int_equal(w.nspam, 1);
 	assert_int_equal(w.nham, 1);
+	/* a counter the store refuses to move: the message is not learned,
+	 * none of its counts move, and the caller hears why */
+	w = (struct wait){ 0 };
+	state_set(f.st, "bayes:s:broken", "x", 1, 0, stored, &w);
+	run_until(&f, &w);
+	assert_true(w.ok);
+	char *bad[] = { "pills", "broken" };
+	w = learn_try(&f, bad, 2, true, 1);
+	assert_false(w.ok);
+	assert_non_null(strstr(w.why, "key 1: value is not a counter"));
+	w = lookup(&f, t, 5);
+	assert_int_equal(w.nspam, 1);
+	assert_int_equal(t[1].spam, 1);
 	tu_state_fx_close(&f);
 }
 TU_STATE_BACKENDS(counts)
 
-/* More tokens than one multi-get takes; then a message learned from its
+/* More tokens than one multi-get, and than one multi-increment, takes; then a message learned from its
  * tokens scores as what it was learned as. */
 static void batches_and_scores(struct tu_state_suite *s, int backend)
 {
 	struct tu_state_fx f;
 	tu_state_fx_open(&f, s, backend, "");
-	size_t n = BAYES_DB_BATCH + 500;
+	size_t n = STATE_MGET_MAX + 500;       /* > BAYES_DB_BATCH too */
 	char **toks = xcalloc(n, sizeof(*toks));
 	struct bayes_token *t = xcalloc(n, sizeof(*t));
 	for (size_t i = 0; i < n; i++) {
