@@ -34,16 +34,7 @@ static int suite_setup(void **state)
 struct wait {
 	bool done, ok;
 	long long nspam, nham;
-	char why[256];
 };
-
-static void learned(void *arg, bool ok, const char *why)
-{
-	struct wait *w = arg;
-	w->done = true;
-	w->ok = ok;
-	snprintf(w->why, sizeof(w->why), "%s", why);
-}
 
 static void looked(void *arg, bool ok, long long nspam, long long nham, const char *why)
 {
@@ -55,25 +46,6 @@ static void looked(void *arg, bool ok, long long nspam, long long nham, const ch
 	w->nham = nham;
 }
 
-struct collect {
-	char *list[200];
-	size_t n;
-};
-
-static void collect_fn(void *arg, const char *tok, size_t len)
-{
-	struct collect *c = arg;
-	if (c->n < 200)
-		c->list[c->n++] = xmemdup(tok, len + 1);
-}
-
-static void collect_free(struct collect *c)
-{
-	for (size_t i = 0; i < c->n; i++)
-		free(c->list[i]);
-	c->n = 0;
-}
-
 static void run_until(struct tu_state_fx *f, struct wait *w)
 {
 	long long end = tu_mono_ms() + 10000;
@@ -82,27 +54,11 @@ static void run_until(struct tu_state_fx *f, struct wait *w)
 	assert_true(w->done);
 }
 
-static struct wait learn_try(struct tu_state_fx *f, char **toks, size_t n, bool spam, int by)
-{
-	struct wait w = { 0 };
-	bayes_db_learn(f->st, toks, n, spam, by, learned, &w);
-	assert_false(w.done);                   /* never inside the call */
-	run_until(f, &w);
-	return w;
-}
-
 static void learn(struct tu_state_fx *f, char **toks, size_t n, bool spam, int by)
 {
-	struct wait w = learn_try(f, toks, n, spam, by);
-	if (!w.ok)
-		fail_msg("learning failed: %s", w.why);
-}
-
-static void stored(void *arg, const struct state_result *r)
-{
-	struct wait *w = arg;
-	w->done = true;
-	w->ok = r->status == STATE_OK;
+	char why[256];
+	if (!tu_bayes_learn(f, toks, n, spam, by, why, sizeof(why)))
+		fail_msg("learning failed: %s", why);
 }
 
 static struct wait lookup(struct tu_state_fx *f, struct bayes_token *t, size_t n)
@@ -148,14 +104,11 @@ static void counts(struct tu_state_suite *s, int backend)
 	assert_int_equal(w.nham, 1);
 	/* a counter the store refuses to move: the message is not learned,
 	 * none of its counts move, and the caller hears why */
-	w = (struct wait){ 0 };
-	state_set(f.st, "bayes:s:broken", "x", 1, 0, stored, &w);
-	run_until(&f, &w);
-	assert_true(w.ok);
+	tu_state_set(&f, "bayes:s:broken", "x");
 	char *bad[] = { "pills", "broken" };
-	w = learn_try(&f, bad, 2, true, 1);
-	assert_false(w.ok);
-	assert_non_null(strstr(w.why, "key 1: value is not a counter"));
+	char why[256];
+	assert_false(tu_bayes_learn(&f, bad, 2, true, 1, why, sizeof(why)));
+	assert_non_null(strstr(why, "key 1: value is not a counter"));
 	w = lookup(&f, t, 5);
 	assert_int_equal(w.nspam, 1);
 	assert_int_equal(t[1].spam, 1);
@@ -163,8 +116,9 @@ static void counts(struct tu_state_suite *s, int backend)
 }
 TU_STATE_BACKENDS(counts)
 
-/* More tokens than one multi-get, and than one multi-increment, takes; then a message learned from its
- * tokens scores as what it was learned as. */
+/* More tokens than one multi-get, and than one multi-increment, takes;
+ * then a message learned from its tokens scores as what it was learned
+ * as. */
 static void batches_and_scores(struct tu_state_suite *s, int backend)
 {
 	struct tu_state_fx f;
@@ -192,18 +146,18 @@ static void batches_and_scores(struct tu_state_suite *s, int backend)
 	const char *train[2] = { "Subject: cheap pills\r\n\r\nbuy cheap pills now at http://pharma.example/\r\n",
 				 "Subject: meeting notes\r\n\r\nthe agenda for the meeting is attached\r\n" };
 	for (int k = 0; k < 2; k++) {
-		struct collect c = { { 0 }, 0 };
-		bayes_tokens(train[k], strlen(train[k]), NULL, collect_fn, &c);
+		struct tu_toks c;
+		tu_toks_of(&c, train[k], strlen(train[k]));
 		for (int rep = 0; rep < 5; rep++)
-			learn(&f, c.list, c.n, k == 0, 1);
-		collect_free(&c);
+			learn(&f, c.t, c.n, k == 0, 1);
+		tu_toks_free(&c);
 	}
 	const char *probe = "Subject: cheap pills\r\n\r\ncheap pills at http://pharma.example/ today\r\n";
-	struct collect c = { { 0 }, 0 };
-	bayes_tokens(probe, strlen(probe), NULL, collect_fn, &c);
-	struct bayes_token pt[200];
+	struct tu_toks c;
+	tu_toks_of(&c, probe, strlen(probe));
+	struct bayes_token pt[TU_TOKS_MAX];
 	for (size_t i = 0; i < c.n; i++)
-		pt[i] = (struct bayes_token){ c.list[i], 0, 0, 0 };
+		pt[i] = (struct bayes_token){ c.t[i], 0, 0, 0 };
 	w = lookup(&f, pt, c.n);
 	assert_true(w.ok);
 	assert_int_equal(w.nspam, 6);          /* the big one and five */
@@ -211,7 +165,7 @@ static void batches_and_scores(struct tu_state_suite *s, int backend)
 	struct bayes_result r;
 	bayes_score(pt, c.n, w.nspam, w.nham, NULL, &r);
 	assert_true(r.score > 0.9);
-	collect_free(&c);
+	tu_toks_free(&c);
 	tu_state_fx_close(&f);
 }
 TU_STATE_BACKENDS(batches_and_scores)

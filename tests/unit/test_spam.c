@@ -59,38 +59,15 @@ static struct verdict run_msg(struct tu_state_fx *f, const char *msg)
 	return tu_state_run(f, PHASE_MESSAGE);
 }
 
-static void learned(void *arg, bool ok, const char *why)
-{
-	(void)why;
-	*(int *)arg = ok ? 1 : -1;
-}
-
-struct toks {
-	char *t[400];
-	size_t n;
-};
-
-static void add_tok(void *arg, const char *tok, size_t len)
-{
-	struct toks *l = arg;
-	if (l->n < 400)
-		l->t[l->n++] = xmemdup(tok, len + 1);
-}
-
 static void learn(struct tu_state_fx *f, const char *msg, bool spam, int times)
 {
-	struct toks l = { { 0 }, 0 };
-	bayes_tokens(msg, strlen(msg), NULL, add_tok, &l);
-	for (int i = 0; i < times; i++) {
-		int done = 0;
-		bayes_db_learn(f->st, l.t, l.n, spam, 1, learned, &done);
-		long long end = tu_mono_ms() + 10000;
-		while (!done && tu_mono_ms() < end)
-			event_base_loop(f->c.base, EVLOOP_ONCE);
-		assert_int_equal(done, 1);
-	}
-	for (size_t i = 0; i < l.n; i++)
-		free(l.t[i]);
+	struct tu_toks l;
+	tu_toks_of(&l, msg, strlen(msg));
+	char why[256];
+	for (int i = 0; i < times; i++)
+		if (!tu_bayes_learn(f, l.t, l.n, spam, 1, why, sizeof(why)))
+			fail_msg("learning failed: %s", why);
+	tu_toks_free(&l);
 }
 
 static char *conf(struct tu_state_suite *s, const char *extra)

@@ -20,6 +20,8 @@
 #include <event2/event.h>
 
 #include "checks/chain.h"
+#include "mail/bayes.h"
+#include "mail/bayes_db.h"
 #include "mail/envelope.h"
 #include "util/alloc.h"
 #include "util/buf.h"
@@ -372,6 +374,54 @@ double tu_state_tokens(struct tu_state_fx *f, const char *key, double rate, doub
 	got_wait(f, &g);
 	assert_int_equal(g.status, STATE_OK);
 	return g.tokens;
+}
+
+static void add_tok(void *arg, const char *tok, size_t len)
+{
+	struct tu_toks *l = arg;
+	if (l->n < TU_TOKS_MAX)
+		l->t[l->n++] = xmemdup(tok, len + 1);
+}
+
+void tu_toks_of(struct tu_toks *l, const char *msg, size_t len)
+{
+	l->n = 0;
+	bayes_tokens(msg, len, NULL, add_tok, l);
+}
+
+void tu_toks_free(struct tu_toks *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->t[i]);
+	l->n = 0;
+}
+
+struct learned {
+	bool done, ok;
+	char why[256];
+};
+
+static void learned_cb(void *arg, bool ok, const char *why)
+{
+	struct learned *w = arg;
+	w->done = true;
+	w->ok = ok;
+	snprintf(w->why, sizeof(w->why), "%s", why);
+}
+
+bool tu_bayes_learn(struct tu_state_fx *f, char *const *toks, size_t n, bool spam, int by, char *why, size_t whylen)
+{
+	struct learned w = { 0 };
+	bayes_db_learn(f->st, toks, n, spam, by, learned_cb, &w);
+	assert_false(w.done);
+	long long end = tu_mono_ms() + 10000;
+	while (!w.done && tu_mono_ms() < end)
+		event_base_loop(f->c.base, EVLOOP_ONCE);
+	if (!w.done)
+		fail_msg("learning did not finish in 10 s");
+	if (why)
+		snprintf(why, whylen, "%s", w.why);
+	return w.ok;
 }
 
 const char *tu_added_header(const struct check_ctx *ctx, const char *name)

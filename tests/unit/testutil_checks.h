@@ -153,4 +153,17 @@ void tu_state_set(struct tu_state_fx *f, const char *key, const char *value);
 /* The tokens in a bucket now (a take of nothing). */
 double tu_state_tokens(struct tu_state_fx *f, const char *key, double rate, double burst);
 
+/* The Bayesian classifier's tokens of a message (bayes_tokens), copied:
+ * the first TU_TOKS_MAX. */
+#define TU_TOKS_MAX 400
+struct tu_toks {
+	char *t[TU_TOKS_MAX];
+	size_t n;
+};
+void tu_toks_of(struct tu_toks *l, const char *msg, size_t len);
+void tu_toks_free(struct tu_toks *l);
+/* bayes_db_learn run to its end (its callback never inside the call):
+ * true, or false and why. */
+bool tu_bayes_learn(struct tu_state_fx *f, char *const *toks, size_t n, bool spam, int by, char *why, size_t whylen);
+
 #endif
