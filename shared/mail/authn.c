@@ -3,11 +3,21 @@
  * the brute-force counters in the state store, then crypt(3) on a worker
  * thread, then the answer on the loop (delayed after repeated failures).
  *
- * An attempt that needs a password check is counted as a failure before
- * the check (and the count taken back when the password matches): guesses
- * made in parallel each see the ones before them, so no connection gets
- * a guess past auth_max_failures.  A password the cache knows is good
- * costs no check and is not counted.
+ * Two kinds of counters in the state store, per client address (an IPv6
+ * client by its /64) and per account: failures (authfail:, remembered
+ * for auth_lockout from the first) and checks in flight (authpend:).  An
+ * attempt that needs a password check counts itself in flight first,
+ * then reads the failures: failures plus checks in flight (itself
+ * included) may not pass auth_max_failures, so guesses made in parallel,
+ * on any server of a pair, each see the ones before them and no
+ * connection gets a guess past the limit.  An attempt that finds no room
+ * only because of checks still in flight waits for their outcome
+ * (retrying, BUSY_WAIT_MAX_MS at most, then a tempfail) instead of being
+ * locked out: an application that opens many connections at once logs in
+ * on all of them, while failures among those checks lock the rest out.
+ * A failure is counted before its check leaves the in-flight count, so a
+ * reader never sees less than the truth.  A password the cache knows is
+ * good costs no check and is not counted.
  */
 #include "authn.h"
 #include "dovecot_auth.h"
@@ -30,6 +40,14 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+
+/* Waiting for checks in flight: retried after 20 ms, doubling to 200. */
+#define BUSY_RETRY_MIN_MS 20
+#define BUSY_RETRY_MAX_MS 200
+#define BUSY_WAIT_MAX_MS 10000
+/* An in-flight counter outlives a process that died during its check by
+ * this much at most. */
+#define PEND_TTL_MS 60000
 
 /* A password that checked out recently, as HMAC(secret, hash NUL
  * password): the password itself is never kept, a changed hash
@@ -61,7 +79,8 @@ struct areq {
 	char sid[40];
 	char ip[64];
 	char user[256];
-	char key_ip[320], key_user[320];
+	char key_ip[320], key_user[320];        /* failures */
+	char key_pip[320], key_puser[320];      /* checks in flight */
 	char *pass;
 	char *hash;                     /* copy of the account's hash; NULL: none */
 	char *decoy;                    /* no account: a real hash to spend the same time on */
@@ -70,8 +89,12 @@ struct areq {
 	bool cached;                    /* verified from the cache, not by crypt */
 	bool refused;                   /* the pool was full: not checked */
 	long long fails_ip, fails_user;
+	long long pend_ip, pend_user;   /* checks in flight, this one included */
 	bool counted;                   /* the failure counters could be read */
-	bool precounted;                /* this attempt is in them (undone if it succeeds) */
+	int precounted;                 /* in-flight counters this attempt is in (ip, then user) */
+	long long busy_since;           /* mono ms: waiting for checks in flight since */
+	int busy_delay;                 /* ms before the next try */
+	struct event *retry;
 	struct authn_outcome out;
 	struct event *timer;
 	authn_done_fn done;
@@ -93,6 +116,8 @@ static void areq_free(struct areq *r)
 	free(r->decoy);
 	if (r->timer)
 		event_free(r->timer);
+	if (r->retry)
+		event_free(r->retry);
 	free(r);
 }
 
@@ -202,6 +227,17 @@ static void cache_put(struct authn *a, const char *user, const char *hash, const
 
 /* ---- the password, on a worker ------------------------------------------- */
 
+/* Take this attempt out of the in-flight counters.  A key gone
+ * meanwhile comes back as -1 for a millisecond only. */
+static void uncount(struct areq *r)
+{
+	if (!r->precounted)
+		return;
+	const char *keys[2] = { r->key_pip, r->key_puser };
+	state_mincr(r->a->st, keys, (size_t)r->precounted, -1, 1, NULL, NULL);
+	r->precounted = 0;
+}
+
 static void run(void *owner, void *state, struct workers_job *job)
 {
 	(void)owner; (void)state;
@@ -212,6 +248,21 @@ static void run(void *owner, void *state, struct workers_job *job)
 		(void)passdb_verify(r->decoy, r->pass);    /* the time, never the answer */
 }
 
+/* The failure is in the counters (then the attempt leaves the in-flight
+ * ones): answered, slowly once the source keeps failing. */
+static void failure_counted(void *arg, const struct state_result *res)
+{
+	struct areq *r = arg;
+	if (res->status == STATE_ERROR)
+		store_error(r, res);
+	uncount(r);
+	long long worst = (r->fails_ip > r->fails_user ? r->fails_ip : r->fails_user) + 1;
+	if (res->status != STATE_ERROR && worst == (long long)r->a->o.max_failures)
+		log_warn(r->sid, NULL, "auth.lockout", "user=%s client=%s failures_client=%lld failures_user=%lld "
+			 "lockout_ms=%lld", r->user, r->ip, r->fails_ip + 1, r->fails_user + 1, r->a->o.lockout_ms);
+	answer(r, worst >= (long long)r->a->o.delay_after);
+}
+
 static void job_done(struct workers_job *job)
 {
 	struct areq *r = (struct areq *)job;
@@ -220,6 +271,7 @@ static void job_done(struct workers_job *job)
 	wipe_free(r->pass);
 	r->pass = NULL;
 	if (r->refused) {
+		uncount(r);
 		r->out.result = AUTHN_TEMPFAIL;
 		snprintf(r->out.reason, sizeof(r->out.reason), "too many authentications waiting");
 		finish(r);
@@ -228,12 +280,7 @@ static void job_done(struct workers_job *job)
 	if (r->verified && !r->account_locked) {
 		r->out.result = AUTHN_OK;
 		snprintf(r->out.reason, sizeof(r->out.reason), "password matches%s", r->cached ? " (cached)" : "");
-		if (r->precounted) {
-			/* not a failure after all; a key gone meanwhile comes
-			 * back as -1 for a millisecond only */
-			state_incr(r->a->st, r->key_ip, -1, 1, NULL, NULL);
-			state_incr(r->a->st, r->key_user, -1, 1, NULL, NULL);
-		}
+		uncount(r);
 		finish(r);
 		return;
 	}
@@ -245,11 +292,8 @@ static void job_done(struct workers_job *job)
 		answer(r, false);
 		return;
 	}
-	long long worst = r->fails_ip > r->fails_user ? r->fails_ip : r->fails_user;
-	if (worst == (long long)r->a->o.max_failures)
-		log_warn(r->sid, NULL, "auth.lockout", "user=%s client=%s failures_client=%lld failures_user=%lld "
-			 "lockout_ms=%lld", r->user, r->ip, r->fails_ip, r->fails_user, r->a->o.lockout_ms);
-	answer(r, worst >= (long long)r->a->o.delay_after);
+	const char *keys[2] = { r->key_ip, r->key_user };
+	state_mincr(r->a->st, keys, 2, 1, r->a->o.lockout_ms, failure_counted, r);
 }
 
 static void job_discard(struct workers_job *job)
@@ -269,6 +313,7 @@ static void dovecot_answered(void *arg, enum dovecot_result res, const char *rea
 {
 	struct areq *r = arg;
 	if (res == DOVECOT_TEMPFAIL) {
+		uncount(r);
 		wipe_free(r->pass);
 		r->pass = NULL;
 		r->out.result = AUTHN_TEMPFAIL;
@@ -328,10 +373,16 @@ static void verify(struct areq *r)
 
 /* ---- counted before the check ------------------------------------------- */
 
-static void precount_failed(struct areq *r, const struct state_result *res)
+static void read_failures(struct areq *r);
+
+/* The store could not count: tempfail, or (auth_failure_mode continue)
+ * the check uncounted. */
+static void count_failed(struct areq *r, const struct state_result *res)
 {
 	store_error(r, res);
+	uncount(r);
 	if (r->a->o.fail_open) {
+		r->counted = false;
 		check_password(r);
 		return;
 	}
@@ -342,99 +393,141 @@ static void precount_failed(struct areq *r, const struct state_result *res)
 	finish(r);
 }
 
+static void busy_retry(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what;
+	read_failures(arg);
+}
+
+/* No room for this check while others are in flight: try again soon. */
+static void busy_wait(struct areq *r)
+{
+	long long now = mono_ms();
+	if (!r->busy_since)
+		r->busy_since = now;
+	if (now - r->busy_since >= BUSY_WAIT_MAX_MS) {
+		wipe_free(r->pass);
+		r->pass = NULL;
+		r->out.result = AUTHN_TEMPFAIL;
+		snprintf(r->out.reason, sizeof(r->out.reason), "other authentications from %s or for %s still in progress",
+			 r->ip, r->user);
+		finish(r);
+		return;
+	}
+	/* verify() looks the account up again */
+	wipe_free(r->hash);
+	r->hash = NULL;
+	free(r->decoy);
+	r->decoy = NULL;
+	r->account_locked = false;
+	r->busy_delay = r->busy_delay ? r->busy_delay * 2 : BUSY_RETRY_MIN_MS;
+	if (r->busy_delay > BUSY_RETRY_MAX_MS)
+		r->busy_delay = BUSY_RETRY_MAX_MS;
+	if (!r->retry)
+		r->retry = evtimer_new(r->a->base, busy_retry, r);
+	struct timeval tv = { r->busy_delay / 1000, (r->busy_delay % 1000) * 1000 };
+	evtimer_add(r->retry, &tv);
+}
+
+static void locked_out(struct areq *r)
+{
+	uncount(r);
+	r->out.result = AUTHN_LOCKED_OUT;
+	snprintf(r->out.reason, sizeof(r->out.reason), "%lld failures from %s, %lld for %s", r->fails_ip, r->ip,
+		 r->fails_user, r->user);
+	wipe_free(r->pass);
+	r->pass = NULL;
+	answer(r, true);
+}
+
+static long long value_count(const struct state_value *v)
+{
+	return v->status == STATE_OK && v->value ? strtoll(v->value, NULL, 10) : 0;
+}
+
+/* In flight, then the failures read: room for this check? */
+static void recounted(void *arg, const struct state_result *res)
+{
+	struct areq *r = arg;
+	if (res->status == STATE_ERROR) {
+		count_failed(r, res);
+		return;
+	}
+	r->fails_ip = value_count(&res->values[0]);
+	r->fails_user = value_count(&res->values[1]);
+	long long max = (long long)r->a->o.max_failures;
+	if (r->fails_ip >= max || r->fails_user >= max) {
+		locked_out(r);
+		return;
+	}
+	if (r->fails_ip + r->pend_ip > max || r->fails_user + r->pend_user > max) {
+		uncount(r);
+		busy_wait(r);
+		return;
+	}
+	check_password(r);
+}
+
 static void precounted_user(void *arg, const struct state_result *res)
 {
 	struct areq *r = arg;
 	if (res->status == STATE_ERROR) {
-		precount_failed(r, res);
+		count_failed(r, res);
 		return;
 	}
-	r->fails_user = res->counter;
-	r->precounted = true;
-	long long max = (long long)r->a->o.max_failures;
-	if (r->fails_ip > max || r->fails_user > max) {
-		/* guesses made at the same time used up what was left */
-		r->out.result = AUTHN_LOCKED_OUT;
-		snprintf(r->out.reason, sizeof(r->out.reason), "%lld failures from %s, %lld for %s", r->fails_ip - 1,
-			 r->ip, r->fails_user - 1, r->user);
-		wipe_free(r->pass);
-		r->pass = NULL;
-		answer(r, true);
-		return;
-	}
-	check_password(r);
+	r->pend_user = res->counter;
+	r->precounted = 2;
+	const char *keys[2] = { r->key_ip, r->key_user };
+	state_mget(r->a->st, keys, 2, recounted, r);
 }
 
 static void precounted_ip(void *arg, const struct state_result *res)
 {
 	struct areq *r = arg;
 	if (res->status == STATE_ERROR) {
-		precount_failed(r, res);
+		count_failed(r, res);
 		return;
 	}
-	r->fails_ip = res->counter;
-	state_incr(r->a->st, r->key_user, 1, r->a->o.lockout_ms, precounted_user, r);
+	r->pend_ip = res->counter;
+	r->precounted = 1;
+	state_incr(r->a->st, r->key_puser, 1, PEND_TTL_MS, precounted_user, r);
 }
 
 static void precount(struct areq *r)
 {
-	state_incr(r->a->st, r->key_ip, 1, r->a->o.lockout_ms, precounted_ip, r);
+	state_incr(r->a->st, r->key_pip, 1, PEND_TTL_MS, precounted_ip, r);
 }
 
-/* ---- before the check: is this source cooling off? ---------------------- */
+/* ---- before anything: is this source cooling off? ------------------------ */
 
-static void lockout_decided(struct areq *r)
+static void failures_read(void *arg, const struct state_result *res)
 {
-	long long worst = r->fails_ip > r->fails_user ? r->fails_ip : r->fails_user;
-	if (worst >= r->a->o.max_failures) {
-		r->out.result = AUTHN_LOCKED_OUT;
-		snprintf(r->out.reason, sizeof(r->out.reason), "%lld failures from %s, %lld for %s", r->fails_ip, r->ip,
-			 r->fails_user, r->user);
-		wipe_free(r->pass);
-		r->pass = NULL;
-		answer(r, true);
+	struct areq *r = arg;
+	if (res->status == STATE_ERROR) {
+		store_error(r, res);
+		if (r->a->o.fail_open) {
+			r->counted = false;
+			verify(r);
+			return;
+		}
+		r->out.result = AUTHN_TEMPFAIL;
+		snprintf(r->out.reason, sizeof(r->out.reason), "state store: %s", res->reason);
+		finish(r);
+		return;
+	}
+	r->fails_ip = value_count(&res->values[0]);
+	r->fails_user = value_count(&res->values[1]);
+	if (r->fails_ip >= (long long)r->a->o.max_failures || r->fails_user >= (long long)r->a->o.max_failures) {
+		locked_out(r);
 		return;
 	}
 	verify(r);
 }
 
-static bool failed_read(struct areq *r, const struct state_result *res)
+static void read_failures(struct areq *r)
 {
-	if (res->status != STATE_ERROR)
-		return false;
-	store_error(r, res);
-	if (r->a->o.fail_open) {
-		r->counted = false;
-		verify(r);
-		return true;
-	}
-	r->out.result = AUTHN_TEMPFAIL;
-	snprintf(r->out.reason, sizeof(r->out.reason), "state store: %s", res->reason);
-	finish(r);
-	return true;
-}
-
-static long long as_count(const struct state_result *res)
-{
-	return res->status == STATE_OK && res->value ? strtoll(res->value, NULL, 10) : 0;
-}
-
-static void read_user(void *arg, const struct state_result *res)
-{
-	struct areq *r = arg;
-	if (failed_read(r, res))
-		return;
-	r->fails_user = as_count(res);
-	lockout_decided(r);
-}
-
-static void read_ip(void *arg, const struct state_result *res)
-{
-	struct areq *r = arg;
-	if (failed_read(r, res))
-		return;
-	r->fails_ip = as_count(res);
-	state_get(r->a->st, r->key_user, read_user, r);
+	const char *keys[2] = { r->key_ip, r->key_user };
+	state_mget(r->a->st, keys, 2, failures_read, r);
 }
 
 void authn_client_key(const char *ip, char *out, size_t outlen)
@@ -464,12 +557,14 @@ void authn_check(struct authn *a, const char *sid, const char *ip, const char *u
 	lower[i] = '\0';
 	authn_client_key(r->ip, r->key_ip, sizeof(r->key_ip));
 	snprintf(r->key_user, sizeof(r->key_user), "authfail:user:%s", lower);
+	snprintf(r->key_pip, sizeof(r->key_pip), "authpend:%s", r->key_ip + strlen("authfail:"));
+	snprintf(r->key_puser, sizeof(r->key_puser), "authpend:user:%s", lower);
 	if (!a->st) {
 		verify(r);
 		return;
 	}
 	r->counted = true;
-	state_get(a->st, r->key_ip, read_ip, r);
+	read_failures(r);
 }
 
 struct authn *authn_new(const struct authn_opts *o, struct event_base *base, struct state *st,

@@ -148,9 +148,10 @@ static void authn_passwords_and_lockout(struct tu_state_suite *s, int backend)
 }
 TU_STATE_BACKENDS(authn_passwords_and_lockout)
 
-/* Guesses made in parallel: each is counted before its check, so no more
- * than max_failures (4) of them are checked, whatever the timing; a
- * good password leaves the counters as they were; an unknown name is
+/* Guesses made in parallel: each is counted in flight before its check,
+ * so no more than max_failures (4) of them are checked, whatever the
+ * timing, and the rest, waiting for those, find them failed: locked out.
+ * A good password leaves the counters as they were; an unknown name is
  * checked against a real account's hash (the same cost). */
 static void authn_parallel_guesses(struct tu_state_suite *s, int backend)
 {
@@ -188,7 +189,11 @@ static void authn_parallel_guesses(struct tu_state_suite *s, int backend)
 	assert_int_equal(bad, 4);
 	assert_int_equal(locked, 4);
 	assert_int_equal(tu_state_get(&f, "authfail:ip:192.0.2.50", v, sizeof(v)), STATE_OK);
-	assert_string_equal(v, "8");
+	assert_string_equal(v, "4");            /* failures; the refused ones were never checked */
+	assert_int_equal(tu_state_get(&f, "authfail:user:billing", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "4");
+	assert_int_equal(tu_state_get(&f, "authpend:ip:192.0.2.50", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "0");            /* nothing in flight any more */
 
 	const char *decoy = passdb_decoy(authn_accounts(an));
 	assert_non_null(decoy);
@@ -197,6 +202,70 @@ static void authn_parallel_guesses(struct tu_state_suite *s, int backend)
 	tu_state_fx_close(&f);
 }
 TU_STATE_BACKENDS(authn_parallel_guesses)
+
+static void run_answers(struct tu_state_fx *f, struct answer *a, int n)
+{
+	long long deadline = tu_mono_ms() + 15000;
+	int done = 0;
+	while (done < n && tu_mono_ms() < deadline) {
+		event_base_loop(f->c.base, EVLOOP_ONCE);
+		done = 0;
+		for (int i = 0; i < n; i++)
+			done += a[i].done;
+	}
+	assert_int_equal(done, n);
+}
+
+/* An application opening more connections at once than max_failures (4),
+ * with no cache: every login checks the password, and every one succeeds
+ * (those without room wait for the checks in flight); the counters end
+ * as they began.  Then good and bad passwords in parallel from one
+ * address: no more than 4 guesses are checked, and nothing tempfails. */
+static void authn_parallel_logins(struct tu_state_suite *s, int backend)
+{
+	struct tu_state_fx f;
+	tu_state_fx_open(&f, s, backend, "");
+	struct authn *an = authn_for(&f, false, 0);
+	enum { N = 12 };
+	struct answer a[N];
+	for (int i = 0; i < N; i++) {
+		a[i] = (struct answer){ .t0 = tu_mono_ms() };
+		authn_check(an, "S1", "192.0.2.70", "billing", "app-pw", answered, &a[i]);
+	}
+	run_answers(&f, a, N);
+	for (int i = 0; i < N; i++)
+		if (a[i].o.result != AUTHN_OK)
+			fail_msg("login %d: %d (%s)", i, a[i].o.result, a[i].o.reason);
+	char v[64];
+	assert_int_equal(tu_state_get(&f, "authfail:ip:192.0.2.70", v, sizeof(v)), STATE_NOTFOUND);
+	assert_int_equal(tu_state_get(&f, "authfail:user:billing", v, sizeof(v)), STATE_NOTFOUND);
+	assert_int_equal(tu_state_get(&f, "authpend:ip:192.0.2.70", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "0");
+	assert_int_equal(tu_state_get(&f, "authpend:user:billing", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "0");
+
+	struct answer b[N];
+	for (int i = 0; i < N; i++) {
+		b[i] = (struct answer){ .t0 = tu_mono_ms() };
+		authn_check(an, "S2", "192.0.2.71", "alice@example.test", i % 4 == 0 ? "alice-pw" : "guess", answered,
+			    &b[i]);
+	}
+	run_answers(&f, b, N);
+	int bad = 0;
+	for (int i = 0; i < N; i++) {
+		bad += b[i].o.result == AUTHN_BAD;
+		if (i % 4 != 0)
+			assert_int_not_equal(b[i].o.result, AUTHN_OK);
+		if (b[i].o.result == AUTHN_TEMPFAIL)
+			fail_msg("attempt %d: tempfail (%s)", i, b[i].o.reason);
+	}
+	assert_int_equal(bad, 4);
+	assert_int_equal(tu_state_get(&f, "authfail:ip:192.0.2.71", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "4");
+	authn_free(an);
+	tu_state_fx_close(&f);
+}
+TU_STATE_BACKENDS(authn_parallel_logins)
 
 static void authn_cache(struct tu_state_suite *s, int backend)
 {
@@ -216,7 +285,7 @@ static void authn_cache(struct tu_state_suite *s, int backend)
 	char *h = passdb_hash("new-pw", "sha512", why, sizeof(why));
 	assert_true(passdb_update(accounts(s), "billing", h, NULL, false, false, why, sizeof(why)));
 	free(h);
-	sleep(1);
+	tu_state_run_for(&f, 1000);             /* a new mtime; the loop runs meanwhile */
 	authn_tick(an);
 	assert_int_equal(check_pw(&f, an, "192.0.2.1", "billing", "app-pw").o.result, AUTHN_BAD);
 	assert_int_equal(check_pw(&f, an, "192.0.2.1", "billing", "new-pw").o.result, AUTHN_OK);
@@ -226,7 +295,7 @@ static void authn_cache(struct tu_state_suite *s, int backend)
 	char *locked = xasprintf("!%s", acc->hash);
 	assert_true(passdb_update(accounts(s), "billing", locked, NULL, false, false, why, sizeof(why)));
 	free(locked);
-	sleep(1);
+	tu_state_run_for(&f, 1000);
 	authn_tick(an);
 	a = check_pw(&f, an, "192.0.2.1", "billing", "new-pw");
 	assert_int_equal(a.o.result, AUTHN_BAD);
@@ -405,6 +474,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		TU_STATE_TESTS(authn_passwords_and_lockout),
 		TU_STATE_TESTS(authn_parallel_guesses),
+		TU_STATE_TESTS(authn_parallel_logins),
 		TU_STATE_TESTS(authn_cache),
 		cmocka_unit_test(authn_store_down),
 		TU_STATE_TESTS(quota_hold),
