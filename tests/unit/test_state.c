@@ -1468,6 +1468,28 @@ static void test_redis_frozen(void **state)
 	fx_close(&f);
 }
 
+/* A loop that stalls past redis_timeout (a long synchronous pass) is no
+ * Redis timeout: the answer that arrived meanwhile is taken, and the
+ * connection stays. */
+static void test_redis_stalled_loop(void **state)
+{
+	struct suite *s = *state;
+	struct fx f;
+	struct res x = { 0 };
+	fx_open(&f, s, STATE_BACKEND_REDIS, NULL);
+	assert_status(sets(&f, &x, "k", "v", 0), STATE_OK);
+	res_begin(&x);
+	assert_non_null(state_get(f.st, "k", res_cb, &x));
+	usleep(800 * 1000);                     /* the loop does not run: 800 ms > redis_timeout */
+	res_wait(&f, &x);
+	assert_status(&x, STATE_OK);
+	assert_string_equal(x.value, "v");
+	assert_true(state_up(f.st, NULL, 0));
+	assert_string_equal(get(&f, &x, "k")->value, "v");
+	res_free(&x);
+	fx_close(&f);
+}
+
 static void test_redis_auth_and_unix(void **state)
 {
 	struct suite *s = *state;
@@ -1711,6 +1733,7 @@ int main(void)
 		cmocka_unit_test(test_redis_mget),
 		cmocka_unit_test(test_redis_down_and_back),
 		cmocka_unit_test(test_redis_frozen),
+		cmocka_unit_test(test_redis_stalled_loop),
 		cmocka_unit_test(test_redis_auth_and_unix),
 		cmocka_unit_test(test_config),
 		cmocka_unit_test(test_lmdb_corrupt_moved_aside),
