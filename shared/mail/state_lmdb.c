@@ -345,7 +345,11 @@ static bool counter_add(struct lmdb_be *be, struct state_req *req, MDB_txn *txn,
 	return true;
 }
 
-static void op_incr(struct lmdb_be *be, struct state_req *req)
+/* Counters in one write transaction: all move, or none.  counter: the
+ * last one's new value.  A failure names the key's index when there are
+ * several. */
+static void add_counters(struct lmdb_be *be, struct state_req *req, char *const *keys, const size_t *klens,
+			 size_t n)
 {
 	MDB_txn *txn;
 	int rc = wtxn_begin(be, &txn);
@@ -353,34 +357,12 @@ static void op_incr(struct lmdb_be *be, struct state_req *req)
 		fail(be, req, "write", rc);
 		return;
 	}
-	long long v;
-	if (!counter_add(be, req, txn, req->key, req->klen, state_now_ms(), "", &v)) {
-		mdb_txn_abort(txn);
-		return;
-	}
-	rc = wtxn_commit(be, txn);
-	if (rc) {
-		fail(be, req, "commit", rc);
-		return;
-	}
-	req->res.status = STATE_OK;
-	req->res.counter = v;
-}
-
-/* Every counter in one write transaction: all move, or none. */
-static void op_mincr(struct lmdb_be *be, struct state_req *req)
-{
-	MDB_txn *txn;
-	int rc = wtxn_begin(be, &txn);
-	if (rc) {
-		fail(be, req, "write", rc);
-		return;
-	}
-	long long now = state_now_ms(), v;
-	char which[32];
-	for (size_t i = 0; i < req->nkeys; i++) {
-		snprintf(which, sizeof(which), "key %zu: ", i);
-		if (!counter_add(be, req, txn, req->keys[i], req->klens[i], now, which, &v)) {
+	long long now = state_now_ms(), v = 0;
+	char which[32] = "";
+	for (size_t i = 0; i < n; i++) {
+		if (req->op == STATE_OP_MINCR)
+			snprintf(which, sizeof(which), "key %zu: ", i);
+		if (!counter_add(be, req, txn, keys[i], klens[i], now, which, &v)) {
 			mdb_txn_abort(txn);
 			return;
 		}
@@ -391,6 +373,18 @@ static void op_mincr(struct lmdb_be *be, struct state_req *req)
 		return;
 	}
 	req->res.status = STATE_OK;
+	req->res.counter = v;
+}
+
+static void op_incr(struct lmdb_be *be, struct state_req *req)
+{
+	char *key = req->key;
+	add_counters(be, req, &key, &req->klen, 1);
+}
+
+static void op_mincr(struct lmdb_be *be, struct state_req *req)
+{
+	add_counters(be, req, req->keys, req->klens, req->nkeys);
 }
 
 static void op_take(struct lmdb_be *be, struct state_req *req)
