@@ -132,6 +132,9 @@ bool state_parse_counter(const char *p, size_t n, long long *out)
 	}
 	if (i == n || n > 20)
 		return false;
+	/* the form Redis's INCRBY takes: no leading zeros, no "-0" */
+	if (p[i] == '0' && (n - i > 1 || neg))
+		return false;
 	long long v = 0;
 	for (; i < n; i++) {
 		if (p[i] < '0' || p[i] > '9')

@@ -73,7 +73,8 @@ bool state_closing(const struct state *st);
 /* Helpers the backends share. */
 long long state_now_ms(void);           /* wall clock */
 long long state_mono_ms(void);          /* monotonic */
-/* Strict decimal long long ("-12"); false on anything else or overflow. */
+/* Strict decimal long long ("-12"), as Redis's INCRBY reads it: false on
+ * anything else ("007", "-0", "+1", " 1"), or overflow. */
 bool state_parse_counter(const char *p, size_t n, long long *out);
 /* Parse "TOKENS TIME_MS" bucket text. */
 bool state_parse_bucket(const char *p, size_t n, double *tokens, long long *ts);

@@ -293,7 +293,7 @@ static void op_del(struct lmdb_be *be, struct state_req *req)
 /* Read the live entry of a key inside a write transaction: 1 live,
  * 0 absent or expired, -1 error (request failed). */
 static int read_live(struct lmdb_be *be, struct state_req *req, MDB_txn *txn, const char *key, size_t klen,
-		     long long now, struct ent *e)
+		     long long now, const char *which, struct ent *e)
 {
 	MDB_val k = { klen, (void *)key }, v;
 	int rc = mdb_get(txn, be->dbi, &k, &v);
@@ -304,7 +304,7 @@ static int read_live(struct lmdb_be *be, struct state_req *req, MDB_txn *txn, co
 		return -1;
 	}
 	if (!decode(&v, e)) {
-		state_req_fail(req, "lmdb: malformed entry");
+		state_req_fail(req, "%slmdb: malformed entry", which);
 		return -1;
 	}
 	return live(e, now) ? 1 : 0;
@@ -318,7 +318,7 @@ static bool counter_add(struct lmdb_be *be, struct state_req *req, MDB_txn *txn,
 {
 	long long v = 0, exp;
 	struct ent e;
-	int have = read_live(be, req, txn, key, klen, now, &e);
+	int have = read_live(be, req, txn, key, klen, now, which, &e);
 	if (have < 0)
 		return false;
 	if (have) {
@@ -398,7 +398,7 @@ static void op_take(struct lmdb_be *be, struct state_req *req)
 	long long now = state_now_ms(), ts = 0;
 	double tokens = 0;
 	struct ent e;
-	int have = read_live(be, req, txn, req->key, req->klen, now, &e);
+	int have = read_live(be, req, txn, req->key, req->klen, now, "", &e);
 	if (have < 0)
 		goto abort;
 	if (have && !state_parse_bucket(e.data, e.len, &tokens, &ts)) {

@@ -59,7 +59,7 @@
  * key is created. */
 static const char incr_lua[] =
 	"local cur = redis.call('GET', KEYS[1])\n"
-	"if cur and not string.match(cur, '^%-?%d+$') then\n"
+	"if cur and cur ~= '0' and not string.match(cur, '^%-?[1-9]%d*$') then\n"
 	"  return redis.error_reply('value is not a counter')\n"
 	"end\n"
 	"local v = redis.call('INCRBY', KEYS[1], ARGV[1])\n"
@@ -68,26 +68,32 @@ static const char incr_lua[] =
 	"end\n"
 	"return v\n";
 
-/* Many counters: every key is checked (a counter, and no overflow, with
- * a margin: Lua's numbers are doubles) before any moves, so a refused
- * request changes nothing.  ARGV: by, expiry of new keys. */
+/* Many counters: every key is checked (a counter in the form INCRBY
+ * takes, and no overflow of its total move, a key given twice moving
+ * twice, with a margin: Lua's numbers are doubles) before any moves, so
+ * a refused request changes nothing.  ARGV: by, expiry of new keys. */
 static const char mincr_lua[] =
 	"local by, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
-	"local new = {}\n"
+	"local new, sum = {}, {}\n"
 	"for i, k in ipairs(KEYS) do\n"
-	"  local cur = redis.call('GET', k)\n"
-	"  if cur and not string.match(cur, '^%-?%d+$') then\n"
-	"    return redis.error_reply('key ' .. (i - 1) .. ': value is not a counter')\n"
+	"  if sum[k] == nil then\n"
+	"    local cur = redis.call('GET', k)\n"
+	"    if cur and cur ~= '0' and not string.match(cur, '^%-?[1-9]%d*$') then\n"
+	"      return redis.error_reply('key ' .. (i - 1) .. ': value is not a counter')\n"
+	"    end\n"
+	"    new[k] = not cur\n"
+	"    sum[k] = tonumber(cur or '0')\n"
 	"  end\n"
-	"  if cur and math.abs(tonumber(cur) + by) > 9.2e18 then\n"
+	"  sum[k] = sum[k] + by\n"
+	"  if math.abs(sum[k]) > 9.2e18 then\n"
 	"    return redis.error_reply('key ' .. (i - 1) .. ': counter overflow')\n"
 	"  end\n"
-	"  new[i] = not cur\n"
 	"end\n"
 	"for i, k in ipairs(KEYS) do\n"
 	"  redis.call('INCRBY', k, ARGV[1])\n"
-	"  if new[i] and ttl > 0 then\n"
+	"  if new[k] and ttl > 0 then\n"
 	"    redis.call('PEXPIRE', k, ARGV[2])\n"
+	"    new[k] = false\n"
 	"  end\n"
 	"end\n"
 	"return #KEYS\n";

@@ -1203,6 +1203,23 @@ static void mincrs(struct suite *s, int backend)
 	assert_counter(&f, "c:b", "0");
 	assert_counter(&f, "c:fresh", NULL);
 	assert_counter(&f, "c:max", "9223372036854775807");
+	/* a key given twice moves twice, and its total is what overflows */
+	const char *k7[] = { "c:b", "c:twice", "c:twice" };
+	assert_status(mincr(&f, &x, k7, 3, 5000000000000000000LL, 0), STATE_ERROR);
+	assert_reason(&x, "key 2: counter overflow");
+	assert_counter(&f, "c:b", "0");
+	assert_counter(&f, "c:twice", NULL);
+	/* a counter is in the form INCRBY takes: "007" and "-0" are not */
+	assert_status(sets(&f, &x, "c:zeros", "007", 0), STATE_OK);
+	assert_status(sets(&f, &x, "c:minus0", "-0", 0), STATE_OK);
+	const char *k8[] = { "c:b", "c:zeros" }, *k9[] = { "c:minus0" };
+	assert_status(mincr(&f, &x, k8, 2, 1, 0), STATE_ERROR);
+	assert_reason(&x, "key 1: value is not a counter");
+	assert_status(mincr(&f, &x, k9, 1, 1, 0), STATE_ERROR);
+	assert_status(incr(&f, &x, "c:zeros", 1, 0), STATE_ERROR);
+	assert_reason(&x, "value is not a counter");
+	assert_counter(&f, "c:b", "0");
+	assert_counter(&f, "c:zeros", "007");
 	/* bad requests fail whole, with the index of the bad key */
 	const char *k6[] = { "c:a", "bad\nkey" };
 	assert_status(mincr(&f, &x, k6, 2, 1, 0), STATE_ERROR);
