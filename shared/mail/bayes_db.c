@@ -138,12 +138,19 @@ void bayes_db_lookup_cancel(struct bayes_db_lookup *L)
 /* ---- learning ---------------------------------------------------------------- */
 
 /* A message's counters move in state_mincr batches: one LMDB write
- * transaction, one Redis script each (a message has a few hundred
- * tokens: one batch, almost always). */
+ * transaction, one Redis script each.  bayes_tokens gives at most 3000
+ * tokens, so a message is one batch, learned all or none. */
+struct learn;
+struct learn_batch {
+	struct learn *L;
+	size_t off;                     /* of its first key in keys */
+};
+
 struct learn {
 	struct state *st;
 	char **keys;                    /* every counter to move; the last is the message count */
 	size_t nkeys;
+	struct learn_batch *batches;
 	unsigned pending;
 	bool failed;
 	char why[256];
@@ -153,10 +160,19 @@ struct learn {
 
 static void counted(void *arg, const struct state_result *r)
 {
-	struct learn *L = arg;
+	struct learn_batch *b = arg;
+	struct learn *L = b->L;
 	if (r->status == STATE_ERROR && !L->failed) {
 		L->failed = true;
-		snprintf(L->why, sizeof(L->why), "%s", r->reason);
+		/* "[backend: ]key I: why" names the counter, I in its batch */
+		const char *k = strstr(r->reason, "key ");
+		size_t i;
+		int skip = 0;
+		if (k && sscanf(k, "key %zu: %n", &i, &skip) == 1 && skip > 0 && i < L->nkeys - b->off)
+			snprintf(L->why, sizeof(L->why), "%.*s%s: %s", (int)(k - r->reason), r->reason,
+				 L->keys[b->off + i], k + skip);
+		else
+			snprintf(L->why, sizeof(L->why), "%s", r->reason);
 	}
 	if (--L->pending > 0)
 		return;
@@ -165,9 +181,10 @@ static void counted(void *arg, const struct state_result *r)
 	bool ok = !L->failed;
 	char why[256];
 	snprintf(why, sizeof(why), "%s", L->why);
-	for (size_t i = 0; i < L->nkeys; i++)
-		free(L->keys[i]);
+	for (size_t k = 0; k < L->nkeys; k++)
+		free(L->keys[k]);
 	free(L->keys);
+	free(L->batches);
 	free(L);
 	done(darg, ok, ok ? "" : why);
 }
@@ -184,9 +201,14 @@ void bayes_db_learn(struct state *st, char *const *toks, size_t n, bool spam, in
 	for (size_t i = 0; i < n; i++)
 		L->keys[i] = xasprintf("bayes:%c:%s", spam ? 's' : 'h', toks[i]);
 	L->keys[n] = xstrdup(spam ? "bayes:n:s" : "bayes:n:h");
-	L->pending = (unsigned)((L->nkeys + STATE_MGET_MAX - 1) / STATE_MGET_MAX);
-	for (size_t i = 0; i < L->nkeys; i += STATE_MGET_MAX) {
-		size_t k = L->nkeys - i < STATE_MGET_MAX ? L->nkeys - i : STATE_MGET_MAX;
-		state_mincr(st, (const char *const *)L->keys + i, k, by, 0, counted, L);
+	size_t nb = (L->nkeys + STATE_MGET_MAX - 1) / STATE_MGET_MAX;
+	L->batches = xcalloc(nb, sizeof(*L->batches));
+	L->pending = (unsigned)nb;
+	for (size_t j = 0; j < nb; j++) {
+		struct learn_batch *b = &L->batches[j];
+		b->L = L;
+		b->off = j * STATE_MGET_MAX;
+		size_t k = L->nkeys - b->off < STATE_MGET_MAX ? L->nkeys - b->off : STATE_MGET_MAX;
+		state_mincr(st, (const char *const *)L->keys + b->off, k, by, 0, counted, b);
 	}
 }

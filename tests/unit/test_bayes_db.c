@@ -108,7 +108,7 @@ static void counts(struct tu_state_suite *s, int backend)
 	char *bad[] = { "pills", "broken" };
 	char why[256];
 	assert_false(tu_bayes_learn(&f, bad, 2, true, 1, why, sizeof(why)));
-	assert_non_null(strstr(why, "key 1: value is not a counter"));
+	assert_non_null(strstr(why, "bayes:s:broken: value is not a counter"));
 	w = lookup(&f, t, 5);
 	assert_int_equal(w.nspam, 1);
 	assert_int_equal(t[1].spam, 1);
