@@ -419,14 +419,18 @@ int authfail_ctl_main(const char *path, const char *instance, int argc, char **a
 	char key_ip[320], key_user[320];
 	authn_client_key(argv[1], key_ip, sizeof(key_ip));
 	snprintf(key_user, sizeof(key_user), "authfail:user:%s", lower);
-	const char *keys[] = { key_ip, key_user };
+	/* and the checks in flight, should a count have been left behind */
+	char pend_ip[330], pend_user[330];
+	authn_pending_key(key_ip, pend_ip, sizeof(pend_ip));
+	authn_pending_key(key_user, pend_user, sizeof(pend_user));
+	const char *keys[] = { key_ip, key_user, pend_ip, pend_user };
 	int cleared = 0;
-	for (size_t k = 0; sc.st && k < 2; k++) {
+	for (size_t k = 0; sc.st && k < 4; k++) {
 		struct state_ctl_op op = { 0 };
 		state_del(sc.st, keys[k], state_ctl_done, &op);
 		if (!state_ctl_wait(&sc, &op, "reset"))
 			goto out;
-		cleared += op.status == STATE_OK;
+		cleared += k < 2 && op.status == STATE_OK;
 	}
 	printf("%s: %s\n", argv[1], cleared ? "failures cleared" : "no failures counted");
 	rc = 0;

@@ -16,8 +16,9 @@
  * locked out: an application that opens many connections at once logs in
  * on all of them, while failures among those checks lock the rest out.
  * A failure is counted before its check leaves the in-flight count, so a
- * reader never sees less than the truth.  A password the cache knows is
- * good costs no check and is not counted.
+ * reader never sees less than the truth; a count the store could not
+ * change is owed, and sent again every tick until it is.  A password the
+ * cache knows is good costs no check and is not counted.
  */
 #include "authn.h"
 #include "dovecot_auth.h"
@@ -41,13 +42,18 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
-/* Waiting for checks in flight: retried after 20 ms, doubling to 200. */
+/* Waiting for checks in flight: retried after 20 ms, doubling to 200,
+ * for busy_wait_ms (10 s unless told). */
 #define BUSY_RETRY_MIN_MS 20
 #define BUSY_RETRY_MAX_MS 200
 #define BUSY_WAIT_MAX_MS 10000
-/* An in-flight counter outlives a process that died during its check by
- * this much at most. */
-#define PEND_TTL_MS 60000
+/* The in-flight counters expire this long after they were created: longer
+ * than any check (dovecot_auth_timeout is at most 10 minutes), so checks
+ * in flight never lose their count; and a count left behind by a process
+ * that stopped during a check is gone after it. */
+#define PEND_TTL_MS (15 * 60 * 1000)
+/* Counter changes owed to the store, at most. */
+#define OWED_MAX 10000
 
 /* A password that checked out recently, as HMAC(secret, hash NUL
  * password): the password itself is never kept, a changed hash
@@ -57,6 +63,18 @@ struct cache_entry {
 	char user[256];
 	unsigned char mac[32];
 	long long expires_ms;
+};
+
+/* A change of counters that failed, sent again every tick while it
+ * still matters: until the counters it would change have expired. */
+struct owed {
+	struct authn *a;
+	char keys[2][320];
+	size_t nkeys;
+	long long by, ttl_ms;
+	long long until;                /* mono ms */
+	struct state_req *req;          /* in flight; NULL: waiting for the next tick */
+	struct owed *next;
 };
 
 struct authn {
@@ -70,7 +88,9 @@ struct authn {
 	struct passdb *db;              /* NULL: none (Dovecot checks the passwords) */
 	struct workers *w;
 	struct dovecot_auth *dv;        /* passwords checked by Dovecot instead of crypt */
-	struct metric *m_total, *m_store_errors;
+	struct metric *m_total, *m_store_errors, *m_waits;
+	struct owed *owed;              /* counter changes the store has yet to take */
+	size_t nowed;
 };
 
 struct areq {
@@ -227,14 +247,69 @@ static void cache_put(struct authn *a, const char *user, const char *hash, const
 
 /* ---- the password, on a worker ------------------------------------------- */
 
-/* Take this attempt out of the in-flight counters.  A key gone
- * meanwhile comes back as -1 for a millisecond only. */
+static void owed_send(struct owed *o);
+
+static void owed_done(void *arg, const struct state_result *res)
+{
+	struct owed *o = arg;
+	o->req = NULL;
+	if (res->status == STATE_ERROR && mono_ms() < o->until)
+		return;                 /* the next tick sends it again */
+	struct authn *a = o->a;
+	if (res->status == STATE_ERROR)
+		log_warn(NULL, NULL, "auth.counter_lost", "key=%s by=%lld reason=%s", o->keys[0], o->by, res->reason);
+	for (struct owed **pp = &a->owed; *pp; pp = &(*pp)->next)
+		if (*pp == o) {
+			*pp = o->next;
+			break;
+		}
+	a->nowed--;
+	free(o);
+}
+
+static void owed_send(struct owed *o)
+{
+	const char *keys[2] = { o->keys[0], o->keys[1] };
+	o->req = state_mincr(o->a->st, keys, o->nkeys, o->by, o->ttl_ms, owed_done, o);
+}
+
+/* Move two counters; when the store cannot, the change is owed and sent
+ * again every tick (a lost decrement would hold a slot of the in-flight
+ * count, a lost failure would be a free guess). */
+static void change_counters(struct areq *r, const char *k0, const char *k1, long long by, long long ttl_ms,
+			    long long keep_ms)
+{
+	struct authn *a = r->a;
+	const char *keys[2] = { k0, k1 };
+	size_t n = k1 ? 2 : 1;
+	if (a->nowed >= OWED_MAX) {
+		log_error(r->sid, NULL, "auth.counter_lost", "key=%s by=%lld reason=%s", k0, by,
+			  "too many counter changes owed to the state store");
+		state_mincr(a->st, keys, n, by, ttl_ms, NULL, NULL);
+		return;
+	}
+	struct owed *o = xcalloc(1, sizeof(*o));
+	o->a = a;
+	o->nkeys = n;
+	for (size_t i = 0; i < n; i++)
+		snprintf(o->keys[i], sizeof(o->keys[i]), "%s", keys[i]);
+	o->by = by;
+	o->ttl_ms = ttl_ms;
+	o->until = mono_ms() + keep_ms;
+	o->next = a->owed;
+	a->owed = o;
+	a->nowed++;
+	owed_send(o);
+}
+
+/* Take this attempt out of the in-flight counters (both, or the client's
+ * alone when the account's could not be counted).  A key gone meanwhile
+ * comes back as -1 for a millisecond only. */
 static void uncount(struct areq *r)
 {
 	if (!r->precounted)
 		return;
-	const char *keys[2] = { r->key_pip, r->key_puser };
-	state_mincr(r->a->st, keys, (size_t)r->precounted, -1, 1, NULL, NULL);
+	change_counters(r, r->key_pip, r->precounted == 2 ? r->key_puser : NULL, -1, 1, PEND_TTL_MS);
 	r->precounted = 0;
 }
 
@@ -253,8 +328,11 @@ static void run(void *owner, void *state, struct workers_job *job)
 static void failure_counted(void *arg, const struct state_result *res)
 {
 	struct areq *r = arg;
-	if (res->status == STATE_ERROR)
+	if (res->status == STATE_ERROR) {
+		/* counted later, but counted: never a free guess */
 		store_error(r, res);
+		change_counters(r, r->key_ip, r->key_user, 1, r->a->o.lockout_ms, r->a->o.lockout_ms);
+	}
 	uncount(r);
 	long long worst = (r->fails_ip > r->fails_user ? r->fails_ip : r->fails_user) + 1;
 	if (res->status != STATE_ERROR && worst == (long long)r->a->o.max_failures)
@@ -405,7 +483,8 @@ static void busy_wait(struct areq *r)
 	long long now = mono_ms();
 	if (!r->busy_since)
 		r->busy_since = now;
-	if (now - r->busy_since >= BUSY_WAIT_MAX_MS) {
+	long long limit = r->a->o.busy_wait_ms > 0 ? r->a->o.busy_wait_ms : BUSY_WAIT_MAX_MS;
+	if (now - r->busy_since >= limit) {
 		wipe_free(r->pass);
 		r->pass = NULL;
 		r->out.result = AUTHN_TEMPFAIL;
@@ -420,6 +499,8 @@ static void busy_wait(struct areq *r)
 	free(r->decoy);
 	r->decoy = NULL;
 	r->account_locked = false;
+	if (!r->busy_delay && r->a->m_waits)
+		metric_inc(r->a->m_waits, NULL);
 	r->busy_delay = r->busy_delay ? r->busy_delay * 2 : BUSY_RETRY_MIN_MS;
 	if (r->busy_delay > BUSY_RETRY_MAX_MS)
 		r->busy_delay = BUSY_RETRY_MAX_MS;
@@ -460,7 +541,8 @@ static void recounted(void *arg, const struct state_result *res)
 		locked_out(r);
 		return;
 	}
-	if (r->fails_ip + r->pend_ip > max || r->fails_user + r->pend_user > max) {
+	/* below 1 (this attempt is in it): a count that was lost, so unknown */
+	if (r->pend_ip < 1 || r->pend_user < 1 || r->fails_ip + r->pend_ip > max || r->fails_user + r->pend_user > max) {
 		uncount(r);
 		busy_wait(r);
 		return;
@@ -539,6 +621,12 @@ void authn_client_key(const char *ip, char *out, size_t outlen)
 	snprintf(out, outlen, "authfail:ip:%s", net);
 }
 
+void authn_pending_key(const char *failure_key, char *out, size_t outlen)
+{
+	size_t n = strlen("authfail:");
+	snprintf(out, outlen, "authpend:%s", strncmp(failure_key, "authfail:", n) == 0 ? failure_key + n : failure_key);
+}
+
 void authn_check(struct authn *a, const char *sid, const char *ip, const char *user, const char *password,
 		 authn_done_fn done, void *arg)
 {
@@ -557,8 +645,8 @@ void authn_check(struct authn *a, const char *sid, const char *ip, const char *u
 	lower[i] = '\0';
 	authn_client_key(r->ip, r->key_ip, sizeof(r->key_ip));
 	snprintf(r->key_user, sizeof(r->key_user), "authfail:user:%s", lower);
-	snprintf(r->key_pip, sizeof(r->key_pip), "authpend:%s", r->key_ip + strlen("authfail:"));
-	snprintf(r->key_puser, sizeof(r->key_puser), "authpend:user:%s", lower);
+	authn_pending_key(r->key_ip, r->key_pip, sizeof(r->key_pip));
+	authn_pending_key(r->key_user, r->key_puser, sizeof(r->key_puser));
 	if (!a->st) {
 		verify(r);
 		return;
@@ -611,6 +699,9 @@ struct authn *authn_new(const struct authn_opts *o, struct event_base *base, str
 		a->m_total = metrics_counter(m, "rampart_auth_total", "SMTP AUTH attempts, by result.");
 		a->m_store_errors = metrics_counter(m, "rampart_auth_store_errors_total",
 						    "Brute-force counters the state store could not read or write.");
+		a->m_waits = metrics_counter(m, "rampart_auth_waits_total",
+					     "Password checks that waited for others in flight from the same client or "
+					     "for the same account.");
 	}
 	if (!st && base)
 		log_warn(NULL, NULL, "auth.no_state_store", "reason=%s", "failed authentications are not counted");
@@ -623,6 +714,12 @@ void authn_free(struct authn *a)
 		return;
 	workers_free(a->w);
 	dovecot_auth_free(a->dv);
+	while (a->owed) {
+		struct owed *o = a->owed;
+		a->owed = o->next;
+		state_cancel(o->req);
+		free(o);
+	}
 	if (a->cache) {
 		OPENSSL_cleanse(a->cache, a->cache_size * sizeof(*a->cache));
 		free(a->cache);
@@ -635,6 +732,9 @@ void authn_free(struct authn *a)
 
 void authn_tick(struct authn *a)
 {
+	for (struct owed *o = a->owed; o; o = o->next)
+		if (!o->req)
+			owed_send(o);
 	char why[512];
 	if (a->db && !passdb_refresh(&a->db, why, sizeof(why)))
 		log_error(NULL, NULL, "auth.accounts_reload_failed", "error=%s", why);

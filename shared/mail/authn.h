@@ -50,6 +50,7 @@ struct authn_opts {
 	long long dovecot_timeout_ms;
 	long long cache_ttl_ms;         /* 0: no cache */
 	size_t cache_size;              /* entries */
+	long long busy_wait_ms;         /* how long a check waits for others in flight; 0: 10 s */
 };
 
 enum authn_result {
@@ -84,6 +85,8 @@ void authn_check(struct authn *a, const char *sid, const char *ip, const char *u
 /* The state-store key of a client's failure counter: its address (IPv4),
  * or its /64 (IPv6). */
 void authn_client_key(const char *ip, char *out, size_t outlen);
+/* The key of the checks in flight beside a failure counter's key. */
+void authn_pending_key(const char *failure_key, char *out, size_t outlen);
 /* The accounts, for the checks that use them (sender ownership); NULL
  * when there is no accounts file (Dovecot alone). */
 const struct passdb *authn_accounts(const struct authn *a);

@@ -194,6 +194,8 @@ static void authn_parallel_guesses(struct tu_state_suite *s, int backend)
 	assert_string_equal(v, "4");
 	assert_int_equal(tu_state_get(&f, "authpend:ip:192.0.2.50", v, sizeof(v)), STATE_OK);
 	assert_string_equal(v, "0");            /* nothing in flight any more */
+	assert_int_equal(tu_state_get(&f, "authpend:user:billing", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "0");
 
 	const char *decoy = passdb_decoy(authn_accounts(an));
 	assert_non_null(decoy);
@@ -236,6 +238,7 @@ static void authn_parallel_logins(struct tu_state_suite *s, int backend)
 	for (int i = 0; i < N; i++)
 		if (a[i].o.result != AUTHN_OK)
 			fail_msg("login %d: %d (%s)", i, a[i].o.result, a[i].o.reason);
+	assert_true(tu_metric_value(f.c.metrics, "rampart_auth_waits_total") >= N - 4);
 	char v[64];
 	assert_int_equal(tu_state_get(&f, "authfail:ip:192.0.2.70", v, sizeof(v)), STATE_NOTFOUND);
 	assert_int_equal(tu_state_get(&f, "authfail:user:billing", v, sizeof(v)), STATE_NOTFOUND);
@@ -262,10 +265,71 @@ static void authn_parallel_logins(struct tu_state_suite *s, int backend)
 	assert_int_equal(bad, 4);
 	assert_int_equal(tu_state_get(&f, "authfail:ip:192.0.2.71", v, sizeof(v)), STATE_OK);
 	assert_string_equal(v, "4");
+	assert_int_equal(tu_state_get(&f, "authpend:ip:192.0.2.71", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "0");
+	assert_int_equal(tu_state_get(&f, "authpend:user:alice@example.test", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "0");
 	authn_free(an);
 	tu_state_fx_close(&f);
 }
 TU_STATE_BACKENDS(authn_parallel_logins)
+
+/* The in-flight count: full of others' checks, a login waits for them
+ * busy_wait_ms, then tempfails and leaves the count as it found it; a
+ * count below 1 with this attempt in it is a lost count, waited out;
+ * a failure the store would not count is owed, and counted once it can. */
+static void authn_in_flight_and_owed(struct tu_state_suite *s, int backend)
+{
+	struct tu_state_fx f;
+	tu_state_fx_open(&f, s, backend, "");
+	struct authn_opts o = {
+		.accounts_file = accounts(f.s), .workers = 2, .delay_after = 5, .max_failures = 4,
+		.failure_delay_ms = 200, .lockout_ms = 60000, .busy_wait_ms = 300,
+	};
+	char why[512] = "";
+	struct authn *an = authn_new(&o, f.c.base, f.st, f.c.metrics, why, sizeof(why));
+	assert_non_null(an);
+	tu_state_set(&f, "authpend:ip:192.0.2.80", "4");
+	struct answer a = check_pw(&f, an, "192.0.2.80", "billing", "app-pw");
+	assert_int_equal(a.o.result, AUTHN_TEMPFAIL);
+	assert_non_null(strstr(a.o.reason, "still in progress"));
+	assert_true(a.took_ms >= 290);
+	char v[64];
+	assert_int_equal(tu_state_get(&f, "authpend:ip:192.0.2.80", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "4");
+	/* a lost count (-1, as a decrement of a key gone leaves it for a
+	 * moment): waited out, then the login goes through */
+	double waits = tu_metric_value(f.c.metrics, "rampart_auth_waits_total");
+	tu_state_set(&f, "authpend:user:billing", "-1");
+	a = check_pw(&f, an, "192.0.2.81", "billing", "app-pw");
+	assert_int_equal(a.o.result, AUTHN_TEMPFAIL);      /* -1 for good: never trusted */
+	assert_true(tu_metric_value(f.c.metrics, "rampart_auth_waits_total") > waits);
+	assert_int_equal(tu_state_get(&f, "authpend:user:billing", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "-1");
+	tu_state_set(&f, "authpend:user:billing", "0");
+	assert_int_equal(check_pw(&f, an, "192.0.2.81", "billing", "app-pw").o.result, AUTHN_OK);
+	/* the account's failure counter holds something else: the failure is
+	 * owed, and counted (on both counters) once the store takes it */
+	tu_state_set(&f, "authfail:user:alice@example.test", "x");
+	a = check_pw(&f, an, "192.0.2.82", "alice@example.test", "guess");
+	assert_int_equal(a.o.result, AUTHN_BAD);
+	assert_int_equal(tu_state_get(&f, "authfail:ip:192.0.2.82", v, sizeof(v)), STATE_NOTFOUND);
+	authn_tick(an);
+	tu_state_run_for(&f, 100);
+	assert_int_equal(tu_state_get(&f, "authfail:ip:192.0.2.82", v, sizeof(v)), STATE_NOTFOUND);
+	tu_state_set(&f, "authfail:user:alice@example.test", "1");
+	authn_tick(an);
+	tu_state_run_for(&f, 100);
+	assert_int_equal(tu_state_get(&f, "authfail:ip:192.0.2.82", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "1");
+	assert_int_equal(tu_state_get(&f, "authfail:user:alice@example.test", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "2");
+	assert_int_equal(tu_state_get(&f, "authpend:ip:192.0.2.82", v, sizeof(v)), STATE_OK);
+	assert_string_equal(v, "0");
+	authn_free(an);
+	tu_state_fx_close(&f);
+}
+TU_STATE_BACKENDS(authn_in_flight_and_owed)
 
 static void authn_cache(struct tu_state_suite *s, int backend)
 {
@@ -475,6 +539,7 @@ int main(void)
 		TU_STATE_TESTS(authn_passwords_and_lockout),
 		TU_STATE_TESTS(authn_parallel_guesses),
 		TU_STATE_TESTS(authn_parallel_logins),
+		TU_STATE_TESTS(authn_in_flight_and_owed),
 		TU_STATE_TESTS(authn_cache),
 		cmocka_unit_test(authn_store_down),
 		TU_STATE_TESTS(quota_hold),

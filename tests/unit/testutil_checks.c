@@ -120,6 +120,24 @@ bool tu_metric_has(struct metrics *m, const char *line)
 	return ok;
 }
 
+double tu_metric_value(struct metrics *m, const char *series)
+{
+	struct buf b = BUF_INIT;
+	metrics_render(m, &b);
+	double v = -1;
+	size_t n = strlen(series);
+	for (const char *p = buf_cstr(&b); p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+		if (strncmp(p, series, n) == 0 && (p[n] == ' ' || (p[n] == '{' && !strchr(series, '{')))) {
+			const char *q = p[n] == ' ' ? p + n : strchr(p + n, '}');
+			if (q && (q = strchr(q, ' ')) != NULL) {
+				v = strtod(q + 1, NULL);
+				break;
+			}
+		}
+	buf_free(&b);
+	return v;
+}
+
 /* ---- a chain and what it runs in ----------------------------------------- */
 
 static int dead_dns_server(char *fwd, size_t fwdlen)

@@ -51,6 +51,9 @@ const char *tu_added_header(const struct check_ctx *ctx, const char *name);
 
 /* The metrics' text has line (the text is printed when it does not). */
 bool tu_metric_has(struct metrics *m, const char *line);
+/* The value of the first series of a name (with any labels), or of one
+ * series ("name{labels}", exactly as rendered); -1 when absent. */
+double tu_metric_value(struct metrics *m, const char *series);
 
 /* A chain and what it runs in: the event loop, metrics, the check
  * environment (env.dns the resolver), the chain's configuration. */
