@@ -453,15 +453,15 @@ static void verify(struct areq *r)
 
 static void read_failures(struct areq *r);
 
-/* The store could not count: tempfail, or (auth_failure_mode continue)
- * the check uncounted. */
-static void count_failed(struct areq *r, const struct state_result *res)
+/* The store could not read or count: tempfail, or (auth_failure_mode
+ * continue) go on uncounted. */
+static void store_failed(struct areq *r, const struct state_result *res, void (*go_on)(struct areq *))
 {
 	store_error(r, res);
 	uncount(r);
 	if (r->a->o.fail_open) {
 		r->counted = false;
-		check_password(r);
+		go_on(r);
 		return;
 	}
 	wipe_free(r->pass);
@@ -526,21 +526,30 @@ static long long value_count(const struct state_value *v)
 	return v->status == STATE_OK && v->value ? strtoll(v->value, NULL, 10) : 0;
 }
 
+/* The failures, as read (an mget of key_ip, key_user): true when this
+ * source is cooling off, and the attempt answered so. */
+static bool cooling_off(struct areq *r, const struct state_result *res)
+{
+	r->fails_ip = value_count(&res->values[0]);
+	r->fails_user = value_count(&res->values[1]);
+	long long max = (long long)r->a->o.max_failures;
+	if (r->fails_ip < max && r->fails_user < max)
+		return false;
+	locked_out(r);
+	return true;
+}
+
 /* In flight, then the failures read: room for this check? */
 static void recounted(void *arg, const struct state_result *res)
 {
 	struct areq *r = arg;
 	if (res->status == STATE_ERROR) {
-		count_failed(r, res);
+		store_failed(r, res, check_password);
 		return;
 	}
-	r->fails_ip = value_count(&res->values[0]);
-	r->fails_user = value_count(&res->values[1]);
+	if (cooling_off(r, res))
+		return;
 	long long max = (long long)r->a->o.max_failures;
-	if (r->fails_ip >= max || r->fails_user >= max) {
-		locked_out(r);
-		return;
-	}
 	/* below 1 (this attempt is in it): a count that was lost, so unknown */
 	if (r->pend_ip < 1 || r->pend_user < 1 || r->fails_ip + r->pend_ip > max || r->fails_user + r->pend_user > max) {
 		uncount(r);
@@ -554,7 +563,7 @@ static void precounted_user(void *arg, const struct state_result *res)
 {
 	struct areq *r = arg;
 	if (res->status == STATE_ERROR) {
-		count_failed(r, res);
+		store_failed(r, res, check_password);
 		return;
 	}
 	r->pend_user = res->counter;
@@ -567,7 +576,7 @@ static void precounted_ip(void *arg, const struct state_result *res)
 {
 	struct areq *r = arg;
 	if (res->status == STATE_ERROR) {
-		count_failed(r, res);
+		store_failed(r, res, check_password);
 		return;
 	}
 	r->pend_ip = res->counter;
@@ -585,25 +594,10 @@ static void precount(struct areq *r)
 static void failures_read(void *arg, const struct state_result *res)
 {
 	struct areq *r = arg;
-	if (res->status == STATE_ERROR) {
-		store_error(r, res);
-		if (r->a->o.fail_open) {
-			r->counted = false;
-			verify(r);
-			return;
-		}
-		r->out.result = AUTHN_TEMPFAIL;
-		snprintf(r->out.reason, sizeof(r->out.reason), "state store: %s", res->reason);
-		finish(r);
-		return;
-	}
-	r->fails_ip = value_count(&res->values[0]);
-	r->fails_user = value_count(&res->values[1]);
-	if (r->fails_ip >= (long long)r->a->o.max_failures || r->fails_user >= (long long)r->a->o.max_failures) {
-		locked_out(r);
-		return;
-	}
-	verify(r);
+	if (res->status == STATE_ERROR)
+		store_failed(r, res, verify);
+	else if (!cooling_off(r, res))
+		verify(r);
 }
 
 static void read_failures(struct areq *r)
