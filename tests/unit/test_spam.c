@@ -70,21 +70,22 @@ static void learn(struct tu_state_fx *f, const char *msg, bool spam, int times)
 	tu_toks_free(&l);
 }
 
-static char *conf(struct tu_state_suite *s, const char *extra)
+/* The spam check with two rules of its own and extra settings, in f's chain. */
+static void use_conf(struct tu_state_fx *f, struct tu_state_suite *s, const char *extra)
 {
 	char rules[PATH_MAX + 16];
 	snprintf(rules, sizeof(rules), "%s/spam-rules", s->dir);
 	tu_write_file(rules, "body PILLS /cheap\\s+pills/i 2.0 cheap pills\nheader:From PHARMA /pharma/ 0.5\n");
-	return xasprintf("[check.spam]\nrules_file = %s\n%s", rules, extra);
+	char *c = xasprintf("[check.spam]\nrules_file = %s\n%s", rules, extra);
+	tu_chain_use(&f->c, c, "spam");
+	free(c);
 }
 
 static void scores(struct tu_state_suite *s, int backend)
 {
 	struct tu_state_fx f;
 	tu_state_fx_open(&f, s, backend, "");
-	char *c = conf(s, "");
-	tu_chain_use(&f.c, c, "spam");
-	free(c);
+	use_conf(&f, s, "");
 	/* untrained: the rules alone */
 	struct verdict v = run_msg(&f, SPAM_MSG);
 	assert_int_equal(v.kind, V_CONTINUE);
@@ -111,15 +112,11 @@ static void scores(struct tu_state_suite *s, int backend)
 	assert_true(strncmp(st, "No, score=-5.", 13) == 0);
 	assert_null(tu_added_header(&f.ctx, "Subject"));
 	/* quarantine and reject */
-	c = conf(s, "quarantine_score = 6\n");
-	tu_chain_use(&f.c, c, "spam");
-	free(c);
+	use_conf(&f, s, "quarantine_score = 6\n");
 	v = run_msg(&f, SPAM_MSG);
 	assert_int_equal(v.kind, V_QUARANTINE);
 	assert_true(strncmp(v.reason, "spam (score ", 12) == 0 && atof(v.reason + 12) >= 7.9);
-	c = conf(s, "quarantine_score = 6\nreject_score = 7\n");
-	tu_chain_use(&f.c, c, "spam");
-	free(c);
+	use_conf(&f, s, "quarantine_score = 6\nreject_score = 7\n");
 	v = run_msg(&f, SPAM_MSG);
 	assert_int_equal(v.kind, V_REJECT);
 	assert_int_equal(v.code, 554);
@@ -128,9 +125,7 @@ static void scores(struct tu_state_suite *s, int backend)
 	assert_true(tu_metric_has(f.c.metrics, "action=\"reject\"} 1\n"));
 	assert_true(tu_file_has(s->logpath, "\"event\":\"spam.result\""));
 	/* autolearn: a message at the spam end is learned */
-	c = conf(s, "autolearn = yes\nautolearn_spam = 7\n");
-	tu_chain_use(&f.c, c, "spam");
-	free(c);
+	use_conf(&f, s, "autolearn = yes\nautolearn_spam = 7\n");
 	run_msg(&f, SPAM_MSG);
 	tu_state_run_for(&f, 300);
 	char val[64];
@@ -147,17 +142,13 @@ static void store_down(void **state)
 	struct tu_state_suite *s = *state;
 	struct tu_state_fx f;
 	tu_state_fx_open(&f, s, STATE_BACKEND_REDIS, "");
-	char *c = conf(s, "");
-	tu_chain_use(&f.c, c, "spam");
-	free(c);
+	use_conf(&f, s, "");
 	tu_state_redis_stop(s);
 	struct verdict v = run_msg(&f, SPAM_MSG);
 	assert_int_equal(v.kind, V_CONTINUE);
 	assert_non_null(strstr(tu_added_header(&f.ctx, "X-Spam-Status"), "bayes=unavailable"));
 	assert_true(tu_file_has(s->logpath, "\"event\":\"spam.bayes_unavailable\""));
-	c = conf(s, "failure_action = tempfail\n");
-	tu_chain_use(&f.c, c, "spam");
-	free(c);
+	use_conf(&f, s, "failure_action = tempfail\n");
 	v = run_msg(&f, SPAM_MSG);
 	assert_int_equal(v.kind, V_TEMPFAIL);
 	assert_int_equal(v.code, 451);
@@ -182,10 +173,8 @@ static void dns_lists(void **state)
 	tu_write_file(zone, z);
 	free(z);
 	tu_chain_fx_dns(&f.c, zone, false, 1000);
-	char *c = conf(s, "bayes = no\ndnsbl_sites = bl.example.test*3 other.example.test*9\n"
-			  "uribl_sites = uribl.example.test=127.0.0.4*2\n");
-	tu_chain_use(&f.c, c, "spam");
-	free(c);
+	use_conf(&f, s, "bayes = no\ndnsbl_sites = bl.example.test*3 other.example.test*9\n"
+		"uribl_sites = uribl.example.test=127.0.0.4*2\n");
 	struct verdict v = run_msg(&f, SPAM_MSG);
 	assert_int_equal(v.kind, V_CONTINUE);
 	assert_string_equal(tu_added_header(&f.ctx, "X-Spam-Status"),
@@ -196,9 +185,7 @@ static void dns_lists(void **state)
 	/* lists that never answer: nothing counts, after dns_timeout */
 	tu_chain_fx_dead_dns(&f.c);
 	tu_chain_fx_dns(&f.c, zone, true, 5000);
-	c = conf(s, "bayes = no\ndns_timeout = 300ms\nuribl_sites = slow.example.net*2\n");
-	tu_chain_use(&f.c, c, "spam");
-	free(c);
+	use_conf(&f, s, "bayes = no\ndns_timeout = 300ms\nuribl_sites = slow.example.net*2\n");
 	long long t0 = tu_mono_ms();
 	v = run_msg(&f, SPAM_MSG);
 	long long took = tu_mono_ms() - t0;
