@@ -28,7 +28,7 @@
 
 struct fz {
 	struct event_base *base;
-	char dir[64], hop[128];
+	char hop[160];
 	int lfd;
 	struct event *lev, *sev;
 	/* this input */
@@ -143,18 +143,8 @@ static void setup(void)
 	F.base = event_base_new();
 	if (!F.base)
 		abort();
-	snprintf(F.dir, sizeof(F.dir), "/tmp/rampart-fuzz.XXXXXX");
-	if (!mkdtemp(F.dir))
-		abort();
-	struct endpoint ep = { .is_unix = true };
-	snprintf(ep.host, sizeof(ep.host), "%s/mx", F.dir);
-	snprintf(F.hop, sizeof(F.hop), "unix:%s/mx", F.dir);
-	char why[256];
-	F.lfd = net_listen(&ep, 16, why, sizeof(why));
-	if (F.lfd < 0) {
-		fprintf(stderr, "fuzz_smtp_client: %s\n", why);
-		abort();
-	}
+	F.lfd = fuzz_unix_listen();
+	snprintf(F.hop, sizeof(F.hop), "unix:%s", fuzz_sock_path);
 	F.lev = event_new(F.base, F.lfd, EV_READ | EV_PERSIST, on_accept, NULL);
 	event_add(F.lev, NULL);
 	F.sev = event_new(F.base, -1, 0, on_server, NULL);

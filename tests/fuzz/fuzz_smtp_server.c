@@ -29,8 +29,6 @@
 struct fz {
 	struct event_base *base;
 	struct smtp_server *srv;
-	char path[108];
-	char dir[64];
 	/* this input */
 	unsigned policy;
 	bool deferred;
@@ -177,18 +175,11 @@ static void setup(void)
 	F.base = event_base_new();
 	if (!F.base)
 		abort();
-	snprintf(F.dir, sizeof(F.dir), "/tmp/rampart-fuzz.XXXXXX");
-	if (!mkdtemp(F.dir))
-		abort();
-	snprintf(F.path, sizeof(F.path), "%s/smtp", F.dir);
 	struct smtp_server_opts o = { .hostname = "mx.fuzz.test" };
 	struct smtp_server_hooks h = { .hook = hook, .session_end = on_session_end };
 	F.srv = smtp_server_new(F.base, &o, &h);
-	struct endpoint ep = { .is_unix = true };
-	snprintf(ep.host, sizeof(ep.host), "%s", F.path);
 	char why[256];
-	int lfd = net_listen(&ep, 64, why, sizeof(why));
-	if (lfd < 0 || !smtp_server_listen_fd(F.srv, lfd, why, sizeof(why))) {
+	if (!smtp_server_listen_fd(F.srv, fuzz_unix_listen(), why, sizeof(why))) {
 		fprintf(stderr, "fuzz_smtp_server: %s\n", why);
 		abort();
 	}
@@ -223,7 +214,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	smtp_server_set_opts(F.srv, &o);
 
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", F.path);
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", fuzz_sock_path);
 	F.cfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (F.cfd < 0 || connect(F.cfd, (struct sockaddr *)&sun, sizeof(sun)) != 0)
 		abort();
