@@ -49,6 +49,7 @@
 #define ORCPT_MAX      600     /* RFC 3461: 500 characters */
 #define ADDRTYPE_MAX   32
 #define POSTMASTER_MAX 300
+#define LINE_MAX_OCTETS 998    /* RFC 5322 2.1.1, without the CRLF */
 #define BOUNDARY_TRIES 16
 
 /* ---- small text helpers ------------------------------------------------ */
@@ -283,11 +284,14 @@ static void put_xtext(struct buf *b, const char *s, size_t max)
 
 /* RFC 6533 utf-8-addr-xtext of a non-ASCII address: printable ASCII other
  * than + = \ as is, every other code point as \x{HEX}; bytes that are not
- * UTF-8 as U+FFFD. */
-static void put_utf8_xtext(struct buf *b, const char *s, size_t max)
+ * UTF-8 as U+FFFD.  At most room bytes are written: an address whose
+ * encoded form is longer (up to 8 bytes per code point, and a field cannot
+ * be folded inside it) is cut, and the cut marked with "...", so its line
+ * stays within RFC 5322's 998 octets. */
+static void put_utf8_xtext(struct buf *b, const char *s, size_t max, size_t room)
 {
 	const unsigned char *p = (const unsigned char *)s;
-	size_t n = strnlen(s, max);
+	size_t n = strnlen(s, max), start = b->len;
 
 	for (size_t i = 0; i < n;) {
 		uint32_t cp;
@@ -296,10 +300,16 @@ static void put_utf8_xtext(struct buf *b, const char *s, size_t max)
 			cp = 0xFFFD;
 			k = 1;
 		}
+		char tok[16];
 		if (cp >= 0x21 && cp <= 0x7E && cp != '+' && cp != '=' && cp != '\\')
-			buf_putc(b, (char)cp);
+			snprintf(tok, sizeof(tok), "%c", (char)cp);
 		else
-			buf_printf(b, "\\x{%02X}", (unsigned)cp);
+			snprintf(tok, sizeof(tok), "\\x{%02X}", (unsigned)cp);
+		if (b->len - start + strlen(tok) + 3 > room) {
+			buf_puts(b, "...");
+			return;
+		}
+		buf_puts(b, tok);
 		i += k;
 	}
 }
@@ -485,7 +495,7 @@ static void put_recipient_field(struct buf *b, const char *name, const char *add
 	buf_printf(b, "%s: ", name);
 	if (dsn_is_8bit(addr, strnlen(addr, DSN_ADDR_MAX))) {
 		buf_puts(b, "utf-8; ");
-		put_utf8_xtext(b, addr, DSN_ADDR_MAX);
+		put_utf8_xtext(b, addr, DSN_ADDR_MAX, LINE_MAX_OCTETS - strlen(name) - strlen(": utf-8; "));
 	} else {
 		buf_puts(b, "rfc822; ");
 		put_clean(b, addr, DSN_ADDR_MAX, false);

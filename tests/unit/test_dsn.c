@@ -907,6 +907,44 @@ static void test_smtputf8(void **state)
 	expect_has(f, "text", "<jos??+x@exemple.fr>");
 }
 
+/* A non-ASCII address whose utf-8-addr-xtext form is longer than a line
+ * may be (found by fuzz_dsn): its field is cut at 998 octets, marked. */
+static void test_long_utf8_address(void **state)
+{
+	struct fx *f = *state;
+	const size_t idx[] = { 1 };
+	struct envelope *e = mkenv(f);
+	e->smtputf8 = true;
+	char addr[600];
+	size_t n = 0;
+	for (int i = 0; i < 40; i++)
+		addr[n++] = '+';                /* \x{2B}: 6 bytes each */
+	addr[n++] = '@';
+	while (n < 590) {
+		addr[n++] = '\xc3';            /* U+00E9, \x{E9} */
+		addr[n++] = '\xa9';
+	}
+	addr[n] = '\0';
+	e->rcpts[1].addr = pool_strdup(e->pool, addr);
+	struct dsn_input in = mkin(e, DSN_FAILED, idx, 1);
+	build_ok(f, &in);
+	check_lines(f->out.data, f->out.len);
+	const char *fr = strstr(f->out.data, "Final-Recipient: utf-8; \\x{2B}\\x{2B}");
+	assert_non_null(fr);
+	const char *end = strstr(fr, "\r\n");
+	assert_non_null(end);
+	assert_true(end - fr <= 998);
+	assert_true(end - fr > 990);            /* cut near the bound, not early */
+	assert_memory_equal(end - 3, "...", 3);
+	/* a cut never splits an escape */
+	const char *last = end - 3;
+	while (last > fr && last[-1] != '}')
+		last--;
+	assert_true(last == end - 3);
+	parse(f);
+	expect_structure(f, "text/rfc822-headers");
+}
+
 static void test_bad_input(void **state)
 {
 	struct fx *f = *state;
@@ -964,6 +1002,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_huge_header_section, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_recipients, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_smtputf8, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_long_utf8_address, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
