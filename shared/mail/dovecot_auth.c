@@ -106,15 +106,16 @@ static void send_waiting(struct dovecot_auth *d)
 		}
 }
 
+/* The request an answer is for: its id exactly as we wrote it (strtoul
+ * would also take "02", " 2", "+2" and "-18446744073709551614"). */
 static struct dreq *by_id(struct dovecot_auth *d, const char *id)
 {
-	char *end;
-	unsigned long v = strtoul(id, &end, 10);
-	if (*end)
-		return NULL;
-	for (struct dreq *r = d->reqs; r; r = r->next)
-		if (r->sent && r->id == v)
+	char mine[16];
+	for (struct dreq *r = d->reqs; r; r = r->next) {
+		snprintf(mine, sizeof(mine), "%u", r->id);
+		if (r->sent && strcmp(id, mine) == 0)
 			return r;
+	}
 	return NULL;
 }
 
@@ -183,7 +184,9 @@ static void on_read(struct bufferevent *bev, void *arg)
 				drop(d, "line too long");
 			return;
 		}
-		bool ok = len <= LINE_MAX_LEN && handle_line(d, line);
+		/* a NUL would cut the line short of what the server said
+		 * ("OK\t2\0..." read as "OK\t2"): the protocol has none */
+		bool ok = len <= LINE_MAX_LEN && !memchr(line, '\0', len) && handle_line(d, line);
 		free(line);
 		if (!ok) {
 			drop(d, "unexpected answer");

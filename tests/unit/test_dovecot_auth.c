@@ -34,6 +34,7 @@ struct srv {
 	char path[PATH_MAX];
 	const char *handshake;          /* sent at once */
 	const char *answer;             /* to each AUTH: "%s" is its id; NULL: silence */
+	const char *nul_tail;           /* non-NULL: a NUL byte and this follow the answer */
 	bool close_on_auth;
 	char last_auth[1024];
 	int conns;
@@ -59,6 +60,10 @@ static void srv_read(struct bufferevent *bev, void *arg)
 				char out[512];
 				snprintf(out, sizeof(out), s->answer, id);
 				bufferevent_write(bev, out, strlen(out));
+				if (s->nul_tail) {
+					bufferevent_write(bev, "", 1);
+					bufferevent_write(bev, s->nul_tail, strlen(s->nul_tail));
+				}
 			}
 		}
 		free(line);
@@ -192,6 +197,22 @@ static void test_broken_servers(void **state)
 	/* garbage after the handshake */
 	f->s.handshake = GOOD_HANDSHAKE;
 	f->s.answer = "WHAT\n";
+	assert_int_equal(check(f, "a", "b").r, DOVECOT_TEMPFAIL);
+	/* a NUL in an answer: "OK<TAB>id<NUL>..." is not an OK (found by
+	 * fuzz_dovecot_auth: the line was read as a C string) */
+	f->s.answer = "OK\t%s";
+	f->s.nul_tail = "\tuser=a\n";
+	x = check(f, "a", "b");
+	assert_int_equal(x.r, DOVECOT_TEMPFAIL);
+	assert_non_null(strstr(x.reason, "unexpected answer"));
+	f->s.nul_tail = NULL;
+	/* an id written another way is not ours: "02", "+2", " 2", a
+	 * negative number that wraps around to it (found by the fuzzer) */
+	f->s.answer = "OK\t0%s\n";
+	assert_int_equal(check(f, "a", "b").r, DOVECOT_TEMPFAIL);
+	f->s.answer = "OK\t+%s\n";
+	assert_int_equal(check(f, "a", "b").r, DOVECOT_TEMPFAIL);
+	f->s.answer = "OK\t %s\n";
 	assert_int_equal(check(f, "a", "b").r, DOVECOT_TEMPFAIL);
 	/* closed on AUTH */
 	f->s.answer = NULL;
