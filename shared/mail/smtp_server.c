@@ -939,6 +939,23 @@ static void cmd_starttls(struct smtp_session *s, char *arg)
 	s->xf_set = false;
 }
 
+/* A PORT attribute: a decimal port number, 0 to 65535, nothing else. */
+static bool port_value(const char *v, int *port)
+{
+	long n = 0;
+	if (!*v || strlen(v) > 5)
+		return false;
+	for (const char *p = v; *p; p++) {
+		if (*p < '0' || *p > '9')
+			return false;
+		n = n * 10 + (*p - '0');
+	}
+	if (n > 65535)
+		return false;
+	*port = (int)n;
+	return true;
+}
+
 /* XFORWARD NAME=... ADDR=... (Postfix XFORWARD_README); trusted hops only. */
 static void cmd_xforward(struct smtp_session *s, char *arg)
 {
@@ -976,9 +993,14 @@ static void cmd_xforward(struct smtp_session *s, char *arg)
 				return;
 			}
 			s->xf.addr = pool_strdup(s->pool, unavailable ? "" : a);
-		} else if (strcasecmp(w, "PORT") == 0)
-			s->xf.port = unavailable ? 0 : atoi(val);
-		else if (strcasecmp(w, "PROTO") == 0)
+		} else if (strcasecmp(w, "PORT") == 0) {
+			int port = 0;
+			if (!unavailable && !port_value(val, &port)) {
+				bad_command(s, 501, "5.5.4", "Bad XFORWARD PORT");
+				return;
+			}
+			s->xf.port = port;
+		} else if (strcasecmp(w, "PROTO") == 0)
 			s->xf.proto = pool_strdup(s->pool, unavailable ? "SMTP" : val);
 		else if (strcasecmp(w, "HELO") == 0)
 			s->xf.helo = pool_strdup(s->pool, unavailable ? "" : val);
@@ -1029,9 +1051,14 @@ static void cmd_xclient(struct smtp_session *s, char *arg)
 			c.addr = pool_strdup(s->pool, unavailable ? "" : a);
 		} else if (strcasecmp(w, "NAME") == 0)
 			c.name = pool_strdup(s->pool, unavailable ? "unknown" : val);
-		else if (strcasecmp(w, "PORT") == 0)
-			c.port = unavailable ? 0 : atoi(val);
-		else if (strcasecmp(w, "PROTO") == 0)
+		else if (strcasecmp(w, "PORT") == 0) {
+			int port = 0;
+			if (!unavailable && !port_value(val, &port)) {
+				bad_command(s, 501, "5.5.4", "Bad XCLIENT PORT");
+				return;
+			}
+			c.port = port;
+		} else if (strcasecmp(w, "PROTO") == 0)
 			c.proto = pool_strdup(s->pool, val);
 		else if (strcasecmp(w, "HELO") == 0)
 			c.helo = pool_strdup(s->pool, unavailable ? "" : val);

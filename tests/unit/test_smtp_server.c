@@ -1449,6 +1449,10 @@ static void test_xforward_accepted(void **state)
 	EXPECT(f, "250 2.0.0 Ok\r\n");
 	SEND(f, "XFORWARD HELO=client.example PROTO=ESMTPA LOGIN=alice SOURCE=REMOTE\r\n");
 	EXPECT(f, "250 2.0.0 Ok\r\n");
+	/* a port is a number from 0 to 65535 */
+	SEND(f, "XFORWARD PORT=65536\r\nXFORWARD PORT=-1\r\nXFORWARD PORT=+25\r\nXFORWARD PORT=99999999999\r\n");
+	EXPECT(f, "501 5.5.4 Bad XFORWARD PORT\r\n501 5.5.4 Bad XFORWARD PORT\r\n501 5.5.4 Bad XFORWARD PORT\r\n"
+		  "501 5.5.4 Bad XFORWARD PORT\r\n");
 	SEND(f, "MAIL FROM:<a@example.org>\r\nXFORWARD ADDR=192.0.2.8\r\nRCPT TO:<b@example.net>\r\nDATA\r\n");
 	EXPECT(f, "250 2.1.0 Ok\r\n503 5.5.1 Error: XFORWARD inside a transaction\r\n250 2.1.5 Ok\r\n" GO_AHEAD);
 	SEND(f, "x\r\n.\r\n");
@@ -1500,6 +1504,30 @@ static void test_xforward_accepted(void **state)
  * a message with a bare LF (550 5.5.2), then a clean transaction without
  * XFORWARD: expected client addr 127.0.0.1, got 192.0.2.7.
  */
+/* XCLIENT from a trusted proxy: a bad PORT is refused and changes
+ * nothing; a good one starts over as the new client (a new banner). */
+static void test_xclient_port(void **state)
+{
+	struct fx *f = *state;
+	snprintf(f->xf_net, sizeof(f->xf_net), "127.0.0.0/8");
+	f->opts.xclient_hosts = &f->xf_hosts;
+	start(f);
+	EXPECT(f, BANNER);
+	SEND(f, "EHLO proxy.example\r\n");
+	assert_int_equal(take_reply(f), 250);   /* XCLIENT offered */
+	snprintf(f->ctx, sizeof(f->ctx), "XCLIENT PORT out of range");
+	SEND(f, "XCLIENT ADDR=192.0.2.9 PORT=65536\r\nXCLIENT PORT=-1\r\nXCLIENT PORT=2x\r\n");
+	EXPECT(f, "501 5.5.4 Bad XCLIENT PORT\r\n501 5.5.4 Bad XCLIENT PORT\r\n501 5.5.4 Bad XCLIENT PORT\r\n");
+	snprintf(f->ctx, sizeof(f->ctx), "XCLIENT with a good PORT");
+	SEND(f, "XCLIENT ADDR=192.0.2.9 PORT=4000 NAME=client.example\r\n");
+	hello(f);               /* the new client's banner, then EHLO */
+	begin_data(f);
+	SEND(f, "x\r\n.\r\n");
+	EXPECT(f, QUEUED);
+	assert_string_equal(f->client.addr, "192.0.2.9");
+	assert_int_equal(f->client.port, 4000);
+}
+
 static void test_xforward_reset_after_refused_message(void **state)
 {
 	struct fx *f = *state;
@@ -1751,6 +1779,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_xforward_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_xforward_accepted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_xforward_reset_after_refused_message, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_xclient_port, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_disconnect_during_async_hook, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_disconnect_idle_and_in_data, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_greet_pause_pregreet, setup, teardown),
