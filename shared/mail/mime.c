@@ -167,7 +167,10 @@ static bool param(const char *v, const char *name, char *out, size_t outlen)
 		for (; *sv && jl + 1 < sizeof(joined); sv++) {
 			if (enc && sv[0] == '%' && isxdigit((unsigned char)sv[1]) && isxdigit((unsigned char)sv[2])) {
 				char hex[3] = { sv[1], sv[2], 0 };
-				joined[jl++] = (char)strtol(hex, NULL, 16);
+				char ch = (char)strtol(hex, NULL, 16);
+				/* "%00" must not end the name early ("x%00.exe"
+				 * would be "x", its extension hidden) */
+				joined[jl++] = ch ? ch : '?';
 				sv += 2;
 			} else {
 				joined[jl++] = *sv;

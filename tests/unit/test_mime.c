@@ -179,6 +179,12 @@ static void test_nested(void **state)
 	free(bin);
 	assert_memory_equal(NESTED + m->parts[8].body_off, "body", 4);
 	mime_free(m);
+	/* an encoded NUL does not cut the name short */
+	static const char nul[] = "Content-Type: application/octet-stream;\n"
+				  " name*=utf-8''invoice%00.pdf%00.exe\n\nx\n";
+	m = mime_parse(nul, sizeof(nul) - 1, NULL);
+	assert_string_equal(m->parts[0].filename, "invoice?.pdf?.exe");
+	mime_free(m);
 }
 
 static void test_malformed_structure(void **state)
