@@ -123,6 +123,24 @@ static bool one_mailbox(const char *v, size_t n, char *out, bool *bad)
 			return false;
 		}
 		to = (size_t)(gt - v);
+		/* after the angle-addr only blanks and comments: text there
+		 * ("<a@x> <b@y>", "<a@x>b@y") is a second address a mail
+		 * reader may show instead of the one checked */
+		for (size_t i = to + 1; i < n; ) {
+			if (v[i] == '(') {
+				size_t e = skip_delimited(v, n, i);
+				if (e > n) {
+					*bad = true;
+					return false;
+				}
+				i = e;
+			} else if (v[i] == ' ' || v[i] == '\t' || v[i] == '\r' || v[i] == '\n') {
+				i++;
+			} else {
+				*bad = true;
+				return false;
+			}
+		}
 	}
 	for (size_t i = from; i < to; ) {
 		unsigned char c = (unsigned char)v[i];
@@ -159,6 +177,10 @@ bool hdr_addresses(const char *value, size_t len, bool (*fn)(void *arg, const ch
 	char addr[HDR_ADDR_MAX + 1];
 	size_t start = 0;
 	bool in_angle = false;
+	/* a NUL would cut an address short of what a reader sees
+	 * ("<\0ceo@bank.example>" checked as "") */
+	if (memchr(value, '\0', len))
+		return false;
 	for (size_t i = 0; i <= len; ) {
 		char c = i < len ? value[i] : ',';
 		if (i < len && (c == '"' || c == '(')) {

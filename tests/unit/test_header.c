@@ -148,6 +148,18 @@ static void test_addresses(void **state)
 	addrs(" \"unterminated <a@example.test>", false);
 	addrs(" Alice <alice@example.test", false);
 	addrs(" (open comment a@example.test", false);
+	/* text after the angle-addr is a second address a reader may show
+	 * (found in review): malformed; blanks and comments are fine */
+	addrs(" <alice@example.test> <ceo@bank.example>", false);
+	addrs(" <alice@example.test>ceo@bank.example", false);
+	g = addrs(" Alice <alice@example.test> (work)  , bob@example.test", true);
+	assert_int_equal(g.n, 2);
+	assert_string_equal(g.a[0], "alice@example.test");
+	/* a NUL would hide the address from the check */
+	struct got z = { .n = 0 };
+	assert_false(hdr_addresses(" <\0ceo@bank.example>", 20, collect, &z));
+	assert_false(hdr_addresses(" <alice@example.test\0@bank.example>", 36, collect, &z));
+	assert_int_equal(z.n, 0);
 	/* bounded: a long address is cut, never overflows */
 	char big[1200];
 	memset(big, 'a', sizeof(big) - 1);

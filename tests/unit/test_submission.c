@@ -519,6 +519,22 @@ static void sender_ownership(void **state)
 	f.ctx.header_bytes = strstr(bad, "\r\n\r\n") + 4 - bad;
 	v = tu_state_run(&f, PHASE_HEADERS);
 	assert_string_equal(v.reason, "From: <bob@example.test>: header address not owned by user alice@example.test");
+	/* a NUL in the address, or a second address after the angle-addr,
+	 * must not hide the address a reader sees (found in review) */
+	static const char nul[] = "From: <\0ceo@bank.example>\r\n\r\nbody\r\n";
+	static const char two[] = "From: <alice@example.test> <ceo@bank.example>\r\n\r\nbody\r\n";
+	f.ctx.data = nul;
+	f.ctx.len = sizeof(nul) - 1;
+	f.ctx.header_bytes = 29;        /* "From: <\0ceo@bank.example>\r\n\r\n" */
+	v = tu_state_run(&f, PHASE_HEADERS);
+	assert_int_equal(v.code, 553);
+	assert_string_equal(v.reason, "Message rejected: malformed From header field");
+	f.ctx.data = two;
+	f.ctx.len = strlen(two);
+	f.ctx.header_bytes = strstr(two, "\r\n\r\n") + 4 - two;
+	v = tu_state_run(&f, PHASE_HEADERS);
+	assert_int_equal(v.code, 553);
+	assert_string_equal(v.reason, "Message rejected: malformed From header field");
 	f.ctx.data = NULL;
 	/* unauthenticated = reject */
 	snprintf(conf, sizeof(conf), "[check.sender_login]\naccounts_file = %s\nunauthenticated = reject\n", accounts(s));
