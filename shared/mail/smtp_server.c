@@ -1229,6 +1229,16 @@ static bool allowed_before_tls(void (*fn)(struct smtp_session *, char *))
 	       fn == cmd_quit || fn == cmd_xclient || fn == cmd_http;
 }
 
+/* A line over max_line: refused, and an AUTH exchange it was part of
+ * ends (else the client's next command would be read as its base64). */
+static void line_too_long(struct smtp_session *s)
+{
+	if (s->sasl != SASL_NONE)
+		auth_fail(s, 500, "5.5.2", "Error: line too long");
+	else
+		bad_command(s, 500, "5.5.2", "Error: line too long");
+}
+
 static void dispatch(struct smtp_session *s, char *line, size_t len)
 {
 	if (s->srv->draining) {
@@ -1519,7 +1529,7 @@ static void process_input(struct smtp_session *s)
 		if (s->discarding || len > max + 1) {
 			evbuffer_drain(in, len + 1);
 			s->discarding = false;
-			bad_command(s, 500, "5.5.2", "Error: line too long");
+			line_too_long(s);
 			continue;
 		}
 		char *line = xmalloc(len + 1);
@@ -1528,7 +1538,7 @@ static void process_input(struct smtp_session *s)
 		if (len && line[len - 1] == '\r')
 			line[--len] = '\0';
 		if (len > max)
-			bad_command(s, 500, "5.5.2", "Error: line too long");
+			line_too_long(s);
 		else
 			dispatch(s, line, len);
 		OPENSSL_cleanse(line, len);      /* AUTH lines carry credentials */

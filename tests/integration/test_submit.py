@@ -139,6 +139,15 @@ def test_submission_tls_auth_and_routing():
         s = smtplib.SMTP_SSL("127.0.0.1", lab.ports["submit-tls"], context=_tls_ctx(), timeout=30)
         s.ehlo("client.example.org")
         check(s.esmtp_features.get("auth", "").split() == ["PLAIN", "LOGIN"], "465 offers AUTH at once")
+        # an over-long line inside an AUTH exchange ends the exchange: the
+        # next command is a command again, not a base64 answer
+        code, _ = s.docmd("AUTH", "LOGIN")
+        check(code == 334, "AUTH LOGIN: %d" % code)
+        s.send(b"A" * 5000 + b"\r\n")
+        code, _ = s.getreply()
+        check(code == 500, "over-long AUTH line: %d" % code)
+        code, _ = s.docmd("NOOP")
+        check(code == 250, "NOOP after the refused AUTH line: %d" % code)
         s.user, s.password = "bob@example.test", bob_pw
         code, text = s.auth("LOGIN", s.auth_login)
         check(code == 235, "LOGIN on 465: %d %r" % (code, text))
