@@ -1231,6 +1231,14 @@ static void ready_reply(struct smtp_client *c, const struct smtp_reply *r)
 			fault(c, SMTP_FAULT_PROTOCOL, "4.4.0", "protocol error: unexpected reply %d", r->code);
 		return;
 	}
+	/* 3xx answers only DATA (354) and AUTH, which is not read here; a
+	 * 3xx to anything else would reach our callers as an outcome that is
+	 * neither success nor refusal (proxy mode would pass "354" on as the
+	 * answer to RCPT) */
+	if (r->code / 100 == 3 && e->kind != CMD_QUIT && !(e->kind == CMD_DATA && e->dphase == 0)) {
+		fault(c, SMTP_FAULT_PROTOCOL, "4.4.0", "protocol error: unexpected reply %d", r->code);
+		return;
+	}
 	switch (e->kind) {
 	case CMD_XFORWARD:
 		if (r->code / 100 != 2)

@@ -815,6 +815,26 @@ static void test_rcpt_rejected(void **state)
 	assert_int_equal(m->data.r[0].code, 250);
 }
 
+/* A 3xx to RCPT (or after the dot) is a protocol error, a 4xx for every
+ * command outstanding, never an outcome passed on (found in review:
+ * proxy mode relayed "354" as the answer to RCPT). */
+static void test_3xx_is_a_protocol_error(void **state)
+{
+	struct fixture *f = *state;
+	int p = peer_start(f, "--ext", "PIPELINING", "--rcpt-reply", "odd@example.com=354 go ahead", NULL);
+	NEED_PEER(p);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p, hop, sizeof(hop)));
+	struct tc t;
+	tc_init(&t, f);
+	struct msg *m = add_msg(&t, "s@example.org", "Subject: x\r\n\r\nhi\r\n", "odd@example.com", NULL);
+	run(&t, 10000);
+	assert_int_equal(m->rcpt[0].r.code / 100, 4);
+	assert_int_equal(m->rcpt[0].r.fault, SMTP_FAULT_PROTOCOL);
+	assert_non_null(strstr(m->rcpt[0].r.text, "unexpected reply 354"));
+	assert_int_equal(m->data.r[0].code / 100, 4);
+}
+
 /* First hop is a closed port: the second one is used. */
 static void test_failover_closed_port(void **state)
 {
@@ -2374,6 +2394,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_smtp_sink_delivery, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_set_abort_cuts_every_client, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rcpt_rejected, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_3xx_is_a_protocol_error, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failover_closed_port, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failover_greeting_421, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failover_setup_faults, setup, teardown),
