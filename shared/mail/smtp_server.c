@@ -231,9 +231,14 @@ static void reply_v(struct smtp_session *s, int code, const char *enh, const cha
 		buf_printf(&b, "%03d%c", code, nl ? '-' : ' ');
 		if (enh && *enh)
 			buf_printf(&b, "%s ", enh);
-		/* Never let a CR or LF from a hook's text break the framing. */
-		for (size_t i = 0; i < n; i++)
-			buf_putc(&b, (p[i] == '\r') ? ' ' : p[i]);
+		/* Never let a CR or LF from a hook's text break the framing,
+		 * nor pass on other control bytes (a next hop's reply in proxy
+		 * mode is a hook's text): RFC 5321 textstring is HT and
+		 * printable characters. */
+		for (size_t i = 0; i < n; i++) {
+			unsigned char ch = (unsigned char)p[i];
+			buf_putc(&b, ch == '\r' ? ' ' : (ch < 0x20 && ch != '\t') || ch == 0x7f ? '?' : (char)ch);
+		}
 		buf_puts(&b, "\r\n");
 		p = nl ? nl + 1 : NULL;
 	} while (p);

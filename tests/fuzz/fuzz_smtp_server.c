@@ -116,16 +116,19 @@ static void on_session_end(void *arg, struct smtp_session *s)
 	F.ends++;
 }
 
-/* A reply line: three digits, then a space or a hyphen (or nothing). */
+/* A reply line: three digits, then a space or a hyphen (or nothing),
+ * and no control byte but HT. */
 static void check_line(const char *l, size_t n)
 {
 	if (n < 3 || l[0] < '2' || l[0] > '5' || l[1] < '0' || l[1] > '9' || l[2] < '0' || l[2] > '9')
 		abort();
 	if (n > 3 && l[3] != ' ' && l[3] != '-')
 		abort();
-	for (size_t i = 0; i < n; i++)
-		if (l[i] == '\r' || l[i] == '\n' || l[i] == '\0')
-			abort();
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)l[i];
+		if ((c < 0x20 && c != '\t') || c == 0x7f)
+			abort();        /* RFC 5321 textstring: HT and printable */
+	}
 }
 
 static void on_client(evutil_socket_t fd, short what, void *arg)

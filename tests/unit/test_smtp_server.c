@@ -1354,6 +1354,11 @@ static void test_hook_answers(void **state)
 	f->ans[SMTP_HOOK_MAIL] = (struct answer){ 250, "2.1.0", "a\rb" };
 	SEND(f, "MAIL FROM:<a@example.org>\r\nRSET\r\n");
 	EXPECT(f, "250 2.1.0 a b\r\n250 2.0.0 Ok\r\n");
+	/* other control bytes (a next hop's text in proxy mode) are not
+	 * passed on; a tab is text (found in review) */
+	f->ans[SMTP_HOOK_MAIL] = (struct answer){ 250, "2.1.0", "a\x1b[2Jb\x01" "c\x7f\td" };
+	SEND(f, "MAIL FROM:<a@example.org>\r\nRSET\r\n");
+	EXPECT(f, "250 2.1.0 a?[2Jb?c?\td\r\n250 2.0.0 Ok\r\n");
 
 	snprintf(f->ctx, sizeof(f->ctx), "MAIL refused without text");
 	f->ans[SMTP_HOOK_MAIL] = (struct answer){ 550, "5.7.1", NULL };
