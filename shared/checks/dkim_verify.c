@@ -752,14 +752,52 @@ struct dkim_hook {
 	struct check_call *call;
 };
 
-/* The field's value starts with authserv-id id (RFC 8601 2.2). */
+/* Past CFWS (RFC 5322 3.2.2) from v[i]: white space, line ends and
+ * comments, nested, with quoted-pairs; an unterminated comment runs to
+ * the end. */
+static size_t skip_cfws(const char *v, size_t n, size_t i)
+{
+	unsigned depth = 0;
+	for (; i < n; i++) {
+		char ch = v[i];
+		if (depth && ch == '\\')
+			i++;
+		else if (ch == '(')
+			depth++;
+		else if (depth && ch == ')')
+			depth--;
+		else if (!depth && ch != ' ' && ch != '\t' && ch != '\r' && ch != '\n')
+			break;
+	}
+	return i;
+}
+
+/* The field's value starts with authserv-id id (RFC 8601 2.2), after
+ * CFWS: a token, ended by ';', white space or '(', or a quoted-string
+ * whose content (unfolded, quoted-pairs undone, blanks at its ends
+ * passed over) is id; case-insensitive.  Whatever follows (a comment
+ * before the ';') does not matter. */
 static bool claims_id(const struct hdr_field *f, const char *id)
 {
-	size_t i = 0, n = f->value_len, idlen = strlen(id);
-	while (i < n && strchr(" \t\r\n", f->value[i]))
-		i++;
-	return n - i >= idlen && strncasecmp(f->value + i, id, idlen) == 0 &&
-	       (n - i == idlen || strchr(" \t;\r\n(", f->value[i + idlen]));
+	const char *v = f->value;
+	size_t n = f->value_len, i = skip_cfws(v, n, 0), k = 0;
+	char got[300];
+	bool quoted = i < n && v[i] == '"';
+	for (i += quoted; i < n; i++) {
+		char ch = v[i];
+		if (quoted ? ch == '"' : (ch == ';' || ch == '(' || strchr(" \t\r\n", ch)))
+			break;
+		if (quoted && (ch == '\r' || ch == '\n' || ((ch == ' ' || ch == '\t') && k == 0)))
+			continue;
+		if (quoted && ch == '\\' && i + 1 < n)
+			ch = v[++i];
+		if (k + 1 >= sizeof(got))
+			return false;
+		got[k++] = ch;
+	}
+	while (quoted && k && (got[k - 1] == ' ' || got[k - 1] == '\t'))
+		k--;
+	return k == strlen(id) && strncasecmp(got, id, k) == 0;
 }
 
 static void dkim_answered(void *arg, const struct dkim_outcome *o)

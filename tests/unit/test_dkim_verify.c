@@ -947,6 +947,35 @@ static void test_foreign_authentication_results(void **state)
 	free(log);
 }
 
+/* Our authserv-id after a comment, as a quoted-string or followed by a
+ * comment is ours all the same (RFC 8601 2.2: CFWS is allowed around
+ * it); another id stays, also in those forms. */
+static void test_forged_authentication_results_forms(void **state)
+{
+	struct fx *f = *state;
+	use_chain(f, "");
+	char *m = message("rsa.example", "forms", "Hi.\r\n");
+	m = replace(m, "From: Alice",
+		    "Authentication-Results: (x) mx.example.test; dkim=pass header.d=bank.example\r\n"
+		    "Authentication-Results: \"mx.example.test\"; dkim=pass header.d=bank.example\r\n"
+		    "Authentication-Results: (a (nested \\) one)\r\n\t) \" MX.Example.\\test\";\r\n\tdkim=pass\r\n"
+		    "Authentication-Results: mx.example.test (x); dkim=pass header.d=bank.example\r\n"
+		    "Authentication-Results: (mx.example.test) other.example; dkim=pass\r\n"
+		    "Authentication-Results: \"other.example\" (mx.example.test); dkim=pass\r\n"
+		    "Authentication-Results: \"mx.example.test.other\"; dkim=pass\r\n"
+		    "Authentication-Results: mx.example.testing; dkim=pass\r\n"
+		    "From: Alice");
+	run_msg(f, m);
+	assert_int_equal(f->ctx.ndel, 4);
+	for (unsigned i = 0; i < 4; i++) {
+		assert_string_equal(f->ctx.del[i].name, "Authentication-Results");
+		assert_int_equal(f->ctx.del[i].index, i + 1);
+	}
+	char *log = tu_read_file(f->logpath, NULL);
+	tu_assert_contains(log, "\"event\":\"dkim.forged_authentication_results\",\"count\":4");
+	free(log);
+}
+
 /* ---- the rest ------------------------------------------------------------ */
 
 static void test_metrics_and_logs(void **state)
@@ -1103,6 +1132,7 @@ int main(void)
 		cmocka_unit_test(test_header_with_spf),
 		cmocka_unit_test(test_header_function),
 		cmocka_unit_test(test_foreign_authentication_results),
+		cmocka_unit_test(test_forged_authentication_results_forms),
 		cmocka_unit_test(test_metrics_and_logs),
 		cmocka_unit_test(test_config_errors),
 		cmocka_unit_test(test_many_and_free_while_running),
