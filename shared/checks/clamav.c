@@ -23,8 +23,10 @@
  * accept.  A scanner failure (engine error, out of memory, a scan past
  * max_scan_time) gets failure_action: tempfail (451 4.7.1, never a silent
  * pass) or tag.  Clean mail gets X-Virus-Scanned and X-Virus-Status:
- * Clean (scanned_headers).  Every result is one log line (av.result: the
- * signature, the action, the time) and counted by result and signature.
+ * Clean (scanned_headers).  The X-Virus-Scanned and X-Virus-Status
+ * fields a message arrives with are removed whatever the result.  Every
+ * result is one log line (av.result: the signature, the action, the
+ * time) and counted by result and signature.
  */
 #include "check.h"
 #include "clamav_engine.h"
@@ -252,12 +254,9 @@ static void count_scan(void *owner, struct workers_job *job)
 	}
 }
 
-/* Our verdict headers replace any the message arrived with (a forged
- * "X-Virus-Status: Clean" must not reach the filters downstream). */
+/* Our verdict headers (answer has removed the message's own). */
 static void add_tag(struct clamav_check *c, struct check_ctx *ctx, const char *status)
 {
-	check_ctx_remove_all(ctx, "X-Virus-Scanned");
-	check_ctx_remove_all(ctx, "X-Virus-Status");
 	char v[300];
 	snprintf(v, sizeof(v), "ClamAV using Rampart on %s", c->hostname);
 	check_ctx_add_header(ctx, "X-Virus-Scanned", v);
@@ -276,6 +275,11 @@ static void answer(struct scan_job *j)
 	struct verdict v = { .kind = V_CONTINUE };
 	const char *action = "accept";
 	char status[300];
+	/* The verdict headers the message arrived with go, whatever the
+	 * action and whether we add ours (a forged "X-Virus-Status: Clean"
+	 * must not reach the filters downstream). */
+	check_ctx_remove_all(ctx, "X-Virus-Scanned");
+	check_ctx_remove_all(ctx, "X-Virus-Status");
 	switch (j->result) {
 	case SCAN_CLEAN:
 		if (c->p->scanned_headers)

@@ -26,6 +26,7 @@
 #include "checks/shared.h"
 #include "mail/envelope.h"
 #include "util/alloc.h"
+#include "util/buf.h"
 
 static const char EICAR[] = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
@@ -159,6 +160,38 @@ static void test_actions(void **state)
 	free(bad);
 }
 
+/* The X-Virus-* fields the message came with are removed also when we
+ * add none: over a scan limit with limits_action = accept, and clean mail
+ * with scanned_headers = no. */
+static void test_forged_headers_removed_without_ours(void **state)
+{
+	struct fx *f = *state;
+	const char *forged = "X-Virus-Status: Clean\r\nX-Virus-Scanned: forged\r\n";
+	struct buf m = BUF_INIT;
+	buf_printf(&m, "Subject: many\r\n%sMIME-Version: 1.0\r\n"
+		   "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n", forged);
+	for (int i = 0; i < 5; i++)
+		buf_printf(&m, "--b\r\nContent-Type: application/octet-stream; name=\"a%d.bin\"\r\n"
+			   "Content-Disposition: attachment; filename=\"a%d.bin\"\r\n\r\npart %d\r\n", i, i, i);
+	buf_puts(&m, "--b--\r\n");
+	use(f, "max_files = 1\nlimits_action = accept\n");
+	struct verdict v = scan(f, buf_cstr(&m));
+	assert_int_equal(v.kind, V_CONTINUE);
+	char log[PATH_MAX + 8];
+	snprintf(log, sizeof(log), "%s/log", f->dir);
+	assert_true(tu_file_has(log, "\"result\":\"limits\",\"signature\":\"Heuristics.Limits.Exceeded"));
+	assert_int_equal(f->ctx.nadd, 0);
+	assert_int_equal(f->ctx.ndel, 2);
+	use(f, "scanned_headers = no\n");
+	char *clean = xasprintf("Subject: y\r\n%s\r\nhello\r\n", forged);
+	v = scan(f, clean);
+	assert_int_equal(v.kind, V_CONTINUE);
+	assert_int_equal(f->ctx.nadd, 0);
+	assert_int_equal(f->ctx.ndel, 2);
+	free(clean);
+	buf_free(&m);
+}
+
 static void test_clean_cache(void **state)
 {
 	struct fx *f = *state;
@@ -271,6 +304,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_actions, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_forged_headers_removed_without_ours, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_clean_cache, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reload_to_another_directory, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_configuration, setup, teardown),
