@@ -493,7 +493,10 @@ bool xtext_decode(const char *in, char *out, size_t outlen)
 			if (hi < 0 || lo < 0)
 				return false;
 			c = (unsigned char)(hi * 16 + lo);
-			if (c == '\0')          /* would truncate the C string */
+			/* a NUL would truncate the C string; other control
+			 * characters (CR, LF) have no place in any value
+			 * carried this way (XFORWARD, XCLIENT, ENVID, ORCPT) */
+			if (c < 0x20 || c == 0x7f)
 				return false;
 			p += 3;
 		} else if (*p >= 33 && *p <= 126 && *p != '=') {

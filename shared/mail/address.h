@@ -16,9 +16,11 @@
 
 #define ADDR_MAX 256        /* RFC 5321 4.5.3.1.3 path, without brackets */
 
+#define SMTP_PARAM_VALUE_MAX 512
+
 struct smtp_param {
 	char key[32];           /* upper-cased: "SIZE", "BODY", ... */
-	char value[512];        /* "" when the parameter has no value */
+	char value[SMTP_PARAM_VALUE_MAX];      /* "" when the parameter has no value */
 };
 
 #define SMTP_PARAMS_MAX 16
@@ -57,7 +59,8 @@ bool smtp_domain_valid(const char *domain);
 /* Lower-case the domain part in place (the local part is case-sensitive). */
 void smtp_addr_normalize(char *addr);
 
-/* xtext decoding (RFC 3461 4): false if malformed.  out bounded by outlen. */
+/* xtext decoding (RFC 3461 4): false if malformed or if it decodes to a
+ * control character.  out bounded by outlen. */
 bool xtext_decode(const char *in, char *out, size_t outlen);
 
 #endif

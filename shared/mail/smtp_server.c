@@ -20,6 +20,7 @@
 #include "../util/tls.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
@@ -677,6 +678,12 @@ static void do_helo_common(struct smtp_session *s, char *arg, bool esmtp)
 		bad_command(s, 501, "5.5.4", "Syntax: HELO/EHLO hostname");
 		return;
 	}
+	if (strlen(arg) >= sizeof(s->helo_arg)) {
+		/* a domain is at most 255 octets (RFC 5321 4.5.3.1.2): a
+		 * longer name would reach the checks and Received cut */
+		bad_command(s, 501, "5.5.4", "Syntax: HELO/EHLO hostname too long");
+		return;
+	}
 	reset_session_for_helo(s);
 	snprintf(s->helo_arg, sizeof(s->helo_arg), "%s", arg);
 	s->client.helo = s->helo_arg;
@@ -688,6 +695,67 @@ static void do_helo_common(struct smtp_session *s, char *arg, bool esmtp)
 static void cmd_helo(struct smtp_session *s, char *arg) { do_helo_common(s, arg, false); }
 static void cmd_ehlo(struct smtp_session *s, char *arg) { do_helo_common(s, arg, true); }
 static void cmd_lhlo(struct smtp_session *s, char *arg) { do_helo_common(s, arg, true); }
+
+/* MAIL SIZE= (RFC 1870): 1 to 20 digits, nothing else; a value past
+ * what fits is as large as can be (refused as too big, not as bad). */
+static bool size_value(const char *v, long long *size)
+{
+	size_t n = strlen(v);
+	if (n == 0 || n > 20)
+		return false;
+	long long x = 0;
+	for (const char *p = v; *p; p++) {
+		if (*p < '0' || *p > '9')
+			return false;
+		int d = *p - '0';
+		x = x > (LLONG_MAX - d) / 10 ? LLONG_MAX : x * 10 + d;
+	}
+	*size = x;
+	return true;
+}
+
+/* An xtext value (RFC 3461 4) of at most max characters once decoded. */
+static bool xtext_ok(const char *v, size_t max)
+{
+	char out[SMTP_PARAM_VALUE_MAX];
+	return xtext_decode(v, out, sizeof(out)) && strlen(out) <= max;
+}
+
+/* ORCPT=addr-type;xtext (RFC 3461 4.2): an atom, ';', an xtext of at most
+ * 500 characters. */
+static bool orcpt_ok(const char *v)
+{
+	const char *semi = strchr(v, ';');
+	if (!semi || semi == v)
+		return false;
+	for (const char *p = v; p < semi; p++)
+		if (!isalnum((unsigned char)*p) && *p != '-')
+			return false;
+	return xtext_ok(semi + 1, 500);
+}
+
+/* NOTIFY=NEVER, or SUCCESS, FAILURE and DELAY separated by commas (RFC
+ * 3461 4.1): flags into *notify (1 NEVER, 2, 4, 8); false when malformed
+ * (an empty item, an unknown word, NEVER with another). */
+static bool notify_value(const char *v, unsigned *notify)
+{
+	unsigned n = 0;
+	for (const char *w = v;;) {
+		size_t len = strcspn(w, ",");
+		if (len == 5 && strncasecmp(w, "NEVER", 5) == 0) n |= 1;
+		else if (len == 7 && strncasecmp(w, "SUCCESS", 7) == 0) n |= 2;
+		else if (len == 7 && strncasecmp(w, "FAILURE", 7) == 0) n |= 4;
+		else if (len == 5 && strncasecmp(w, "DELAY", 5) == 0) n |= 8;
+		else return false;
+		if (!w[len])
+			break;
+		w += len + 1;
+	}
+	if ((n & 1) && n != 1)
+		return false;
+	*notify = n;
+	return true;
+}
 
 static void cmd_mail(struct smtp_session *s, char *arg)
 {
@@ -720,10 +788,7 @@ static void cmd_mail(struct smtp_session *s, char *arg)
 	for (size_t i = 0; i < path.nparams; i++) {
 		const struct smtp_param *p = &path.params[i];
 		if (strcmp(p->key, "SIZE") == 0) {
-			char *end;
-			errno = 0;
-			size = strtoll(p->value, &end, 10);
-			if (!*p->value || *end || errno || size < 0) {
+			if (!size_value(p->value, &size)) {
 				bad_command(s, 501, "5.5.4", "Bad SIZE parameter");
 				return;
 			}
@@ -740,6 +805,10 @@ static void cmd_mail(struct smtp_session *s, char *arg)
 			   (strcasecmp(p->value, "FULL") == 0 || strcasecmp(p->value, "HDRS") == 0)) {
 			ret = p->value;
 		} else if (strcmp(p->key, "ENVID") == 0 && *p->value) {
+			if (!xtext_ok(p->value, 100)) {
+				bad_command(s, 501, "5.5.4", "Bad ENVID parameter");
+				return;
+			}
 			envid = p->value;
 		} else {
 			bad_command(s, 555, "5.5.4", "Unsupported option in MAIL command");
@@ -800,23 +869,15 @@ static void cmd_rcpt(struct smtp_session *s, char *arg)
 	for (size_t i = 0; i < path.nparams; i++) {
 		const struct smtp_param *p = &path.params[i];
 		if (strcmp(p->key, "NOTIFY") == 0 && *p->value) {
-			char tmp[sizeof(p->value)];
-			snprintf(tmp, sizeof(tmp), "%s", p->value);
-			for (char *sv, *w = strtok_r(tmp, ",", &sv); w; w = strtok_r(NULL, ",", &sv)) {
-				if (strcasecmp(w, "NEVER") == 0) notify |= 1;
-				else if (strcasecmp(w, "SUCCESS") == 0) notify |= 2;
-				else if (strcasecmp(w, "FAILURE") == 0) notify |= 4;
-				else if (strcasecmp(w, "DELAY") == 0) notify |= 8;
-				else {
-					bad_command(s, 501, "5.5.4", "Bad NOTIFY parameter");
-					return;
-				}
-			}
-			if ((notify & 1) && notify != 1) {
-				bad_command(s, 501, "5.5.4", "NOTIFY=NEVER cannot be combined");
+			if (!notify_value(p->value, &notify)) {
+				bad_command(s, 501, "5.5.4", "Bad NOTIFY parameter");
 				return;
 			}
 		} else if (strcmp(p->key, "ORCPT") == 0 && *p->value) {
+			if (!orcpt_ok(p->value)) {
+				bad_command(s, 501, "5.5.4", "Bad ORCPT parameter");
+				return;
+			}
 			orcpt = p->value;
 		} else {
 			bad_command(s, 555, "5.5.4", "Unsupported option in RCPT command");

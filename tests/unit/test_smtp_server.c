@@ -1131,6 +1131,64 @@ static void test_line_too_long(void **state)
 	assert_false(f->eof);
 }
 
+/* DSN parameters (RFC 3461) are checked, not taken as they come (found in
+ * review). */
+static void test_dsn_parameters(void **state)
+{
+	struct fx *f = *state;
+	f->opts.max_errors = 100;
+	start(f);
+	hello(f);
+	snprintf(f->ctx, sizeof(f->ctx), "ENVID");
+	SEND(f, "MAIL FROM:<a@example.org> ENVID=+zz\r\n");
+	EXPECT(f, "501 5.5.4 Bad ENVID parameter\r\n");
+	char line[400], v[200];
+	memset(v, 'e', 101);
+	v[101] = '\0';
+	snprintf(line, sizeof(line), "MAIL FROM:<a@example.org> ENVID=%s\r\n", v);
+	SEND(f, line);
+	EXPECT(f, "501 5.5.4 Bad ENVID parameter\r\n");
+	v[100] = '\0';
+	snprintf(line, sizeof(line), "MAIL FROM:<a@example.org> ENVID=%s RET=HDRS\r\n", v);
+	SEND(f, line);
+	EXPECT(f, "250 2.1.0 Ok\r\n");
+	snprintf(f->ctx, sizeof(f->ctx), "NOTIFY");
+	SEND(f, "RCPT TO:<b@example.net> NOTIFY=,\r\nRCPT TO:<b@example.net> NOTIFY=SUCCESS,,FAILURE\r\n"
+		"RCPT TO:<b@example.net> NOTIFY=NEVER,DELAY\r\nRCPT TO:<b@example.net> NOTIFY=SOMETIMES\r\n");
+	EXPECT(f, "501 5.5.4 Bad NOTIFY parameter\r\n501 5.5.4 Bad NOTIFY parameter\r\n"
+		  "501 5.5.4 Bad NOTIFY parameter\r\n501 5.5.4 Bad NOTIFY parameter\r\n");
+	snprintf(f->ctx, sizeof(f->ctx), "ORCPT");
+	SEND(f, "RCPT TO:<b@example.net> ORCPT=garbage\r\nRCPT TO:<b@example.net> ORCPT=;b@example.net\r\n"
+		"RCPT TO:<b@example.net> ORCPT=rfc822;b+0D+0Ax@example.net\r\n");
+	EXPECT(f, "501 5.5.4 Bad ORCPT parameter\r\n501 5.5.4 Bad ORCPT parameter\r\n"
+		  "501 5.5.4 Bad ORCPT parameter\r\n");
+	snprintf(f->ctx, sizeof(f->ctx), "good ones");
+	SEND(f, "RCPT TO:<b@example.net> NOTIFY=success,Delay ORCPT=rfc822;b+2Bx@example.net\r\n"
+		"RCPT TO:<c@example.net> NOTIFY=NEVER\r\n");
+	EXPECT(f, "250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n");
+}
+
+/* A HELO/EHLO name over 255 octets is refused, not cut (found in review);
+ * 255 is taken. */
+static void test_helo_too_long(void **state)
+{
+	struct fx *f = *state;
+	start(f);
+	hello(f);
+	char line[600], name[300];
+	memset(name, 'a', 256);
+	name[256] = '\0';
+	snprintf(line, sizeof(line), "EHLO %s\r\n", name);
+	SEND(f, line);
+	EXPECT(f, "501 5.5.4 Syntax: HELO/EHLO hostname too long\r\n");
+	name[255] = '\0';
+	snprintf(line, sizeof(line), "HELO %s\r\n", name);
+	SEND(f, line);
+	char want[400];
+	snprintf(want, sizeof(want), "250 %s\r\n", HOST);
+	EXPECT(f, want);
+}
+
 static void test_header_limits(void **state)
 {
 	struct fx *f = *state;
@@ -1250,6 +1308,14 @@ static void test_message_size(void **state)
 	EXPECT(f, "552 5.3.4 Message size exceeds fixed maximum message size (1000)\r\n");
 	SEND(f, "MAIL FROM:<a@example.org> SIZE=1000\r\nRSET\r\n");
 	EXPECT(f, "250 2.1.0 Ok\r\n250 2.0.0 Ok\r\n");
+	/* 1 to 20 digits and nothing else; a well-formed value too large
+	 * for a number is too big, not bad (found in review) */
+	SEND(f, "MAIL FROM:<a@example.org> SIZE=+100\r\nMAIL FROM:<a@example.org> SIZE=-0\r\n"
+		"MAIL FROM:<a@example.org> SIZE=1e3\r\nMAIL FROM:<a@example.org> SIZE=000000000000000000000100\r\n");
+	EXPECT(f, "501 5.5.4 Bad SIZE parameter\r\n501 5.5.4 Bad SIZE parameter\r\n"
+		  "501 5.5.4 Bad SIZE parameter\r\n501 5.5.4 Bad SIZE parameter\r\n");
+	SEND(f, "MAIL FROM:<a@example.org> SIZE=99999999999999999999\r\n");
+	EXPECT(f, "552 5.3.4 Message size exceeds fixed maximum message size (1000)\r\n");
 
 	struct buf m = BUF_INIT;
 	snprintf(f->ctx, sizeof(f->ctx), "message of exactly 1000 bytes");
@@ -1454,6 +1520,10 @@ static void test_xforward_accepted(void **state)
 	EXPECT(f, "250 2.0.0 Ok\r\n");
 	SEND(f, "XFORWARD HELO=client.example PROTO=ESMTPA LOGIN=alice SOURCE=REMOTE\r\n");
 	EXPECT(f, "250 2.0.0 Ok\r\n");
+	/* a value that decodes to a control character is refused (found in
+	 * review: "HELO=evil+0D+0AX-Inject:+20yes" was taken) */
+	SEND(f, "XFORWARD HELO=evil+0D+0AX-Inject:+20yes\r\nXFORWARD LOGIN=+01\r\n");
+	EXPECT(f, "501 5.5.4 Bad XFORWARD attribute\r\n501 5.5.4 Bad XFORWARD attribute\r\n");
 	/* a port is a number from 0 to 65535 */
 	SEND(f, "XFORWARD PORT=65536\r\nXFORWARD PORT=-1\r\nXFORWARD PORT=+25\r\nXFORWARD PORT=99999999999\r\n");
 	EXPECT(f, "501 5.5.4 Bad XFORWARD PORT\r\n501 5.5.4 Bad XFORWARD PORT\r\n501 5.5.4 Bad XFORWARD PORT\r\n"
@@ -1773,6 +1843,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_lmtp_message_hook_no_answer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lmtp_message_hook_421_closes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_line_too_long, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_helo_too_long, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dsn_parameters, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_header_limits, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_header_count_ignores_end_line, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_last_header_size, setup, teardown),
