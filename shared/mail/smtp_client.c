@@ -421,13 +421,26 @@ static void send_secret(struct smtp_client *c, const char *prefix, const unsigne
 	free(line);
 }
 
-/* Address text safe on a command line: no controls, no angle brackets. */
+/* Address text safe on a command line: no controls, and angle brackets
+ * only inside a quoted local part, where RFC 5321 allows them and where
+ * our server accepts them ("a>b"@example.com). */
 static bool addr_ok(const char *a)
 {
-	for (const unsigned char *p = (const unsigned char *)a; *p; p++)
-		if (*p < 0x20 || *p == 0x7f || *p == '<' || *p == '>')
+	bool quoted = false;
+	for (const unsigned char *p = (const unsigned char *)a; *p; p++) {
+		if (*p < 0x20 || *p == 0x7f)
 			return false;
-	return strlen(a) <= 1000;
+		if (quoted && *p == '\\' && p[1]) {
+			p++;
+			if (*p < 0x20 || *p == 0x7f)
+				return false;
+		} else if (*p == '"') {
+			quoted = !quoted;
+		} else if (!quoted && (*p == '<' || *p == '>')) {
+			return false;
+		}
+	}
+	return !quoted && strlen(a) <= 1000;
 }
 
 /* ---- the command FIFO ------------------------------------------------ */
@@ -835,7 +848,12 @@ static void parse_ehlo(struct smtp_client *c)
 				unsigned long long n = 0;
 				while (v < le && *v >= '0' && *v <= '9' && n < (1ULL << 60))
 					n = n * 10 + (unsigned)(*v++ - '0');
-				c->size_max = n;
+				while (v < le && (*v == ' ' || *v == '\t'))
+					v++;
+				/* "SIZE 1.5e7" or "SIZE 10 MB" is no limit we can
+				 * trust: taken as none rather than as 1 or 10, which
+				 * would bounce every message */
+				c->size_max = v < le ? 0 : n;
 			} else if (strcmp(kw, "AUTH") == 0) {
 				/* "AUTH PLAIN LOGIN" or the old "AUTH=PLAIN LOGIN" */
 				c->ext |= EXT_AUTH;

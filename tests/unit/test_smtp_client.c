@@ -815,6 +815,51 @@ static void test_rcpt_rejected(void **state)
 	assert_int_equal(m->data.r[0].code, 250);
 }
 
+/* A quoted local part may hold angle brackets (RFC 5321; the server
+ * accepts them): sent as it is, not refused (found in review: a message
+ * accepted in queue mode was then bounced with 553). */
+static void test_quoted_local_part_with_brackets(void **state)
+{
+	struct fixture *f = *state;
+	int p = peer_start(f, "--ext", "PIPELINING", NULL);
+	NEED_PEER(p);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p, hop, sizeof(hop)));
+	struct tc t;
+	tc_init(&t, f);
+	struct msg *m = add_msg(&t, "\"s>x\"@example.org", "Subject: x\r\n\r\nhi\r\n", "\"a<b\"@example.com",
+				"c>d@example.com", NULL);
+	run(&t, 10000);
+	assert_int_equal(m->mail.r.code, 250);
+	assert_int_equal(m->rcpt[0].r.code, 250);
+	assert_int_equal(m->rcpt[1].r.code, 553);       /* unquoted: still refused here */
+	assert_int_equal(m->data.r[0].code, 250);
+	char lines[32][600];
+	int batches[32];
+	size_t n = cmds_of(f, p, 1, lines, batches, 32);
+	assert_true(find_cmd(lines, n, "RCPT TO:<\"a<b\"@example.com>") >= 0);
+	int im = find_cmd(lines, n, "MAIL");
+	assert_true(im >= 0 && strncmp(lines[im], "MAIL FROM:<\"s>x\"@example.org>", 29) == 0);
+}
+
+/* An EHLO SIZE value we cannot read ("10 MB") is no limit, not a limit of
+ * 10 bytes that would bounce every message (found in review). */
+static void test_ehlo_size_malformed(void **state)
+{
+	struct fixture *f = *state;
+	int p = peer_start(f, "--ext", "PIPELINING", "--ext", "SIZE 10 MB", NULL);
+	NEED_PEER(p);
+	char hop[64];
+	set_hops(f, 1, hop_of(f, p, hop, sizeof(hop)));
+	struct tc t;
+	tc_init(&t, f);
+	struct msg *m = add_msg(&t, "s@example.org", "Subject: more than ten bytes\r\n\r\nhi\r\n", "a@example.com",
+				NULL);
+	run(&t, 10000);
+	assert_int_equal(m->mail.r.code, 250);
+	assert_int_equal(m->data.r[0].code, 250);
+}
+
 /* A 3xx to RCPT (or after the dot) is a protocol error, a 4xx for every
  * command outstanding, never an outcome passed on (found in review:
  * proxy mode relayed "354" as the answer to RCPT). */
@@ -2395,6 +2440,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_set_abort_cuts_every_client, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rcpt_rejected, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_3xx_is_a_protocol_error, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_quoted_local_part_with_brackets, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_ehlo_size_malformed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failover_closed_port, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failover_greeting_421, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failover_setup_faults, setup, teardown),
