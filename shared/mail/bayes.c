@@ -17,7 +17,7 @@
 #include <strings.h>
 
 #define DEF_MAX_TOKENS 3000
-#define MAX_FIELDS 200
+#define MAX_FIELDS 1000         /* header fields looked at: all SMTP takes by default (max_headers) */
 
 /* ---- the tokens of one message, each once -------------------------------- */
 
@@ -50,11 +50,12 @@ static void emit(struct toks *T, const char *prefix, const char *w, size_t wl)
 		pl = BAYES_TOKEN_MAX;
 	if (pl)
 		memcpy(tok, prefix, pl);
-	if (wl > BAYES_TOKEN_MAX - pl)
+	if (wl > BAYES_TOKEN_MAX - pl) {
 		wl = BAYES_TOKEN_MAX - pl;
-	/* never cut inside a UTF-8 sequence */
-	while (wl > 0 && pl + wl == BAYES_TOKEN_MAX && ((unsigned char)w[wl] & 0xC0) == 0x80)
-		wl--;
+		/* never cut inside a UTF-8 sequence: w[wl] is the first byte left out */
+		while (wl > 0 && ((unsigned char)w[wl] & 0xC0) == 0x80)
+			wl--;
+	}
 	memcpy(tok + pl, w, wl);
 	size_t len = pl + wl;
 	tok[len] = '\0';
@@ -88,24 +89,28 @@ static bool edge_punct(unsigned char c)
 	return c < 0x80 && (ispunct(c) || c == ' ');
 }
 
-/* The words of UTF-8 text, split at blanks. */
+/* The bytes of the blank at s[i] (white space, or a non-breaking space
+ * U+00A0); 0 when s[i] starts no blank. */
+static size_t blank_len(const char *s, size_t i, size_t n)
+{
+	if (isspace((unsigned char)s[i]))
+		return 1;
+	if ((unsigned char)s[i] == 0xC2 && i + 1 < n && (unsigned char)s[i + 1] == 0xA0)
+		return 2;
+	return 0;
+}
+
+/* The words of UTF-8 text, split at blanks, in one pass. */
 static void text_words(struct toks *T, const char *prefix, const char *s, size_t n, bool body)
 {
-	size_t i = 0;
+	size_t i = 0, bl;
 	while (i < n && T->n < T->max) {
-		while (i < n && isspace((unsigned char)s[i]))
-			i++;
+		while (i < n && (bl = blank_len(s, i, n)) > 0)
+			i += bl;
 		size_t b = i;
-		while (i < n && !isspace((unsigned char)s[i]))
+		while (i < n && blank_len(s, i, n) == 0)
 			i++;
 		size_t e = i;
-		/* a non-breaking space (U+00A0) splits as well */
-		for (size_t k = b; k + 1 < e; k++)
-			if ((unsigned char)s[k] == 0xC2 && (unsigned char)s[k + 1] == 0xA0) {
-				e = k;
-				i = k + 2;
-				break;
-			}
 		while (b < e && edge_punct((unsigned char)s[b]))
 			b++;
 		while (e > b && edge_punct((unsigned char)s[e - 1]))

@@ -6,7 +6,7 @@
  * state store, LMDB or Redis) is the caller's business.
  *
  * Tokens, each given once per message:
- *   h:NAME               a header field is present (the first 200 fields)
+ *   h:NAME               a header field is present (the first 1000 fields)
  *   subject:WORD         words of the Subject (RFC 2047 decoded)
  *   from:addr:A  from:domain:D  from:name:WORD    (From and Reply-To)
  *   message-id:@DOMAIN   or message-id:none / message-id:invalid

@@ -16,7 +16,7 @@
 #include <string.h>
 #include <strings.h>
 
-#define FIELDS_MAX 200          /* header fields looked at */
+#define FIELDS_MAX 1000         /* header fields looked at: all SMTP takes by default (max_headers) */
 #define FIELD_MAX (16 * 1024)   /* bytes of a decoded field value */
 
 enum kind { K_HEADER, K_BODY, K_URI };

@@ -3,7 +3,8 @@
  * and the message text they read (shared/mail/msgtext.c): header rules on
  * decoded values and on every field, body rules on decoded text and
  * HTML as text, URI rules on each link, a rule counting once, negative
- * scores, the hit list bound, a pathological pattern cut by the match
+ * scores, header fields read as far as SMTP accepts them (1000), the hit
+ * list bound, a pathological pattern cut by the match
  * limit, every kind of bad rule with file:line, and the shipped default
  * rules loading and catching a spam sample.
  */
@@ -157,6 +158,30 @@ static void test_rules(void **state)
 	spamrules_free(r);
 }
 
+/* Header rules read the fields as far as the SMTP engine accepts them
+ * (1000): 300 filler fields do not hide the Subject. */
+static void test_many_fields(void **state)
+{
+	(void)state;
+	char why[512] = "";
+	struct spamrules *r = load("header:Subject SUBJ_PILLS /cheap pills/i 1.0\n", why, sizeof(why));
+	assert_non_null(r);
+	struct buf m = BUF_INIT;
+	for (int i = 0; i < 300; i++)
+		buf_printf(&m, "X-Filler-%d: x\r\n", i);
+	buf_puts(&m, "Subject: Cheap pills\r\n\r\nbody\r\n");
+	buf_putc(&m, '\0');
+	struct spamrule_hit h[4];
+	size_t n;
+	unsigned cut;
+	double s = eval(r, m.data, h, 4, &n, &cut);
+	assert_int_equal(n, 1);
+	assert_string_equal(h[0].name, "SUBJ_PILLS");
+	assert_true(s == 1.0);
+	buf_free(&m);
+	spamrules_free(r);
+}
+
 static void test_match_limit(void **state)
 {
 	(void)state;
@@ -250,6 +275,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_msgtext),
 		cmocka_unit_test(test_rules),
+		cmocka_unit_test(test_many_fields),
 		cmocka_unit_test(test_match_limit),
 		cmocka_unit_test(test_bad_rules),
 		cmocka_unit_test(test_default_rules),
