@@ -22,9 +22,10 @@
  * autolearn_spam (or at most autolearn_ham) is learned as spam (ham).
  * DNS lists add their weights too (dnslist.h syntax): dnsbl_sites for the
  * original client's address (XFORWARD from the stage before), uribl_sites
- * for the domains of the message's links (each link's host and its
- * parent domains down to two labels, max_uri_domains of them), once per
- * list; a list that has not answered within dns_timeout counts nothing.
+ * for the domains of the message's links (of each link's host the last
+ * two labels, then three, then four: three names at most, the shortest
+ * first; max_uri_domains of them in all), once per list; a list that has
+ * not answered within dns_timeout counts nothing.
  * Every decision is one log line (spam.result: score, rules, Bayes,
  * DNS lists, action) and the scores are a histogram on /metrics.
  */
@@ -55,6 +56,7 @@
 
 #define HITS_SHOWN 40
 #define MAX_LISTS 16
+#define URI_NAMES 3             /* names of one link looked up in uribl_sites */
 
 #define P(f) offsetof(struct spam_params, f)
 static const struct param_def spam_param_defs[] = {
@@ -431,10 +433,17 @@ static void start_lists(struct run *r)
 		if (!mime_url_host(u, strlen(u), host, sizeof(host)) || strspn(host, "0123456789.") == strlen(host) ||
 		    strchr(host, ':') || !strchr(host, '.'))
 			continue;
-		/* the host and its parents down to two labels */
-		for (const char *p = host; p && strchr(p, '.'); p = strchr(p, '.') ? strchr(p, '.') + 1 : NULL)
-			if (!add_domain(doms, &nd, maxd, p))
-				break;
+		/* the shortest names first (the last two labels, then three, ...
+		 * up to the host), URI_NAMES of them at most: a deep host must not
+		 * use up max_uri_domains before the next link */
+		size_t names = 0, dots = 0;
+		for (size_t i = strlen(host); i-- > 0 && names < URI_NAMES && nd < maxd;)
+			if (host[i] == '.' && ++dots >= 2) {
+				add_domain(doms, &nd, maxd, host + i + 1);
+				names++;
+			}
+		if (names < URI_NAMES)
+			add_domain(doms, &nd, maxd, host);
 	}
 	r->nq = (client ? c->ndnsbl : 0) + nd * c->nuribl;
 	if (!r->nq) {

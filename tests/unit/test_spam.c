@@ -4,8 +4,9 @@
  * trained (the classifier's points, BAYES_NN in the tests list), the
  * thresholds (tag with X-Spam-Flag and the subject tag, quarantine,
  * reject), the message's own X-Spam-* fields removed, autolearn moving
- * the counts, the store down (continue with the rules, or tempfail), and
- * bad configurations.
+ * the counts, the store down (continue with the rules, or tempfail), the
+ * DNS lists (which names of the links are looked up), and bad
+ * configurations.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -200,6 +201,41 @@ static void dns_lists(void **state)
 	tu_state_fx_close(&f);
 }
 
+/* URIBL names of a link: the shortest first (its last two labels, then
+ * three), at most three per link, each once per message: a link with a
+ * deep host does not use up max_uri_domains before the next link. */
+static void uribl_names(void **state)
+{
+	struct tu_state_suite *s = *state;
+	struct tu_state_fx f;
+	tu_state_fx_open(&f, s, STATE_BACKEND_LMDB, "");
+	char zone[PATH_MAX + 16];
+	snprintf(zone, sizeof(zone), "%s/zone-names", s->dir);
+	tu_write_file(zone, "spam.example.uribl.example.test. 300 IN A 127.0.0.4\n"
+		      "x.example.two.example.test. 300 IN A 127.0.0.2\n"
+		      "i.j.x.example.three.example.test. 300 IN A 127.0.0.2\n"
+		      "h.i.j.x.example.four.example.test. 300 IN A 127.0.0.2\n"
+		      "a.b.c.d.e.f.g.h.i.j.x.example.full.example.test. 300 IN A 127.0.0.2\n");
+	tu_chain_fx_dns(&f.c, zone, false, 1000);
+	use_conf(&f, s, "bayes = no\nmax_uri_domains = 4\n"
+		 "uribl_sites = uribl.example.test=127.0.0.4*2 two.example.test three.example.test "
+		 "four.example.test full.example.test\n");
+	static const char msg[] =
+		"Subject: hello\r\n"
+		"From: someone@example.net\r\n"
+		"\r\n"
+		"See http://a.b.c.d.e.f.g.h.i.j.x.example/ and http://j.x.example/again\r\n"
+		"and then http://www.spam.example/buy\r\n";
+	struct verdict v = run_msg(&f, msg);
+	assert_int_equal(v.kind, V_CONTINUE);
+	/* x.example, j.x.example, i.j.x.example (j.x.example again is no new
+	 * name), then spam.example: 4; never h.i.j.x.example nor the full host */
+	assert_string_equal(tu_added_header(&f.ctx, "X-Spam-Status"),
+			    "No, score=4.0 required=5.0 tests=URIBL(uribl.example.test),URIBL(two.example.test),"
+			    "URIBL(three.example.test)");
+	tu_state_fx_close(&f);
+}
+
 static void bad_config(void **state)
 {
 	struct tu_state_suite *s = *state;
@@ -222,6 +258,7 @@ int main(void)
 		TU_STATE_TESTS(scores),
 		cmocka_unit_test(store_down),
 		cmocka_unit_test(dns_lists),
+		cmocka_unit_test(uribl_names),
 		cmocka_unit_test(bad_config),
 	};
 	return cmocka_run_group_tests(tests, suite_setup, tu_state_suite_teardown);
