@@ -29,13 +29,7 @@ static const char *RESP[2] = { "resp=AGFsaWNlAHB3LTE=", "resp=AGJvYgBwdy0y" };
 
 struct fz {
 	struct event_base *base;
-	int lfd, sfd;
-	struct event *lev, *sev;
-	const uint8_t *out;
-	size_t outlen, sent;
-	bool server_done;
-	char heard[4096];               /* what the client sent */
-	size_t heardlen;
+	struct fuzz_peer peer;          /* the auth socket */
 	int ends[2];
 	enum dovecot_result res[2];
 	bool in_call;
@@ -52,58 +46,11 @@ static void on_done(void *arg, enum dovecot_result r, const char *reason)
 	F.res[k] = r;
 }
 
-static void on_server(evutil_socket_t fd, short what, void *arg)
-{
-	(void)arg;
-	if (what & EV_READ) {
-		char b[2048];
-		ssize_t r = recv(fd, b, sizeof(b), MSG_DONTWAIT);
-		if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-			F.server_done = true;
-			event_del(F.sev);
-			return;
-		}
-		if (r > 0 && F.heardlen + (size_t)r < sizeof(F.heard)) {
-			memcpy(F.heard + F.heardlen, b, (size_t)r);
-			F.heardlen += (size_t)r;
-			F.heard[F.heardlen] = '\0';
-		}
-	}
-	if (what & EV_WRITE) {
-		ssize_t w = F.sent < F.outlen ? send(fd, F.out + F.sent, F.outlen - F.sent, MSG_DONTWAIT | MSG_NOSIGNAL) : 0;
-		if (w > 0)
-			F.sent += (size_t)w;
-		else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
-			F.sent = F.outlen;
-		if (F.sent >= F.outlen) {
-			shutdown(fd, SHUT_WR);
-			event_del(F.sev);
-			event_assign(F.sev, F.base, fd, EV_READ | EV_PERSIST, on_server, NULL);
-			event_add(F.sev, NULL);
-		}
-	}
-}
-
-static void on_accept(evutil_socket_t fd, short what, void *arg)
-{
-	(void)what; (void)arg;
-	int s = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-	if (s < 0)
-		return;
-	if (F.sfd >= 0) {
-		close(s);       /* a reconnection: nobody answers it */
-		return;
-	}
-	F.sfd = s;
-	event_assign(F.sev, F.base, s, EV_READ | EV_WRITE | EV_PERSIST, on_server, NULL);
-	event_add(F.sev, NULL);
-}
-
 /* The id of the client's AUTH line for check k ("" if none was sent). */
 static void id_of(int k, char *id, size_t n)
 {
 	id[0] = '\0';
-	for (const char *l = F.heard; l && *l;) {
+	for (const char *l = F.peer.heard; l && *l;) {
 		const char *e = strchr(l, '\n');
 		size_t len = e ? (size_t)(e - l) : strlen(l);
 		if (len > 5 && strncmp(l, "AUTH\t", 5) == 0 && memmem(l, len, RESP[k], strlen(RESP[k]))) {
@@ -124,7 +71,7 @@ static bool said_ok(const char *id)
 		return false;
 	char want[64];
 	int wl = snprintf(want, sizeof(want), "OK\t%s", id);
-	const char *p = (const char *)F.out, *end = p + F.outlen;
+	const char *p = (const char *)F.peer.out, *end = p + F.peer.outlen;
 	for (const char *l = p; l < end;) {
 		const char *e = memchr(l, '\n', (size_t)(end - l));
 		size_t len = e ? (size_t)(e - l) : (size_t)(end - l);
@@ -140,18 +87,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!F.base) {
 		fuzz_quiet_logs();
 		F.base = event_base_new();
-		F.lfd = fuzz_unix_listen();
-		F.lev = event_new(F.base, F.lfd, EV_READ | EV_PERSIST, on_accept, NULL);
-		event_add(F.lev, NULL);
-		F.sev = event_new(F.base, -1, 0, on_server, NULL);
+		fuzz_peer_listen(&F.peer, F.base);
 	}
-	F.sfd = -1;
-	F.out = data;
-	F.outlen = size;
-	F.sent = 0;
-	F.server_done = false;
-	F.heardlen = 0;
-	F.heard[0] = '\0';
+	fuzz_peer_expect(&F.peer, data, size);
 	F.ends[0] = F.ends[1] = 0;
 	struct dovecot_auth *d = dovecot_auth_new(F.base, fuzz_sock_path, 5000);
 	F.in_call = true;
@@ -164,16 +102,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* lines the client has queued reach the server before it goes (an
 	 * answer may come before the server has read the request: it says
 	 * everything at once) */
-	for (int i = 0; i < 10 && F.sfd >= 0 && !F.server_done; i++)
+	for (int i = 0; i < 10 && F.peer.fd >= 0 && !F.peer.done; i++)
 		event_base_loop(F.base, EVLOOP_NONBLOCK);
 	dovecot_auth_free(d);
-	while (F.sfd >= 0 && !F.server_done)
+	while (F.peer.fd >= 0 && !F.peer.done)
 		if (event_base_loop(F.base, EVLOOP_ONCE) < 0)
 			abort();
-	if (F.sfd >= 0) {
-		event_del(F.sev);
-		close(F.sfd);
-	}
+	fuzz_peer_close(&F.peer);
 	if (F.ends[0] != 1 || F.ends[1] != 1)
 		abort();        /* a check ended twice */
 	for (int k = 0; k < 2; k++) {
@@ -186,7 +121,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		if (F.res[k] == DOVECOT_OK && !said_ok(want)) {
 			fprintf(stderr, "fuzz_dovecot_auth: check %d accepted (its id: \"%s\") without an OK for it; "
-				"the client said:\n%s\n", k, id, F.heard);
+				"the client said:\n%s\n", k, id, F.peer.heard);
 			abort();
 		}
 	}

@@ -28,14 +28,8 @@
 
 struct fz {
 	struct event_base *base;
+	struct fuzz_peer peer;          /* the server */
 	char hop[160];
-	int lfd;
-	struct event *lev, *sev;
-	/* this input */
-	int sfd;
-	const uint8_t *out;
-	size_t outlen, sent;
-	bool server_done;
 	unsigned calls, expected;
 	bool ready_done;
 	struct smtp_client_set set;
@@ -95,59 +89,14 @@ static void on_ready(void *arg, struct smtp_client *c, const struct smtp_reply *
 		smtp_client_data(c, MSG_PLAIN, sizeof(MSG_PLAIN) - 1, on_data, c);
 }
 
-static void on_server(evutil_socket_t fd, short what, void *arg)
-{
-	(void)arg;
-	if (what & EV_READ) {
-		char b[8192];
-		ssize_t r = recv(fd, b, sizeof(b), MSG_DONTWAIT);
-		if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-			F.server_done = true;
-			event_del(F.sev);
-			return;
-		}
-	}
-	if (what & EV_WRITE) {
-		ssize_t w = F.sent < F.outlen ? send(fd, F.out + F.sent, F.outlen - F.sent, MSG_DONTWAIT | MSG_NOSIGNAL) : 0;
-		if (w > 0)
-			F.sent += (size_t)w;
-		else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
-			F.sent = F.outlen;
-		if (F.sent >= F.outlen) {
-			/* all said: the server stops talking and reads on
-			 * until the client closes */
-			shutdown(fd, SHUT_WR);
-			event_del(F.sev);
-			event_assign(F.sev, F.base, fd, EV_READ | EV_PERSIST, on_server, NULL);
-			event_add(F.sev, NULL);
-		}
-	}
-}
-
-static void on_accept(evutil_socket_t fd, short what, void *arg)
-{
-	(void)what; (void)arg;
-	int s = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-	if (s < 0)
-		return;
-	if (F.sfd >= 0)
-		abort();        /* one connection per input */
-	F.sfd = s;
-	event_assign(F.sev, F.base, s, EV_READ | EV_WRITE | EV_PERSIST, on_server, NULL);
-	event_add(F.sev, NULL);
-}
-
 static void setup(void)
 {
 	fuzz_quiet_logs();
 	F.base = event_base_new();
 	if (!F.base)
 		abort();
-	F.lfd = fuzz_unix_listen();
+	fuzz_peer_listen(&F.peer, F.base);
 	snprintf(F.hop, sizeof(F.hop), "unix:%s", fuzz_sock_path);
-	F.lev = event_new(F.base, F.lfd, EV_READ | EV_PERSIST, on_accept, NULL);
-	event_add(F.lev, NULL);
-	F.sev = event_new(F.base, -1, 0, on_server, NULL);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -177,23 +126,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	F.env->client.name = pool_strdup(F.env->pool, "client.example");
 	F.env->client.helo = pool_strdup(F.env->pool, "client.example");
 	F.env->client.proto = pool_strdup(F.env->pool, "ESMTP");
-	F.sfd = -1;
-	F.out = data + 1;
-	F.outlen = size - 1;
-	F.sent = 0;
-	F.server_done = false;
+	fuzz_peer_expect(&F.peer, data + 1, size - 1);
 	F.calls = F.expected = 0;
 	F.ready_done = false;
 	smtp_client_connect(F.base, &o, on_ready, (void *)(uintptr_t)b);
-	while (!(F.ready_done && F.set.n == 0 && (F.sfd < 0 || F.server_done)))
+	while (!(F.ready_done && F.set.n == 0 && (F.peer.fd < 0 || F.peer.done)))
 		if (event_base_loop(F.base, EVLOOP_ONCE) < 0)
 			abort();
 	if (F.calls != F.expected)
 		abort();        /* a command was never answered, or twice */
-	if (F.sfd >= 0) {
-		event_del(F.sev);
-		close(F.sfd);
-	}
+	if (F.peer.extra)
+		abort();        /* one connection per input */
+	fuzz_peer_close(&F.peer);
 	envelope_free(F.env);
 	return 0;
 }
