@@ -314,14 +314,15 @@ char *passdb_hash(const char *password, const char *method, char *why, size_t wh
 
 /* ---- sender ownership ---------------------------------------------------- */
 
-/* local (without +subaddress) and domain of addr, lower-cased. */
-static bool split_addr(const char *addr, char *local, size_t llen, char *domain, size_t dlen)
+/* local and domain of addr, lower-cased; the local part without its
+ * +subaddress when strip_tag. */
+static bool split_addr(const char *addr, bool strip_tag, char *local, size_t llen, char *domain, size_t dlen)
 {
 	const char *at = strrchr(addr, '@');
 	if (!at || at == addr || !at[1])
 		return false;
 	size_t n = (size_t)(at - addr);
-	const char *plus = memchr(addr, '+', n);
+	const char *plus = strip_tag ? memchr(addr, '+', n) : NULL;
 	if (plus && plus > addr)
 		n = (size_t)(plus - addr);
 	if (n >= llen || strlen(at + 1) >= dlen)
@@ -336,7 +337,11 @@ static bool split_addr(const char *addr, char *local, size_t llen, char *domain,
 	return true;
 }
 
-static bool owns_one(const char *pat, const char *local, const char *domain)
+/* Does pattern pat give the address local@domain (base: its local part
+ * without the +subaddress)?  An address pattern owns itself, and when it
+ * has no +subaddress of its own also its +subaddresses: owning
+ * "shared+billing@x" does not give "shared@x". */
+static bool owns_one(const char *pat, const char *local, const char *base, const char *domain)
 {
 	if (strcmp(pat, "*") == 0)
 		return true;
@@ -349,20 +354,23 @@ static bool owns_one(const char *pat, const char *local, const char *domain)
 		return strcasecmp(at + 1, domain) == 0;
 	}
 	char pl[256], pd[256];
-	return split_addr(pat, pl, sizeof(pl), pd, sizeof(pd)) && strcmp(pl, local) == 0 && strcmp(pd, domain) == 0;
+	if (!split_addr(pat, false, pl, sizeof(pl), pd, sizeof(pd)) || strcmp(pd, domain) != 0)
+		return false;
+	return strcmp(pl, local) == 0 || (!strchr(pl, '+') && strcmp(pl, base) == 0);
 }
 
 bool passdb_owns(const struct passdb_account *a, const char *addr)
 {
 	if (!addr || !*addr)
 		return true;
-	char local[256], domain[256];
-	if (!split_addr(addr, local, sizeof(local), domain, sizeof(domain)))
+	char local[256], base[256], domain[256];
+	if (!split_addr(addr, false, local, sizeof(local), domain, sizeof(domain)) ||
+	    !split_addr(addr, true, base, sizeof(base), domain, sizeof(domain)))
 		return false;
 	if (!a->nsenders)
-		return owns_one(a->name, local, domain);
+		return owns_one(a->name, local, base, domain);
 	for (size_t i = 0; i < a->nsenders; i++)
-		if (owns_one(a->senders[i], local, domain))
+		if (owns_one(a->senders[i], local, base, domain))
 			return true;
 	return false;
 }

@@ -79,10 +79,12 @@ static void test_load_find_owns(void **state)
 		      "  Bob@Example.Test:$6$salt$hash:senders=bob@example.test,@sales.example.test,@.lists.example.test\n"
 		      "billing:$y$j9T$x$y:app senders=invoices@example.test\n"
 		      "relay-app:$y$j9T$x$y:app senders=*\n"
-		      "old@example.test:!$y$j9T$x$y\n");
+		      "old@example.test:!$y$j9T$x$y\n"
+		      "shared:$y$j9T$x$y:app senders=shared+billing@example.test\n"
+		      "dave+test@example.test:$y$j9T$x$y\n");
 	struct passdb *db = passdb_load(f->path, why, sizeof(why));
 	assert_non_null(db);
-	assert_int_equal(passdb_count(db), 5);
+	assert_int_equal(passdb_count(db), 7);
 	const struct passdb_account *a = passdb_find(db, "ALICE@example.test");
 	assert_non_null(a);
 	assert_string_equal(a->hash, "$y$j9T$abc$def");
@@ -109,6 +111,16 @@ static void test_load_find_owns(void **state)
 	assert_true(passdb_owns(app, "invoices@example.test"));
 	assert_false(passdb_owns(app, "billing@example.test"));
 	assert_true(passdb_owns(passdb_find(db, "relay-app"), "whoever@anywhere.example"));
+	/* owning a +subaddress gives that address only, not its base (found
+	 * in review: "shared+billing@" gave "shared@" and "shared+x@") */
+	const struct passdb_account *sh = passdb_find(db, "shared");
+	assert_true(passdb_owns(sh, "shared+billing@example.test"));
+	assert_true(passdb_owns(sh, "Shared+Billing@example.test"));
+	assert_false(passdb_owns(sh, "shared@example.test"));
+	assert_false(passdb_owns(sh, "shared+other@example.test"));
+	const struct passdb_account *d = passdb_find(db, "dave+test@example.test");
+	assert_true(passdb_owns(d, "dave+test@example.test"));
+	assert_false(passdb_owns(d, "dave@example.test"));
 	passdb_free(db);
 }
 
