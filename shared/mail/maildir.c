@@ -10,6 +10,7 @@
 #include "../util/id.h"
 
 #include <dirent.h>
+#include <limits.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -46,14 +47,22 @@ static long long sum_dir(const char *dir, const char *sub)
 	while ((e = readdir(d))) {
 		if (e->d_name[0] == '.')
 			continue;
+		/* the size in the name (",S=1234"), when it is one: the user
+		 * can rename files through IMAP, so "S=-100000" or a number
+		 * past what fits is no size; the file's own size then */
+		long long n = -1;
 		const char *s = strstr(e->d_name, ",S=");
 		if (s) {
-			total += strtoll(s + 3, NULL, 10);
-			continue;
+			s += 3;
+			size_t k = strspn(s, "0123456789");
+			if (k >= 1 && k <= 15 && (s[k] == '\0' || s[k] == ',' || s[k] == ':'))
+				n = strtoll(s, NULL, 10);
 		}
 		struct stat st;
-		if (fstatat(dirfd(d), e->d_name, &st, 0) == 0)
-			total += st.st_size;
+		if (n < 0 && fstatat(dirfd(d), e->d_name, &st, 0) == 0)
+			n = st.st_size;
+		if (n > 0)
+			total = total > LLONG_MAX - n ? LLONG_MAX : total + n;
 	}
 	closedir(d);
 	return total;
@@ -83,7 +92,7 @@ enum maildir_result maildir_deliver(const char *dir, const char *prefix, const c
 			return MAILDIR_TOO_BIG;
 		}
 		long long used = maildir_usage(dir);
-		if (used + (long long)b.len > quota) {
+		if (used > quota - (long long)b.len) {
 			snprintf(why, whylen, "mailbox full (%lld of %lld bytes used)", used, quota);
 			buf_free(&b);
 			return MAILDIR_OVER_QUOTA;

@@ -274,6 +274,19 @@ static void test_usage(void **state)
 	snprintf(p, sizeof(p), "%s/tmp/1700000002.M3P1R3.host,S=9000", f->box);
 	write_file(p, "x");
 	assert_int_equal(maildir_usage(f->box), 16 + 4 + 1000 + 7);
+	/* a name the user made (files can be renamed through IMAP): a size
+	 * that is not a plain number is no size, the file's own counts
+	 * (found in review: "S=-100000" made the box look empty) */
+	snprintf(p, sizeof(p), "%s/cur/1700000003.M4P1R4.host,S=-100000:2,S", f->box);
+	write_file(p, "abc");
+	snprintf(p, sizeof(p), "%s/cur/1700000004.M5P1R5.host,S=99999999999999999999:2,", f->box);
+	write_file(p, "abcd");
+	snprintf(p, sizeof(p), "%s/cur/1700000005.M6P1R6.host,S=12abc", f->box);
+	write_file(p, "abcde");
+	assert_int_equal(maildir_usage(f->box), 16 + 4 + 1000 + 7 + 3 + 4 + 5);
+	/* and a quota still holds against them */
+	assert_int_equal(deliver(f->box, "", "0123456789\r\n", 16 + 4 + 1000 + 7 + 3 + 4 + 5 + 5, name, sizeof(name), why,
+				 sizeof(why)), MAILDIR_OVER_QUOTA);
 }
 
 static void test_quota_too_big(void **state)
