@@ -9,6 +9,7 @@
 #include "../util/fs.h"
 #include "../util/id.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <limits.h>
 #include <errno.h>
@@ -66,6 +67,20 @@ static long long sum_dir(const char *dir, const char *sub)
 	}
 	closedir(d);
 	return total;
+}
+
+bool maildir_component(const char *in, size_t n, char *out, size_t outlen)
+{
+	if (n == 0 || n >= outlen || in[0] == '.')
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)in[i];
+		if (c == '/' || c < 0x20 || c == 0x7f)
+			return false;
+		out[i] = (char)tolower(c);
+	}
+	out[n] = '\0';
+	return true;
 }
 
 long long maildir_usage(const char *dir)

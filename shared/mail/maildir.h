@@ -27,4 +27,10 @@ enum maildir_result maildir_deliver(const char *dir, const char *prefix, const c
 /* Bytes used by the messages in new/ and cur/ (from ",S=" or stat). */
 long long maildir_usage(const char *dir);
 
+/* An address part (local part or domain, in[0..n)) as one component of a
+ * mailbox path, lower-cased into out: false when it is empty, too long,
+ * starts with '.', or holds '/' or a control byte (no way out of the
+ * mail root, no other user's Maildir). */
+bool maildir_component(const char *in, size_t n, char *out, size_t outlen);
+
 #endif

@@ -3,6 +3,7 @@
  * Lookups go through an open-addressing hash of lower-cased addresses.
  */
 #include "userlist.h"
+#include "maildir.h"
 #include "../util/alloc.h"
 #include "../util/buf.h"
 #include "../util/config.h"
@@ -85,13 +86,19 @@ struct userlist *userlist_load(const char *path, char *why, size_t whylen)
 	fstat(fileno(f), &u->st);
 	u->checked = time(NULL);
 	static const struct param_def qdef = { "quota", PT_SIZE, "0", 0, 1LL << 50, NULL, 0, "" };
-	char line[2048];
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t got;
 	unsigned lineno = 0;
-	while (fgets(line, sizeof(line), f)) {
+	while ((got = getline(&line, &cap, f)) >= 0) {
 		lineno++;
-		size_t len = strlen(line);
-		if (len == sizeof(line) - 1 && line[len - 1] != '\n') {
+		if (got > 2047) {
 			snprintf(why, whylen, "%s:%u: line too long", path, lineno);
+			goto fail;
+		}
+		if (memchr(line, '\0', (size_t)got)) {
+			/* the rest of the line would be read as something else */
+			snprintf(why, whylen, "%s:%u: NUL byte in the line", path, lineno);
 			goto fail;
 		}
 		char *p = line;
@@ -109,6 +116,19 @@ struct userlist *userlist_load(const char *path, char *why, size_t whylen)
 		if (!strchr(addr, '@') || strlen(addr) > 256) {
 			snprintf(why, whylen, "%s:%u: expected 'user@domain [quota]', got '%s'", path, lineno, addr);
 			goto fail;
+		}
+		{
+			/* the store delivers to mail_root/domain/local: an entry it
+			 * could never deliver to would take mail only to bounce it */
+			const char *at = strrchr(addr, '@');
+			char part[257];
+			if (!maildir_component(addr, (size_t)(at - addr), part, sizeof(part)) ||
+			    !maildir_component(at + 1, strlen(at + 1), part, sizeof(part))) {
+				snprintf(why, whylen,
+					 "%s:%u: '%s' is not usable as a mailbox (an empty part, a leading '.', "
+					 "'/' or a control character)", path, lineno, addr);
+				goto fail;
+			}
 		}
 		long long quota = 0;
 		if (*p && *p != '#') {
@@ -136,9 +156,11 @@ struct userlist *userlist_load(const char *path, char *why, size_t whylen)
 		}
 		insert(u, xstrdup(addr), quota);
 	}
+	free(line);
 	fclose(f);
 	return u;
 fail:
+	free(line);
 	fclose(f);
 	userlist_free(u);
 	return NULL;

@@ -102,21 +102,6 @@ static void store_free(void *state)
 	free(s);
 }
 
-/* A path component from an address part: lower case, no '/', no leading dot. */
-static bool safe_component(const char *in, size_t n, char *out, size_t outlen)
-{
-	if (n == 0 || n >= outlen || in[0] == '.')
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)in[i];
-		if (c == '/' || c == '\0' || c < 0x20)
-			return false;
-		out[i] = (char)tolower(c);
-	}
-	out[n] = '\0';
-	return true;
-}
-
 static void result(struct stage_delivery *d, size_t i, int code, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 static void result(struct stage_delivery *d, size_t i, int code, const char *fmt, ...)
@@ -180,8 +165,8 @@ static void store_deliver(void *state, struct stage_delivery *d)
 			quota = s->default_quota;
 		const char *at = strrchr(rcpt, '@');
 		char local[256], domain[256];
-		if (!at || !safe_component(rcpt, (size_t)(at - rcpt), local, sizeof(local)) ||
-		    !safe_component(at + 1, strlen(at + 1), domain, sizeof(domain))) {
+		if (!at || !maildir_component(rcpt, (size_t)(at - rcpt), local, sizeof(local)) ||
+		    !maildir_component(at + 1, strlen(at + 1), domain, sizeof(domain))) {
 			result(d, i, 550, "5.1.3 <%s>: address not usable as a mailbox", rcpt);
 			continue;
 		}

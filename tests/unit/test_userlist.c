@@ -273,6 +273,23 @@ static void test_bad_lines(void **state)
 	buf_puts(&b, "@example.test\n");
 	load_bad(f, buf_cstr(&b), 2, "line too long");
 	buf_free(&b);
+	/* entries the store could never deliver to (found in review: they
+	 * were taken, so the MX accepted mail that the store then bounced) */
+	load_bad(f, "alice@example.test\na/b@example.test\n", 2, "'a/b@example.test' is not usable as a mailbox");
+	load_bad(f, ".x@example.test\n", 1, "not usable as a mailbox");
+	load_bad(f, "@example.test\n", 1, "not usable as a mailbox");
+	load_bad(f, "x@\n", 1, "not usable as a mailbox");
+	load_bad(f, "x@../etc\n", 1, "not usable as a mailbox");
+	/* a NUL byte: the rest of the line is not read as another entry */
+	static const char nul[] = "bob@example.test\0 mallory@example.test\n";
+	FILE *fp = fopen(f->path, "w");
+	assert_non_null(fp);
+	assert_int_equal(fwrite(nul, 1, sizeof(nul) - 1, fp), sizeof(nul) - 1);
+	assert_int_equal(fclose(fp), 0);
+	char why[512] = "";
+	struct userlist *u = userlist_load(f->path, why, sizeof(why));
+	assert_null(u);
+	assert_non_null(strstr(why, ":1: NUL byte in the line"));
 }
 
 static void test_bad_quota(void **state)
