@@ -231,11 +231,27 @@ static bool parse_line(char *line, enum ledger_kind *kind, char **key, struct le
 		return false;
 	*kind = (enum ledger_kind)k;
 	*key = t1 + 1;
-	/* six counts (format 1) or seven (format 2 adds rejected) */
+	/* six counts (format 1) or seven (format 2 adds rejected): decimal
+	 * numbers that fit, one space apart, nothing else ("-1" and "6junk"
+	 * are no counts) */
+	unsigned long long *v[7] = { &c->messages, &c->recipients, &c->bytes, &c->delivered, &c->deferred,
+				     &c->bounced, &c->rejected };
 	c->rejected = 0;
-	int n = sscanf(t2 + 1, "%llu %llu %llu %llu %llu %llu %llu", &c->messages, &c->recipients, &c->bytes,
-		       &c->delivered, &c->deferred, &c->bounced, &c->rejected);
-	return n == 6 || n == 7;
+	const char *p = t2 + 1;
+	int n = 0;
+	while (*p && n < 7) {
+		size_t k = strspn(p, "0123456789");
+		if (k == 0 || k > 20 || (p[k] != ' ' && p[k] != '\0'))
+			return false;
+		errno = 0;
+		*v[n++] = strtoull(p, NULL, 10);
+		if (errno)
+			return false;
+		p += k;
+		if (*p == ' ')
+			p++;
+	}
+	return !*p && (n == 6 || n == 7);
 }
 
 bool ledger_load(struct ledger *l, const char *path, char *why, size_t whylen)
@@ -248,8 +264,7 @@ bool ledger_load(struct ledger *l, const char *path, char *why, size_t whylen)
 		return false;
 	}
 	char line[1024];
-	unsigned n = 0;
-	bool ok = true;
+	unsigned n = 0, bad = 0, first_bad = 0;
 	while (fgets(line, sizeof(line), f)) {
 		n++;
 		line[strcspn(line, "\n")] = '\0';
@@ -259,14 +274,18 @@ bool ledger_load(struct ledger *l, const char *path, char *why, size_t whylen)
 		char *key;
 		struct ledger_counts c = { 0 };
 		if (!parse_line(line, &kind, &key, &c)) {
-			set_why(why, whylen, "%s:%u: expected 'KIND<TAB>KEY<TAB>six or seven counts'", path, n);
-			ok = false;
-			break;
+			/* one bad line costs that line, not every one after it */
+			if (!bad++)
+				first_bad = n;
+			continue;
 		}
 		get(l, kind, key)->c = c;
 	}
 	fclose(f);
-	return ok;
+	if (bad)
+		set_why(why, whylen, "%s:%u: expected 'KIND<TAB>KEY<TAB>six or seven counts' (%u line%s skipped)", path,
+			first_bad, bad, bad == 1 ? "" : "s");
+	return bad == 0;
 }
 
 struct row {

@@ -27,8 +27,9 @@ struct ledger;
 
 struct ledger *ledger_new(size_t max_entries);
 void ledger_free(struct ledger *l);
-/* Load counts saved earlier (a missing file is fine); false and why on a
- * malformed file (the ledger starts empty then). */
+/* Load counts saved earlier (a missing file is fine); false and why (the
+ * first bad line, how many) when lines were malformed: those are skipped,
+ * every good line is loaded. */
 bool ledger_load(struct ledger *l, const char *path, char *why, size_t whylen);
 /* Write tmp + fsync + rename; false and why on failure. */
 bool ledger_save(const struct ledger *l, const char *path, char *why, size_t whylen);

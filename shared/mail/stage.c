@@ -2157,8 +2157,16 @@ int stage_main(const struct stage_def *def, int argc, char **argv)
 	if (def->accounting) {
 		st->ledger = ledger_new(100000);
 		st->ledger_path = xasprintf("%s/ledger.%s", st->gen->g.state_dir, st->instance);
-		if (!ledger_load(st->ledger, st->ledger_path, why, sizeof(why)))
-			log_warn(NULL, NULL, "ledger.load_failed", "error=%s", why);
+		if (!ledger_load(st->ledger, st->ledger_path, why, sizeof(why))) {
+			/* the next save rewrites the file: the lines that did not
+			 * load are kept aside, not lost */
+			char *aside = xasprintf("%s.bad", st->ledger_path);
+			bool kept = rename(st->ledger_path, aside) == 0;
+			log_warn(NULL, NULL, "ledger.load_failed", "error=%s kept=%s", why, kept ? aside : "no");
+			free(aside);
+			if (kept && !ledger_save(st->ledger, st->ledger_path, why, sizeof(why)))
+				log_warn(NULL, NULL, "ledger.save_failed", "error=%s", why);
+		}
 	}
 
 	const struct server_config *sc = st->gen->sc;

@@ -2,6 +2,7 @@
 smarthost lists, and delivery status notifications to the sender."""
 
 import email
+import os
 import time
 
 from lib import Lab, Raw, check, message, send_mail
@@ -268,6 +269,25 @@ def test_per_sender_accounting_survives_restart():
         check(rows["batch@example.test"][7] == "1", "batch: 1 bounced (null MX): %s" % out)
         dom = lab.ctl("-n", "out", "stats", "senders", "domain").stdout
         check("example.test" in dom and " 4 " in dom, "by domain: %s" % dom)
+
+        # a damaged line costs that line only: the rest loads, and the
+        # file as it was is kept aside before the next save rewrites it
+        lab.stop("out")
+        ledger = lab.path("state", "ledger.out")
+        with open(ledger) as f:
+            lines = f.read().splitlines(True)
+        lines.insert(2, "sender\tbroken@example.test\t-1 2 3\n")
+        with open(ledger, "w") as f:
+            f.write("".join(lines))
+        lab.start("out", binary="rampart-out")
+        check(os.path.exists(ledger + ".bad"), "the damaged ledger is kept aside")
+        with open(ledger + ".bad") as f:
+            check("broken@example.test" in f.read(), "ledger.bad holds the damaged line")
+        check('"event":"ledger.load_failed"' in lab.log("out") and "1 line skipped" in lab.log("out"),
+              "the skipped line is logged")
+        out = lab.ctl("-n", "out", "stats", "senders", "sender").stdout
+        check("app1@example.test" in out and "batch@example.test" in out,
+              "the good lines after the damaged one loaded: %s" % out)
     finally:
         lab.close()
 

@@ -112,6 +112,30 @@ static void test_save_load_round_trip(void **state)
 	assert_false(ledger_load(l, path, why, sizeof(why)));
 	assert_non_null(strstr(why, ":2:"));
 	ledger_free(l);
+	/* Bad lines are skipped, the good ones after them still load (found
+	 * in review: loading stopped at the first bad line, and the next
+	 * save lost the rest); counts are plain numbers. */
+	f = fopen(path, "w");
+	fputs("# rampart ledger 2\n"
+	      "sender\ta@x\t1 2 3 4 5 6 7\n"
+	      "sender\tb@x\t1 2\n"
+	      "sender\tc@x\t-1 2 3 4 5 6 7\n"
+	      "sender\td@x\t1 2 3 4 5 6junk\n"
+	      "sender\te@x\t1 2 3 4 5 99999999999999999999999\n"
+	      "login\tz\t9 8 7 6 5 4 3\n", f);
+	fclose(f);
+	l = ledger_new(0);
+	assert_false(ledger_load(l, path, why, sizeof(why)));
+	assert_non_null(strstr(why, ":3:"));
+	assert_non_null(strstr(why, "(4 lines skipped)"));
+	assert_non_null(ledger_get(l, LEDGER_SENDER, "a@x"));
+	assert_null(ledger_get(l, LEDGER_SENDER, "c@x"));
+	assert_null(ledger_get(l, LEDGER_SENDER, "d@x"));
+	assert_null(ledger_get(l, LEDGER_SENDER, "e@x"));
+	c = ledger_get(l, LEDGER_LOGIN, "z");
+	assert_non_null(c);
+	assert_int_equal(c->rejected, 3);
+	ledger_free(l);
 	tu_rmtree(dir);
 }
 
