@@ -101,6 +101,14 @@ enum qf_tag {
 #define QF_FLAG_SMTPUTF8 2u
 
 #define EXPIRED_REPLY   "5.4.7 message expired in queue"
+/* The deliverer expires recipients at lifetime_ms and tells the sender
+ * (stage.c); the queue's own expiry, which only logs, is a backstop for
+ * recipients nobody expired this long after their time.  In between, a
+ * recipient past its lifetime stays pending and is handed out again
+ * within a second, so that the deliverer's expiry, with its report, runs
+ * (an attempt that ended just after the lifetime used to fail them here,
+ * unreported). */
+#define EXPIRY_GRACE_MS (10LL * 60 * 1000)
 #define FLUSH_MARKER    "flush"
 #define BUSY_RETRY_MS   1000
 #define WHY_MAX         256
@@ -1524,7 +1532,7 @@ static void finish(struct queue *q, struct queue_item *it, bool attempted)
 		if (attempted)
 			f->rattempts[i]++;
 		f->rupdated[i] = now;
-		if (r->state == RCPT_PENDING && now >= expiry) {
+		if (r->state == RCPT_PENDING && now >= expiry + EXPIRY_GRACE_MS) {
 			r->state = RCPT_FAILED;
 			r->last_reply = pool_strdup(env->pool, EXPIRED_REPLY);
 			log_warn(NULL, it->qid, "expired", "rcpt=%s age_s=%lld reply=%s", r->addr,
@@ -1569,8 +1577,8 @@ static void finish(struct queue *q, struct queue_item *it, bool attempted)
 				 "no result from the deliverer");
 		f->retry.err[text_cut(f->retry.err, RETRY_ERR_MAX)] = '\0';
 		long long next = now + backoff_ms(q, f->retry.attempts);
-		if (expiry > now && next > expiry)
-			next = expiry;
+		if (next > expiry)
+			next = expiry > now ? expiry : now + 1000;
 		f->retry.next_try_ms = next;
 		it->due_ms = next;
 		char ts[32];
