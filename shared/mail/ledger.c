@@ -6,11 +6,13 @@
 #include "ledger.h"
 #include "../util/alloc.h"
 #include "../util/buf.h"
+#include "../util/config.h"
 #include "../util/fs.h"
 #include "../util/log.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,14 +242,8 @@ static bool parse_line(char *line, enum ledger_kind *kind, char **key, struct le
 	const char *p = t2 + 1;
 	int n = 0;
 	while (*p && n < 7) {
-		size_t k = strspn(p, "0123456789");
-		if (k == 0 || k > 20 || (p[k] != ' ' && p[k] != '\0'))
+		if (!parse_digits(&p, ULLONG_MAX, v[n++]) || (*p != ' ' && *p != '\0'))
 			return false;
-		errno = 0;
-		*v[n++] = strtoull(p, NULL, 10);
-		if (errno)
-			return false;
-		p += k;
 		if (*p == ' ')
 			p++;
 	}

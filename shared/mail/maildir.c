@@ -6,6 +6,7 @@
 #include "maildir.h"
 #include "../util/alloc.h"
 #include "../util/buf.h"
+#include "../util/config.h"
 #include "../util/fs.h"
 #include "../util/id.h"
 
@@ -53,11 +54,11 @@ static long long sum_dir(const char *dir, const char *sub)
 		 * past what fits is no size; the file's own size then */
 		long long n = -1;
 		const char *s = strstr(e->d_name, ",S=");
+		unsigned long long v;
 		if (s) {
 			s += 3;
-			size_t k = strspn(s, "0123456789");
-			if (k >= 1 && k <= 15 && (s[k] == '\0' || s[k] == ',' || s[k] == ':'))
-				n = strtoll(s, NULL, 10);
+			if (parse_digits(&s, 1ULL << 50, &v) && (*s == '\0' || *s == ',' || *s == ':'))
+				n = (long long)v;
 		}
 		struct stat st;
 		if (n < 0 && fstatat(dirfd(d), e->d_name, &st, 0) == 0)

@@ -700,17 +700,11 @@ static void cmd_lhlo(struct smtp_session *s, char *arg) { do_helo_common(s, arg,
  * what fits is as large as can be (refused as too big, not as bad). */
 static bool size_value(const char *v, long long *size)
 {
-	size_t n = strlen(v);
-	if (n == 0 || n > 20)
+	size_t k = strspn(v, "0123456789");
+	if (k == 0 || k > 20 || v[k])
 		return false;
-	long long x = 0;
-	for (const char *p = v; *p; p++) {
-		if (*p < '0' || *p > '9')
-			return false;
-		int d = *p - '0';
-		x = x > (LLONG_MAX - d) / 10 ? LLONG_MAX : x * 10 + d;
-	}
-	*size = x;
+	unsigned long long n;
+	*size = parse_digits(&v, (unsigned long long)LLONG_MAX, &n) ? (long long)n : LLONG_MAX;
 	return true;
 }
 
@@ -1008,15 +1002,8 @@ static void cmd_starttls(struct smtp_session *s, char *arg)
 /* A PORT attribute: a decimal port number, 0 to 65535, nothing else. */
 static bool port_value(const char *v, int *port)
 {
-	long n = 0;
-	if (!*v || strlen(v) > 5)
-		return false;
-	for (const char *p = v; *p; p++) {
-		if (*p < '0' || *p > '9')
-			return false;
-		n = n * 10 + (*p - '0');
-	}
-	if (n > 65535)
+	unsigned long long n;
+	if (!parse_digits(&v, 65535, &n) || *v)
 		return false;
 	*port = (int)n;
 	return true;

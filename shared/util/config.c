@@ -443,8 +443,7 @@ void config_section_stage(const char *section, char *out, size_t outlen)
 #define T_D (24 * T_H)
 #define T_W (7 * T_D)
 
-/* Decimal digits at *s, at most limit; false on no digits or overflow. */
-static bool parse_digits(const char **s, unsigned long long limit, unsigned long long *v)
+bool parse_digits(const char **s, unsigned long long limit, unsigned long long *v)
 {
 	const char *p = *s;
 	unsigned long long n = 0;

@@ -104,6 +104,10 @@ void config_dump(FILE *out, const struct config *cfg, const char *section,
 void config_doc(FILE *out, const struct param_set *set);
 
 /* Helpers for values. */
+/* Decimal digits at *s (no sign, no blank), moved past them, into *v:
+ * false when there is no digit or the number passes limit.  The one
+ * number reader for configuration and for protocol and file fields. */
+bool parse_digits(const char **s, unsigned long long limit, unsigned long long *v);
 bool strlist_contains(const struct strlist *l, const char *s);        /* case-insensitive */
 void strlist_free(struct strlist *l);
 
